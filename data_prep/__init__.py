@@ -1,0 +1,1 @@
+"""Data preparation: raw videos -> frames + TV-L1 flow -> sharded TFRecords."""

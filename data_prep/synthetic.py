@@ -1,0 +1,382 @@
+"""Synthetic videos for the demo and the tests.
+
+* `write_video` writes RGB frames to .avi (MJPG) or .mp4 (mp4v), atomically.
+* `index_frames` / `decode_index` make frames whose pixels encode their own
+  index robustly enough to survive lossy coding and resizing, so tests can
+  check which frame ended up where.
+* `generate_ucf101_like` writes a small action data set in the exact UCF101
+  layout (UCF-101/<Class>/v_<Class>_gXX_cXX.avi plus ucfTrainTestlist/ with
+  classInd.txt, trainlist01.txt, testlist01.txt), split by group.
+
+The sample classes are built so that each stream of a two-stream network has
+something only it can see (see `CLASSES`): a spatial (RGB) model alone tops
+out near 4/6 of the classes, a temporal (flow) model alone near 4/6 as well,
+and only their fusion can separate all six.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+# ---------------------------------------------------------------------------
+# Writing videos
+
+_FOURCC = {".avi": "MJPG", ".mp4": "mp4v"}
+
+
+def write_video(path: str, frames: Iterable[np.ndarray], fps: float = 25.0) -> int:
+    """Writes uint8 RGB (H, W, 3) frames (or (H, W) gray) to `path`; returns the count.
+
+    The codec follows the extension: .avi -> MJPG, .mp4 -> mp4v (case
+    insensitive); anything else raises ValueError. All frames must share the
+    first frame's size. The video is written to a hidden temporary file in
+    the same folder with the same extension (".<stem>.tmp-<random><ext>"; the
+    extension picks the container) and moved into place with os.replace, so
+    `path` never holds a half-written video. Frames are consumed lazily, so a
+    generator of any length needs memory for one frame only.
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    stem, ext = os.path.splitext(name)
+    fourcc = _FOURCC.get(ext.lower())
+    if fourcc is None:
+        raise ValueError(f"unsupported video extension {ext!r} in {path!r}; use one of {sorted(_FOURCC)}")
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps must be positive, got {fps}")
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise ValueError("no frames to write")
+    first = _check_frame(np.asarray(first), None)
+    height, width = first.shape[:2]
+
+    tmp = os.path.join(folder, f".{stem}.tmp-{uuid.uuid4().hex[:12]}{ext}")
+    api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+    writer = cv2.VideoWriter(tmp, api, cv2.VideoWriter_fourcc(*fourcc), float(fps), (width, height))
+    count = 0
+    try:
+        if not writer.isOpened():
+            raise OSError(f"OpenCV cannot open a {fourcc} writer for {path!r}")
+        frame = first
+        while frame is not None:
+            writer.write(_rgb_to_bgr(frame))
+            count += 1
+            nxt = next(it, None)
+            frame = None if nxt is None else _check_frame(np.asarray(nxt), (height, width))
+        writer.release()
+        os.replace(tmp, path)
+    except BaseException:
+        writer.release()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return count
+
+
+def _check_frame(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    if frame.dtype != np.uint8 or not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 3)):
+        raise ValueError(f"frames must be uint8 (H, W, 3) RGB or (H, W) gray, got {frame.dtype} {frame.shape}")
+    if size is not None and frame.shape[:2] != size:
+        raise ValueError(f"frame size {frame.shape[:2]} differs from the first frame's {size}")
+    return frame
+
+
+def _rgb_to_bgr(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR)
+
+
+# ---------------------------------------------------------------------------
+# Frames that carry their own index
+
+# The frame is divided into a 3 x 4 grid of cells; each cell is one bit of the
+# index (most significant bit top-left, row-major), black for 0 and white for
+# 1. A flat gray level per index would allow only ~36 frames with a safe step,
+# and mp4v's inter-frame coding shifts flat levels by several units; full
+# black/white cells leave a margin of ~127 levels, and decoding samples only
+# the middle of each cell so JPEG ringing and resize blur at the cell edges do
+# not matter.
+_INDEX_ROWS, _INDEX_COLS = 3, 4
+_INDEX_BITS = _INDEX_ROWS * _INDEX_COLS
+MAX_INDEX_FRAMES = 2 ** _INDEX_BITS  # 4096: indices 0..4095
+_BIT_LEVEL = (16, 240)
+
+
+def _cell_edges(n: int, cells: int) -> np.ndarray:
+    return np.floor(np.linspace(0, n, cells + 1) + 0.5).astype(int)
+
+
+def index_frames(num_frames: int, height: int = 64, width: int = 80) -> list[np.ndarray]:
+    """Returns `num_frames` uint8 RGB frames; frame i encodes i (see `decode_index`).
+
+    Supports up to MAX_INDEX_FRAMES (4096) frames. The code survives MJPG and
+    mp4v coding and resizing as long as each of the 3 x 4 cells stays at least
+    about 4 pixels on a side (so frames down to ~12 x 16 pixels).
+    """
+    if not 0 <= num_frames <= MAX_INDEX_FRAMES:
+        raise ValueError(f"num_frames must be in 0..{MAX_INDEX_FRAMES}, got {num_frames}")
+    if height < 2 * _INDEX_ROWS or width < 2 * _INDEX_COLS:
+        raise ValueError(f"frames of {height}x{width} are too small to hold the index grid")
+    rows, cols = _cell_edges(height, _INDEX_ROWS), _cell_edges(width, _INDEX_COLS)
+    frames = []
+    for i in range(num_frames):
+        frame = np.empty((height, width, 3), np.uint8)
+        for bit in range(_INDEX_BITS):
+            r, c = divmod(bit, _INDEX_COLS)
+            on = (i >> (_INDEX_BITS - 1 - bit)) & 1
+            frame[rows[r]:rows[r + 1], cols[c]:cols[c + 1]] = _BIT_LEVEL[on]
+        frames.append(frame)
+    return frames
+
+
+def decode_index(frame: np.ndarray) -> int:
+    """Recovers the index written by `index_frames`, at any frame size."""
+    frame = np.asarray(frame, dtype=np.float32)
+    if frame.ndim == 3:
+        frame = frame.mean(axis=2)
+    height, width = frame.shape
+    rows, cols = _cell_edges(height, _INDEX_ROWS), _cell_edges(width, _INDEX_COLS)
+    threshold = (_BIT_LEVEL[0] + _BIT_LEVEL[1]) / 2
+    value = 0
+    for bit in range(_INDEX_BITS):
+        r, c = divmod(bit, _INDEX_COLS)
+        y0, y1, x0, x1 = rows[r], rows[r + 1], cols[c], cols[c + 1]
+        # Middle half of the cell, at least one pixel.
+        cy0, cy1 = y0 + (y1 - y0) // 4, max(y0 + (y1 - y0) // 4 + 1, y1 - (y1 - y0) // 4)
+        cx0, cx1 = x0 + (x1 - x0) // 4, max(x0 + (x1 - x0) // 4 + 1, x1 - (x1 - x0) // 4)
+        on = frame[cy0:cy1, cx0:cx1].mean() > threshold
+        value = (value << 1) | int(on)
+    return value
+
+
+# ---------------------------------------------------------------------------
+# UCF101-like sample data set
+
+# Alphabetical, like UCF101's classInd.txt. The three "...SquareRight" classes
+# share shape and motion and differ only in colour, which optical flow (computed
+# on grayscale, and the colours are chosen with about equal luma) cannot see;
+# RedSquareRight/RedSquareLeft and PurpleCrossGrow/PurpleCrossSpin share
+# appearance and differ only in motion, which a single RGB frame cannot show.
+CLASSES = [
+    "BlueSquareRight",
+    "GreenSquareRight",
+    "PurpleCrossGrow",
+    "PurpleCrossSpin",
+    "RedSquareLeft",
+    "RedSquareRight",
+]
+
+# Base colours (RGB), each with luma (0.299 R + 0.587 G + 0.114 B) near 100 so
+# the flow stream gets the same contrast against the (brighter) background for
+# every colour; per-video jitter is added on top.
+_COLOURS = {
+    "Red": (220, 50, 50),
+    "Green": (40, 140, 40),
+    "Blue": (80, 80, 255),
+    "Purple": (170, 60, 200),
+}
+
+# class -> (shape, colour, motion)
+_CLASS_SPEC = {
+    "BlueSquareRight": ("square", "Blue", "right"),
+    "GreenSquareRight": ("square", "Green", "right"),
+    "PurpleCrossGrow": ("cross", "Purple", "grow"),
+    "PurpleCrossSpin": ("cross", "Purple", "spin"),
+    "RedSquareLeft": ("square", "Red", "left"),
+    "RedSquareRight": ("square", "Red", "right"),
+}
+
+_CLIPS_PER_GROUP = 2
+_TRAIN_FRACTION = 0.7
+_SUBPIXEL_BITS = 4  # cv2 drawing with 1/16-pixel vertex precision: smooth motion
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A static, smooth random texture, brighter than the objects."""
+    coarse = rng.uniform(-1.0, 1.0, size=(height // 8 + 2, width // 8 + 2)).astype(np.float32)
+    smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    fine = rng.uniform(-1.0, 1.0, size=(height, width)).astype(np.float32)
+    fine = cv2.GaussianBlur(fine, (0, 0), 1.0)
+    base = rng.uniform(155.0, 185.0)
+    gray = base + 28.0 * smooth + 20.0 * fine
+    tint = rng.uniform(-8.0, 8.0, size=3).astype(np.float32)  # not perfectly gray
+    return gray[:, :, None] + tint[None, None, :]
+
+
+def _colour(rng: np.random.Generator, name: str) -> tuple[int, int, int]:
+    base = np.array(_COLOURS[name], np.float32)
+    jittered = np.clip(base + rng.uniform(-15.0, 15.0, size=3), 0, 255)
+    return tuple(int(v) for v in jittered)
+
+
+def _square(cx: float, cy: float, half: float, angle: float) -> np.ndarray:
+    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64) * half
+    return _place(corners, cx, cy, angle)
+
+
+def _cross(cx: float, cy: float, arm: float, angle: float) -> np.ndarray:
+    a = 0.32 * arm  # half the bar thickness
+    outline = np.array([
+        [a, arm], [a, a], [arm, a], [arm, -a], [a, -a], [a, -arm],
+        [-a, -arm], [-a, -a], [-arm, -a], [-arm, a], [-a, a], [-a, arm],
+    ], np.float64)
+    return _place(outline, cx, cy, angle)
+
+
+def _place(points: np.ndarray, cx: float, cy: float, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    rotated = points @ np.array([[c, s], [-s, c]])
+    return rotated + np.array([cx, cy])
+
+
+def _trajectory(rng: np.random.Generator, cls: str, num_frames: int, height: int, width: int):
+    """Per-frame polygons (float pixel coordinates) and the colour of one video."""
+    if cls not in _CLASS_SPEC:
+        raise ValueError(f"unknown synthetic class {cls!r}; known: {', '.join(CLASSES)}")
+    _, colour_name, motion = _CLASS_SPEC[cls]
+    colour = _colour(rng, colour_name)
+    short = min(height, width)
+    steps = max(num_frames - 1, 1)
+    t = np.arange(num_frames, dtype=np.float64)
+    if motion in ("right", "left"):
+        half = rng.uniform(0.075, 0.115) * short
+        margin = half * 1.5 + 2.0
+        room = width - 2 * margin
+        # A few pixels per frame at 160 px wide (scaled with the width), so the
+        # motion is still ~1-2 px per frame after downscaling to 64-96 px, but
+        # never so fast that the square leaves the frame.
+        speed = min(rng.uniform(0.0125, 0.022) * width, room / steps)
+        travel = speed * steps
+        x_start = margin + rng.uniform(0.0, room - travel)
+        xs = x_start + speed * t
+        if motion == "left":
+            xs = xs[::-1].copy()
+        y0 = rng.uniform(margin, height - margin)
+        # Slight vertical drift, limited so the square stays inside the frame.
+        lo = max(-0.3, (margin - y0) / steps)
+        hi = min(0.3, (height - margin - y0) / steps)
+        ys = y0 + rng.uniform(lo, hi) * t
+        angle = math.radians(rng.uniform(-15.0, 15.0))
+        polys = [_square(x, y, half, angle) for x, y in zip(xs, ys)]
+        return polys, colour
+    if motion == "grow":
+        arm0 = rng.uniform(0.06, 0.09) * short
+        arm1 = rng.uniform(0.22, 0.28) * short
+        arms = arm0 + (arm1 - arm0) * t / steps
+        margin = arm1 * 1.1 + 2.0
+        cx, cy = rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)
+        angle = rng.uniform(0.0, math.pi / 2)  # the cross has 90-degree symmetry
+        polys = [_cross(cx, cy, arm, angle) for arm in arms]
+        return polys, colour
+    # motion == "spin". The size range overlaps the growing cross's, so a
+    # single frame does not tell the two apart; arm tips move ~1-4 px per frame.
+    arm = rng.uniform(0.10, 0.22) * short
+    margin = arm * 1.1 + 2.0
+    cx, cy = rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)
+    omega = math.radians(rng.uniform(5.0, 9.0)) * rng.choice([-1.0, 1.0])
+    angle0 = rng.uniform(0.0, math.pi / 2)
+    polys = [_cross(cx, cy, arm, angle0 + omega * k) for k in t]
+    return polys, colour
+
+
+def render_clip(cls: str, rng: np.random.Generator, num_frames: int = 32,
+                height: int = 120, width: int = 160) -> list[np.ndarray]:
+    """Renders one video of class `cls` as a list of uint8 RGB frames."""
+    background = _background(rng, height, width)
+    polys, colour = _trajectory(rng, cls, num_frames, height, width)
+    scale = 1 << _SUBPIXEL_BITS
+    frames = []
+    for poly in polys:
+        # Fresh sensor noise every frame, as in a real camera.
+        noisy = background + rng.normal(0.0, 2.5, size=background.shape).astype(np.float32)
+        frame = np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
+        pts = np.round(poly * scale).astype(np.int32)
+        cv2.fillPoly(frame, [pts], colour, lineType=cv2.LINE_AA, shift=_SUBPIXEL_BITS)
+        frames.append(frame)
+    return frames
+
+
+def _video_name(cls: str, group: int, clip: int) -> str:
+    return f"v_{cls}_g{group:02d}_c{clip:02d}.avi"
+
+
+def generate_ucf101_like(root: str, videos_per_class: int = 10, num_frames: int = 32,
+                         height: int = 120, width: int = 160, seed: int = 0) -> dict:
+    """Writes a UCF101-layout sample data set of `CLASSES` under `root`.
+
+    Layout: root/UCF-101/<Class>/v_<Class>_gXX_cXX.avi and
+    root/ucfTrainTestlist/{classInd.txt, trainlist01.txt, testlist01.txt} in
+    the official formats ("1 Class"; "Class/v_Class_g01_c01.avi 1" with the
+    1-based label; "Class/v_Class_g01_c01.avi"). Videos of a class form groups
+    of 2 clips (g01 c01, g01 c02, g02 c01, ...); as in UCF101 the split is by
+    group, so clips of one group never straddle train and test: the first
+    round(0.7 * groups) groups are train (at least 1, and at least one group
+    left for test when there are 2 or more groups). Every video is rendered
+    from its own generator seeded with (seed, class, group, clip), so the
+    output is identical for the same arguments. Existing files are
+    overwritten. Returns a summary dict.
+    """
+    if videos_per_class < 1 or num_frames < 2:
+        raise ValueError("need videos_per_class >= 1 and num_frames >= 2")
+    video_root = os.path.join(root, "UCF-101")
+    split_dir = os.path.join(root, "ucfTrainTestlist")
+    os.makedirs(split_dir, exist_ok=True)
+
+    groups = math.ceil(videos_per_class / _CLIPS_PER_GROUP)
+    train_groups = int(math.floor(_TRAIN_FRACTION * groups + 0.5))
+    train_groups = max(1, min(train_groups, groups - 1)) if groups > 1 else 1
+
+    train_lines, test_lines = [], []
+    per_class = {}
+    for label, cls in enumerate(CLASSES, start=1):
+        os.makedirs(os.path.join(video_root, cls), exist_ok=True)
+        counts = {"train": 0, "test": 0}
+        for k in range(videos_per_class):
+            group, clip = k // _CLIPS_PER_GROUP + 1, k % _CLIPS_PER_GROUP + 1
+            name = _video_name(cls, group, clip)
+            rng = np.random.default_rng([seed, label, group, clip])
+            write_video(os.path.join(video_root, cls, name),
+                        render_clip(cls, rng, num_frames, height, width))
+            rel = f"{cls}/{name}"
+            if group <= train_groups:
+                train_lines.append(f"{rel} {label}")
+                counts["train"] += 1
+            else:
+                test_lines.append(rel)
+                counts["test"] += 1
+        per_class[cls] = counts
+
+    # The official files use Windows line endings; plain "\n" is written here
+    # and parsers are expected to accept both.
+    _write_lines(os.path.join(split_dir, "classInd.txt"),
+                 [f"{i} {c}" for i, c in enumerate(CLASSES, start=1)])
+    _write_lines(os.path.join(split_dir, "trainlist01.txt"), train_lines)
+    _write_lines(os.path.join(split_dir, "testlist01.txt"), test_lines)
+    return {
+        "root": root,
+        "video_root": video_root,
+        "split_dir": split_dir,
+        "classes": list(CLASSES),
+        "num_videos": len(CLASSES) * videos_per_class,
+        "train": len(train_lines),
+        "test": len(test_lines),
+        "per_class": per_class,
+        "num_frames": num_frames,
+        "height": height,
+        "width": width,
+        "seed": seed,
+    }
+
+
+def _write_lines(path: str, lines: list[str]) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)

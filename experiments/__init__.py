@@ -1,0 +1,1 @@
+"""absl-flag binaries: prep, train, evaluate, fuse, predict, demo, benchmark."""
