@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import numbers
 import os
 import posixpath
 import re
@@ -100,7 +101,7 @@ def load_layout(dataset: str, data_root: str, split: int = 1,
     if name not in DATASETS:
         raise LayoutError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
     # bool is an int subclass; True would silently mean split 1.
-    if isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= 3:
+    if isinstance(split, bool) or not isinstance(split, numbers.Integral) or not 1 <= split <= 3:
         raise LayoutError(f"split must be 1, 2 or 3, got {split!r}")
     if split_file is not None and name != "folder":
         raise LayoutError(f"split_file is only used with the folder dataset, not {name} "
@@ -110,9 +111,9 @@ def load_layout(dataset: str, data_root: str, split: int = 1,
             raise LayoutError(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
     root = _check_root(data_root)
     if name == "ucf101":
-        return _load_ucf101(root, split)
+        return _load_ucf101(root, int(split))
     if name == "hmdb51":
-        return _load_hmdb51(root, split)
+        return _load_hmdb51(root, int(split))
     if name == "kinetics400":
         return _load_kinetics400(root)
     return _load_folder(root, split_file, float(test_fraction))
@@ -470,7 +471,7 @@ def _clip_index(root: str) -> dict[str, str]:
             continue
         stem, ext = os.path.splitext(name)
         r = rank[ext.lower()]
-        if True:
+        if stem not in index or r < index[stem][0]:
             index[stem] = (r, os.path.join(dirpath, name))
     return {stem: path for stem, (_, path) in index.items()}
 
