@@ -10,11 +10,12 @@ images like in the two-stream literature: `quantize` clips each component to
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import cv2
 import numpy as np
+
+from mat_effnet import records
 
 ALGORITHMS = ("tvl1", "dis", "none")
 
@@ -82,36 +83,6 @@ def create_flow(algorithm: str) -> FlowFn:
     return flow
 
 
-def _check_bound(bound: float) -> float:
-    bound = float(bound)
-    if not math.isfinite(bound) or bound <= 0:
-        raise ValueError(f"bound must be a positive finite number, got {bound}")
-    return bound
-
-
-def quantize(component: np.ndarray, bound: float) -> np.ndarray:
-    """Maps flow values to uint8: q = round((clip(v, ±bound) + bound) * 255 / (2 bound)).
-
-    Rounding is half up, so v = 0 lands exactly on 127.5 and maps to 128
-    (the same value round-half-to-even would give). The step is
-    2*bound/255; values beyond ±bound saturate at 0 / 255. NaN maps to 128
-    (treated as no motion) rather than to an undefined integer.
-    """
-    bound = _check_bound(bound)
-    v = np.nan_to_num(np.asarray(component, dtype=np.float64), nan=0.0)
-    v = np.clip(v, -bound, bound)
-    # (v/bound + 1) * 127.5 is the spec formula rearranged so that v = 0 gives
-    # exactly 127.5 in floating point (bound*255/(2*bound) can land a hair
-    # below .5 and flip the rounding).
-    q = np.floor((v / bound + 1.0) * 127.5 + 0.5)
-    return np.clip(q, 0, 255).astype(np.uint8)
-
-
-def dequantize(q: np.ndarray, bound: float) -> np.ndarray:
-    """Inverse of `quantize`: v = q * 2*bound/255 - bound, as float32.
-
-    For |v| <= bound the round trip error is at most half a step, bound/255.
-    """
-    bound = _check_bound(bound)
-    q = np.asarray(q, dtype=np.float64)
-    return (q * (2.0 * bound / 255.0) - bound).astype(np.float32)
+# Quantization is part of the record schema, so it lives with the schema.
+quantize = records.quantize_flow
+dequantize = records.dequantize_flow
