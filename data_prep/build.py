@@ -9,7 +9,11 @@ Re-running the same command after a kill resumes; a finished run is a no-op.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+# One clear error line on bad input, not TensorFlow's C++ INFO chatter.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
@@ -30,11 +34,19 @@ flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of RGB and flow frames.")
 flags.DEFINE_integer("videos_per_shard", 32, "Videos per TFRecord shard.")
 flags.DEFINE_integer("chunk_frames", 1000, "Longer videos are cut into records of this many frames.")
 flags.DEFINE_string("name", None, "Dataset name in shard file names (default: --dataset).")
+flags.DEFINE_string("runner", None,
+                    "Run as an Apache Beam pipeline on this runner (DirectRunner, DataflowRunner, "
+                    "FlinkRunner, SparkRunner...; needs mat-effnet[beam]); Beam's own pipeline "
+                    "options go after '--'. Default: a process pool of --workers on this machine.")
 flags.mark_flags_as_required(["dataset", "data_root", "out_dir"])
 
 
 def main(argv):
-    del argv
+    pipeline_args = argv[1:]  # what follows "--": Beam's pipeline options
+    if pipeline_args and not FLAGS.runner:
+        print(f"mat-effnet-prep: error: {' '.join(pipeline_args)}: options after '--' are "
+              "Beam pipeline options and need --runner", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     cfg = builder.PrepConfig(
@@ -45,7 +57,14 @@ def main(argv):
         videos_per_shard=FLAGS.videos_per_shard, chunk_frames=FLAGS.chunk_frames,
         name=FLAGS.name)
     try:
-        meta = builder.build(cfg)
+        if FLAGS.runner:
+            from data_prep import beam_pipeline
+
+            meta = beam_pipeline.build_with_beam(cfg, [f"--runner={FLAGS.runner}", *pipeline_args])
+            if meta is None:  # a detached job writes the metadata when it completes
+                return 0
+        else:
+            meta = builder.build(cfg)
     except (layouts.LayoutError, builder.PrepError, ValueError) as e:
         print(f"mat-effnet-prep: error: {e}", file=sys.stderr)
         return 2

@@ -6,7 +6,10 @@ Sect. 4.2 uses TV-L1 flow as in TSN).  The library entry point is
 `build(PrepConfig)`; `data_prep.build` wraps it in a command line.
 
 One function turns a video into records, `video_to_records`, whatever drives
-it (this module's process pool, or another runner).
+it: this module's process pool, or `data_prep.beam_pipeline` (Apache Beam).
+Both drivers take the same steps, which live here: `prepare` (checks, layout,
+shard plan), `video_result` (one video -> work file + marker),
+`assemble_shard` (finished videos -> one shard) and `finish` (metadata).
 
 How the work is laid out so that a run killed at any moment can be re-run:
 
@@ -36,6 +39,7 @@ import multiprocessing
 import os
 import random
 import time
+import uuid
 from typing import Iterator
 
 from data_prep import layouts
@@ -215,6 +219,12 @@ def _read_json(path):
         return json.load(f)
 
 
+def _tmp_name(path: str) -> str:
+    # The pid alone is not unique across machines: under a distributed
+    # runner a retried work item can race the original on another host.
+    return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def process_video(task: _Task) -> dict:
     """Worker: one video -> its TFRecord file + a marker.  Never raises for bad videos."""
     import cv2
@@ -227,7 +237,7 @@ def process_video(task: _Task) -> dict:
     cv2.setNumThreads(1)
     key = _video_key(task.entry)
     base = os.path.join(task.work_dir, key)
-    tmp = f"{base}.tfrecord.tmp-{os.getpid()}"
+    tmp = _tmp_name(f"{base}.tfrecord")
     start = time.perf_counter()
     stats: dict = {}
     result = {"video_id": task.entry.video_id, "key": key, "path": task.entry.path,
@@ -329,7 +339,7 @@ def _assemble_shard(out_dir: str, work_dir: str, name: str, split: str, index: i
     gfile = _gfile()
     filename = records.shard_filename(name, split, index, count)
     final = os.path.join(out_dir, filename)
-    tmp = f"{final}.tmp-{os.getpid()}"
+    tmp = _tmp_name(final)
     videos = []
     with gfile.GFile(tmp, "wb") as out:
         out.write(b"")  # GFile creates the file on first write; a shard may be empty
@@ -366,16 +376,10 @@ def build(cfg: PrepConfig) -> dict:
     Raises `layouts.LayoutError`, `ValueError` or `PrepError` (one clear
     line each) before any work when the input or the settings are wrong.
     """
-    cfg.validate()
-    layout = layouts.load_layout(cfg.dataset, cfg.data_root, split=cfg.split,
-                                 split_file=cfg.split_file)
+    layout, plans = prepare(cfg)
     out_dir = cfg.out_dir
-    _check_settings(out_dir, cfg)
-    gfile = _gfile()
     start = time.monotonic()
 
-    plans = {split: plan_shards(entries, cfg.videos_per_shard)
-             for split, entries in layout.splits.items() if entries}
     summaries: dict[str, list] = {}
     pending: list[_Task] = []
     # Shards are assembled as soon as their last video is in, so a kill
@@ -383,12 +387,11 @@ def build(cfg: PrepConfig) -> dict:
     waiting: dict[tuple, int] = {}  # (split, shard index) -> videos still to process
     shard_of: dict[tuple, tuple] = {}  # (video_id, split) -> (split, shard index)
     for split, shards in plans.items():
-        work_dir = os.path.join(out_dir, WORK_DIR, split)
-        gfile.makedirs(work_dir)
-        summaries[split] = [_shard_summary(work_dir, out_dir, i) for i in range(len(shards))]
+        wd = work_dir(out_dir, split)
+        summaries[split] = [finished_shard(cfg, split, i) for i in range(len(shards))]
         for i, shard in enumerate(shards):
             if summaries[split][i] is None:
-                todo = [_Task(e, cfg, work_dir) for e in shard if _marker(work_dir, e) is None]
+                todo = [_Task(e, cfg, wd) for e in shard if _marker(wd, e) is None]
                 pending += todo
                 if todo:
                     waiting[split, i] = len(todo)
@@ -403,9 +406,7 @@ def build(cfg: PrepConfig) -> dict:
 
     def assemble(split, i):
         shards = plans[split]
-        summaries[split][i] = _assemble_shard(
-            out_dir, os.path.join(out_dir, WORK_DIR, split), cfg.dataset_name, split, i,
-            len(shards), shards[i])
+        summaries[split][i] = assemble_shard(cfg, split, i, len(shards), shards[i])
 
     # Shards whose videos were all finished by an earlier, killed run.
     for split, shards in plans.items():
@@ -422,19 +423,85 @@ def build(cfg: PrepConfig) -> dict:
         if waiting[key] == 0:
             assemble(*key)
 
-    meta = _metadata(cfg, layout, plans, summaries)
-    records.write_tfds_metadata(
-        out_dir, cfg.dataset_name, layout.classes,
-        {split: [s["records"] for s in summaries[split]] for split in plans},
-        {split: sum(s["num_bytes"] for s in summaries[split]) for split in plans},
-        description=f"mat-effnet prepared {cfg.dataset} (split {cfg.split}), flow={cfg.flow}")
-    records.write_metadata(out_dir, meta)
+    meta = finish(cfg, layout, summaries)
     failed = meta["failures"]
     log.info("done in %s: %d videos ok, %d failed -> %s",
              _fmt_seconds(time.monotonic() - start),
              sum(s["videos"] for s in meta["splits"].values()), len(failed), out_dir)
     for f in failed:
         log.info("  failed: %s (%s): %s", f["video_id"], f["split"], f["reason"])
+    return meta
+
+
+# ---------------------------------------------------------------------------
+# The steps every driver takes (`build` above, data_prep.beam_pipeline)
+# ---------------------------------------------------------------------------
+
+def work_dir(out_dir: str, split: str) -> str:
+    """Where a split's per-video files, markers and shard summaries live."""
+    return os.path.join(out_dir, WORK_DIR, split)
+
+
+def prepare(cfg: PrepConfig) -> tuple[layouts.Layout, dict[str, list[list]]]:
+    """Checks everything, reads the layout and plans the shards, before any work.
+
+    Returns the layout and, per split that has videos (in the layout's
+    split order), its shards as lists of `layouts.VideoEntry` in write
+    order.  Raises as `build` documents.
+    """
+    cfg.validate()
+    layout = layouts.load_layout(cfg.dataset, cfg.data_root, split=cfg.split,
+                                 split_file=cfg.split_file)
+    _check_settings(cfg.out_dir, cfg)
+    plans = {split: plan_shards(entries, cfg.videos_per_shard)
+             for split, entries in layout.splits.items() if entries}
+    for split in plans:
+        _gfile().makedirs(work_dir(cfg.out_dir, split))
+    return layout, plans
+
+
+def finished_shard(cfg: PrepConfig, split: str, index: int) -> dict | None:
+    """The summary of a shard an earlier run finished (file and summary exist), else None."""
+    return _shard_summary(work_dir(cfg.out_dir, split), cfg.out_dir, index)
+
+
+def video_result(cfg: PrepConfig, split: str, entry: layouts.VideoEntry) -> dict:
+    """One video's result: an earlier run's marker, else the video processed now.
+
+    Never raises for a bad video (see `process_video`); afterwards the
+    video's marker (and, if it succeeded, its work file) exists.
+    """
+    wd = work_dir(cfg.out_dir, split)
+    return _marker(wd, entry) or process_video(_Task(entry, cfg, wd))
+
+
+def assemble_shard(cfg: PrepConfig, split: str, index: int, count: int,
+                   entries: list) -> dict:
+    """Writes shard `index` of `count` from its finished videos, in `entries` order.
+
+    Every video of `entries` must have its marker.  Idempotent: a shard that
+    is already finished is returned as it is (drivers may retry this step).
+    """
+    return finished_shard(cfg, split, index) or _assemble_shard(
+        cfg.out_dir, work_dir(cfg.out_dir, split), cfg.dataset_name, split, index, count,
+        entries)
+
+
+def finish(cfg: PrepConfig, layout: layouts.Layout, summaries: dict[str, list]) -> dict:
+    """Writes TFDS's metadata, then ``mat_effnet_meta.json``; returns the latter's content.
+
+    ``summaries`` holds, per split in `prepare`'s order, every shard's
+    summary in shard order.  Of ``layout`` only ``classes`` and
+    ``failures`` are read.  ``mat_effnet_meta.json`` goes last: its presence
+    means the dataset is complete.
+    """
+    meta = _metadata(cfg, layout, summaries)
+    records.write_tfds_metadata(
+        cfg.out_dir, cfg.dataset_name, layout.classes,
+        {split: [s["records"] for s in summaries[split]] for split in summaries},
+        {split: sum(s["num_bytes"] for s in summaries[split]) for split in summaries},
+        description=f"mat-effnet prepared {cfg.dataset} (split {cfg.split}), flow={cfg.flow}")
+    records.write_metadata(cfg.out_dir, meta)
     return meta
 
 
@@ -451,14 +518,14 @@ def _run_tasks(tasks: list[_Task], workers: int):
         yield from pool.imap_unordered(process_video, tasks, chunksize=1)
 
 
-def _metadata(cfg, layout, plans, summaries) -> dict:
+def _metadata(cfg, layout, summaries) -> dict:
     splits, shards, failures = {}, {}, []
     frames = rgb_bytes = flow_bytes = 0
     sizes: dict[str, int] = {}
     for f in layout.failures:
         failures.append({"video_id": f.video_id, "path": f.path, "reason": f.reason,
                          "split": getattr(f, "split", None)})
-    for split in plans:
+    for split in summaries:
         vids = [v for s in summaries[split] for v in s["videos"]]
         ok = [v for v in vids if v["status"] == "done"]
         failures += [{"video_id": v["video_id"], "path": v["path"], "reason": v["reason"],

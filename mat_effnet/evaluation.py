@@ -1,0 +1,124 @@
+"""Multi-segment, multi-crop evaluation of one stream (TSN protocol, paper Sect. 4).
+
+Each test video is sampled at N uniformly spaced positions (25 by default)
+in 1, 3 or 10 crops.  The N positions of one crop are one clip for the
+model (its attention runs over the N segment tokens); the softmax scores of
+the crops are averaged, and the records of a video that was cut into chunks
+are averaged too, giving one score vector per video.  Those are what late
+fusion (`mat_effnet.fusion`) averages across streams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+log = logging.getLogger("mat_effnet.eval")
+
+
+class EvalError(ValueError):
+    """The model and the data do not fit together (one clear line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+    """What a saved stream model expects, read off its input and output."""
+
+    stream: str
+    image_size: int
+    flow_length: int
+    num_classes: int
+    num_segments: int | None  # None: any number of segments
+
+
+def load_model(path: str):
+    """Loads a ``.keras`` stream or two-stream model with safe_mode on."""
+    import keras
+    import tensorflow as tf
+
+    from mat_effnet import layers, models  # noqa: F401  (registers custom layers)
+
+    if not tf.io.gfile.exists(path):
+        raise EvalError(f"model file {path} does not exist")
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except Exception as e:  # keras raises several types for a bad file
+        raise EvalError(f"cannot load {path} as a Keras model: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+def stream_spec(model) -> StreamSpec:
+    shape = model.inputs[0].shape  # (batch, segments, H, W, C)
+    if len(model.inputs) != 1 or len(shape) != 5:
+        raise EvalError(f"{model.name} is not a one-stream model (inputs {model.inputs})")
+    channels = int(shape[-1])
+    stream = "spatial" if channels == 3 else "temporal"
+    return StreamSpec(stream=stream, image_size=int(shape[2]),
+                      flow_length=channels // 2 if stream == "temporal" else 0,
+                      num_classes=int(model.outputs[0].shape[-1]),
+                      num_segments=None if shape[1] is None else int(shape[1]))
+
+
+def evaluate(model, data_dir: str, split: str = "test", num_segments: int = 25,
+             crops: int = 1, batch_size: int = 1, max_clips_per_step: int = 8,
+             progress_seconds: float = 30.0) -> dict:
+    """Scores every video of a split; returns ids, labels, scores and metrics.
+
+    ``batch_size`` videos are decoded at a time and the model sees at most
+    ``max_clips_per_step`` clips (crops x videos) per call, which bounds
+    memory (a 25-segment, 10-crop temporal clip at 224 px is ~1 GB).
+    """
+    import tensorflow as tf
+
+    from mat_effnet import input_pipeline, metrics, records
+
+    meta = records.read_metadata(data_dir)
+    spec = stream_spec(model)
+    if spec.num_classes != int(meta["num_classes"]):
+        raise EvalError(f"the model has {spec.num_classes} classes but {data_dir} has "
+                        f"{meta['num_classes']}: wrong model or wrong --data_dir")
+    if spec.num_segments is not None and spec.num_segments != num_segments:
+        raise EvalError(f"the model takes exactly {spec.num_segments} segments; "
+                        f"use --num_segments={spec.num_segments}")
+    cfg = input_pipeline.PipelineConfig(
+        stream=spec.stream, image_size=spec.image_size, flow_length=max(spec.flow_length, 1),
+        training=False, test_segments=num_segments, crops=crops)
+    ds = input_pipeline.build_dataset(data_dir, split, cfg, batch_size, with_ids=True)
+    total = int(meta["splits"][split]["records"])
+
+    @tf.function(reduce_retracing=True)
+    def predict(x):
+        return model(x, training=False)
+
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    labels: dict[str, int] = {}
+    done, start, last = 0, time.monotonic(), time.monotonic()
+    for clips, batch_labels, ids in ds:
+        b = int(clips.shape[0])
+        flat = tf.reshape(clips, [-1, *clips.shape[2:]])  # (B*crops, N, S, S, C)
+        probs = np.concatenate([predict(flat[i:i + max_clips_per_step]).numpy()
+                                for i in range(0, int(flat.shape[0]), max_clips_per_step)])
+        probs = probs.reshape(b, crops, -1).mean(axis=1)
+        for vid, label, p in zip(ids.numpy(), batch_labels.numpy(), probs):
+            vid = vid.decode("utf-8")
+            sums[vid] = sums.get(vid, 0) + p.astype(np.float64)
+            counts[vid] = counts.get(vid, 0) + 1
+            labels[vid] = int(label)
+        done += b
+        now = time.monotonic()
+        if now - last >= progress_seconds:
+            last = now
+            rate = done / (now - start)
+            log.info("%d/%d records, %.2f records/s, ETA %.0fs", done, total, rate,
+                     (total - done) / max(rate, 1e-9))
+    video_ids = sorted(sums)
+    scores = np.stack([sums[v] / counts[v] for v in video_ids]).astype(np.float32)
+    y = np.asarray([labels[v] for v in video_ids], np.int64)
+    summary = metrics.summarize(scores, y, spec.num_classes)
+    return {"video_ids": video_ids, "labels": y, "scores": scores, "metrics": summary,
+            "stream": spec.stream, "classes": list(meta["classes"]),
+            "dataset": meta.get("name", meta.get("dataset", "")), "split": split}
