@@ -162,14 +162,17 @@ def decode_index(frame: np.ndarray) -> int:
 # Alphabetical, like UCF101's classInd.txt. The three "...SquareRight" classes
 # share shape and motion and differ only in colour, which optical flow (computed
 # on grayscale, and the colours are chosen with about equal luma) cannot see;
-# RedSquareRight/RedSquareLeft and PurpleCrossGrow/PurpleCrossSpin share
+# RedSquareRight/RedSquareDown and PurpleCrossGrow/PurpleCrossSpin share
 # appearance and differ only in motion, which a single RGB frame cannot show.
+# The motion pair is right vs down, not right vs left: training flips clips
+# horizontally (TSN, paper Sect. 4.2), which turns "right" into "left" and
+# would make a left/right pair indistinguishable by construction.
 CLASSES = [
     "BlueSquareRight",
     "GreenSquareRight",
     "PurpleCrossGrow",
     "PurpleCrossSpin",
-    "RedSquareLeft",
+    "RedSquareDown",
     "RedSquareRight",
 ]
 
@@ -189,7 +192,7 @@ _CLASS_SPEC = {
     "GreenSquareRight": ("square", "Green", "right"),
     "PurpleCrossGrow": ("cross", "Purple", "grow"),
     "PurpleCrossSpin": ("cross", "Purple", "spin"),
-    "RedSquareLeft": ("square", "Red", "left"),
+    "RedSquareDown": ("square", "Red", "down"),
     "RedSquareRight": ("square", "Red", "right"),
 }
 
@@ -245,24 +248,26 @@ def _trajectory(rng: np.random.Generator, cls: str, num_frames: int, height: int
     short = min(height, width)
     steps = max(num_frames - 1, 1)
     t = np.arange(num_frames, dtype=np.float64)
-    if motion in ("right", "left"):
+    if motion in ("right", "down"):
+        # Translation along x ("right") or y ("down"): `along` is the moving
+        # axis's length, `across` the other one's.
+        along, across = (width, height) if motion == "right" else (height, width)
         half = rng.uniform(0.075, 0.115) * short
         margin = half * 1.5 + 2.0
-        room = width - 2 * margin
-        # A few pixels per frame at 160 px wide (scaled with the width), so the
+        room = along - 2 * margin
+        # A few pixels per frame at 160 px (scaled with the frame), so the
         # motion is still ~1-2 px per frame after downscaling to 64-96 px, but
         # never so fast that the square leaves the frame.
         speed = min(rng.uniform(0.0125, 0.022) * width, room / steps)
         travel = speed * steps
-        x_start = margin + rng.uniform(0.0, room - travel)
-        xs = x_start + speed * t
-        if motion == "left":
-            xs = xs[::-1].copy()
-        y0 = rng.uniform(margin, height - margin)
-        # Slight vertical drift, limited so the square stays inside the frame.
-        lo = max(-0.3, (margin - y0) / steps)
-        hi = min(0.3, (height - margin - y0) / steps)
-        ys = y0 + rng.uniform(lo, hi) * t
+        start = margin + rng.uniform(0.0, max(room - travel, 0.0))  # rounding can go below 0
+        main = start + speed * t
+        c0 = rng.uniform(margin, across - margin)
+        # Slight drift across the motion, limited so the square stays inside.
+        lo = max(-0.3, (margin - c0) / steps)
+        hi = min(0.3, (across - margin - c0) / steps)
+        cross_axis = c0 + rng.uniform(lo, hi) * t
+        xs, ys = (main, cross_axis) if motion == "right" else (cross_axis, main)
         angle = math.radians(rng.uniform(-15.0, 15.0))
         polys = [_square(x, y, half, angle) for x, y in zip(xs, ys)]
         return polys, colour
