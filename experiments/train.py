@@ -5,6 +5,21 @@
 
 Killed and started again with the same command, it continues from its last
 backup (every --backup_every_steps steps) instead of from scratch.
+
+Across machines: --strategy=multi_worker (MultiWorkerMirroredStrategy), the
+cluster in TF_CONFIG, the same command on every machine; worker 0 (the chief)
+alone writes --model_dir.  Two machines, 10.0.0.1 and 10.0.0.2:
+
+    # on 10.0.0.1 (the chief)
+    export TF_CONFIG='{"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]},
+                       "task": {"type": "worker", "index": 0}}'
+    mat-effnet-train --strategy=multi_worker --flagfile=... --data_dir=/data/ucf101_s1 \\
+        --model_dir=runs/ucf101/spatial
+    # on 10.0.0.2: the same, with "index": 1
+
+--batch_size stays the global batch (split over all replicas of all
+machines).  A killed worker stops the others; start all of them again with
+the same command and training continues from the chief's last checkpoint.
 """
 
 from __future__ import annotations
@@ -44,9 +59,19 @@ flags.DEFINE_bool("multiscale", False, "TSN multi-scale crop instead of a plain 
 flags.DEFINE_integer("shuffle_buffer", 64, "Shuffle buffer, in clips.")
 flags.DEFINE_string("validation_split", "test", "Split evaluated after each epoch ('' for none).")
 flags.DEFINE_integer("steps_per_epoch", None, "Default: training records // batch size.")
-flags.DEFINE_integer("backup_every_steps", 100, "BackupAndRestore frequency, in steps.")
-flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored"],
-                  "auto: MirroredStrategy over all GPUs when there are several.")
+flags.DEFINE_integer("backup_every_steps", 100, "Resume checkpoint frequency, in steps.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multi_worker"],
+                  "auto: MirroredStrategy over all GPUs when there are several; "
+                  "multi_worker: MultiWorkerMirroredStrategy over the machines in TF_CONFIG.")
+flags.DEFINE_enum("loop", "auto", ["auto", "fit", "custom"],
+                  "Training loop: auto = the custom loop for multi_worker and for "
+                  "jit_compile over several replicas, Keras fit otherwise.")
+flags.DEFINE_enum("shard_policy", "auto", ["auto", "file", "data"],
+                  "Custom loop: how workers split the input (file: disjoint shard files; "
+                  "data: every worker reads all; auto: file when each worker gets >= 4 files).")
+flags.DEFINE_bool("mixed_precision", False, "Mixed precision: float16 compute on GPU, "
+                  "bfloat16 on TPU/CPU (often slower on CPU).")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step (often much slower on CPU).")
 flags.DEFINE_integer("seed", None, "Random seed (weights, sampling, augmentation).")
 flags.mark_flags_as_required(["stream", "data_dir", "model_dir"])
 
@@ -74,7 +99,9 @@ def main(argv):
         warmup_epochs=FLAGS.warmup_epochs, bn_momentum=FLAGS.bn_momentum,
         multiscale=FLAGS.multiscale, shuffle_buffer=FLAGS.shuffle_buffer,
         validation_split=FLAGS.validation_split or None, steps_per_epoch=FLAGS.steps_per_epoch,
-        backup_every_steps=FLAGS.backup_every_steps, strategy=FLAGS.strategy, seed=FLAGS.seed)
+        backup_every_steps=FLAGS.backup_every_steps, strategy=FLAGS.strategy, seed=FLAGS.seed,
+        mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.jit_compile, loop=FLAGS.loop,
+        shard_policy=FLAGS.shard_policy)
     try:
         summary = training.train(cfg)
     except (ValueError, records.MetadataError, FileNotFoundError) as e:

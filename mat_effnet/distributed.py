@@ -1,0 +1,550 @@
+"""Training across machines: a custom loop for ``MultiWorkerMirroredStrategy``.
+
+Implements the multi-machine half of the training recipe (paper Sect. 4.2:
+mini-batch SGD on one global batch): synchronous data parallelism with
+``tf.distribute.MultiWorkerMirroredStrategy`` (MWMS), the cluster read from
+``TF_CONFIG``, following TensorFlow's "Custom training loop with
+MultiWorkerMirroredStrategy" pattern.
+
+Why a custom loop, and why only for multi-worker runs
+-----------------------------------------------------
+With TensorFlow 2.21 / Keras 3.15, ``model.fit`` under MWMS fails on two
+workers (``ValueError: Attempt to convert a value (PerReplica:{...``), while
+``strategy.run`` inside a ``tf.function`` trains and leaves every worker
+with the same weights.  Single-machine runs keep ``fit`` (``training.py``):
+it is Keras's well-trodden path, its callbacks (BackupAndRestore included)
+were written for it, and the end-to-end tests cover it.  The loop here works
+under any strategy (``TrainConfig.loop="custom"``), which is how the tests
+check it against ``fit`` in one process.
+
+What the loop keeps from ``fit``
+--------------------------------
+* The same Keras callbacks, driven through ``keras.callbacks.CallbackList``
+  with fit's call order and logs (``loss``, ``accuracy``, ``top5``,
+  ``val_*``, ``learning_rate``): TensorBoard, CSVLogger, best/last
+  ModelCheckpoint, LearningRateSetter, TerminateOnNaN.  Every logged number
+  is reduced over all replicas of all workers, so every worker sees the same
+  values and takes the same decisions (a worker that stopped alone would
+  leave the others waiting in a collective forever).
+* The loss: per-example cross-entropy summed and divided by the *global*
+  batch (``tf.nn.compute_average_loss``), because the optimizer sums the
+  replicas' gradients; that is fit's batch mean over the global batch.
+* BatchNormalization's moving statistics, which each replica updates from
+  its own batch, are averaged over all replicas after every step, so every
+  worker holds the same model at all times (and saves the same one).
+* Resume: instead of BackupAndRestore (it needs ``fit``), a
+  ``tf.train.Checkpoint`` of model, optimizer (momentum, iteration count,
+  loss scale) and two counters, the epoch and the step inside it, saved
+  every ``backup_every_steps`` steps and at each epoch end by a
+  ``tf.train.CheckpointManager`` in ``model_dir/checkpoints``.  A run
+  started again with the same command continues at the saved step of the
+  saved epoch; its data stream starts afresh (the shuffle buffers are not
+  checkpointed: they hold undecoded videos and would make every checkpoint
+  huge), which for an endless, reshuffled training stream changes only the
+  order of later samples.  Unlike BackupAndRestore the checkpoints stay
+  after a finished run, so the same command with more ``--epochs`` goes on
+  training; delete ``model_dir/checkpoints`` to start over.
+
+Chief and workers
+-----------------
+The chief is the ``chief`` task, else worker 0, else the only process (no
+``TF_CONFIG``).  Only the chief writes into ``model_dir``.  Saving may need
+every worker (a variable aggregated on read is reduced across workers), so
+the others run the same saves into a private temporary directory that they
+delete (TensorFlow's MWMS pattern).  Only the chief restores a checkpoint;
+it then broadcasts every checkpointed value (weights, optimizer slots,
+counters) to the other workers.  So ``model_dir`` need not be on storage the
+workers share: the chief's copy is the only one read.
+
+Input sharding
+--------------
+Each worker builds its own input pipeline (``distribute_datasets_from_
+function``) and batches per replica (global batch / replicas).
+
+* ``file``: worker ``i`` of ``n`` reads shard files ``i, i+n, ...``.  Cheap
+  (each record is decoded once, by one worker), but a worker with fewer or
+  smaller files sees its records more often, and with fewer files than
+  workers a worker would have none.
+* ``data``: every worker reads every file.  With a seed the workers' streams
+  are identical and each keeps every n-th batch (a partition of the stream,
+  at n times the decoding work); without a seed the workers' streams are
+  independent shuffles of the whole set and none is discarded.
+* ``auto`` (default): ``file`` when every worker gets at least 4 files (the
+  workers' file counts then differ by at most 25 %; prepared data has 32
+  videos per shard, so UCF101 train has about 300 shards), else ``data``.
+
+Validation uses ``file`` whenever there are at least as many files as
+workers (every record is still evaluated exactly once; balance only affects
+speed), else ``data`` sharding of its deterministic stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+log = logging.getLogger("mat_effnet.distributed")
+
+SHARD_POLICIES = ("auto", "file", "data")
+CHECKPOINT_SUBDIR = "checkpoints"
+# "auto" shards by file when every worker gets at least this many files.
+MIN_FILES_PER_WORKER = 4
+
+
+# ---------------------------------------------------------------------------
+# The cluster
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """Who this process is in the cluster that ``TF_CONFIG`` describes."""
+
+    task_type: str | None  # None: no TF_CONFIG (a one-process "cluster")
+    task_id: int
+    num_workers: int
+    is_chief: bool
+
+    @property
+    def name(self) -> str:
+        return "local" if self.task_type is None else f"{self.task_type}:{self.task_id}"
+
+
+def worker_info(tf_config: str | None = None) -> WorkerInfo:
+    """Parses ``TF_CONFIG`` (default: the environment's); ValueError when malformed.
+
+    ``{"cluster": {"worker": ["host1:port", "host2:port"]},
+    "task": {"type": "worker", "index": 0}}``.  The chief is the ``chief``
+    task when the cluster has one, else worker 0.
+    """
+    text = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+    if not text.strip():
+        return WorkerInfo(None, 0, 1, True)
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
+    cluster = config.get("cluster") or {}
+    task = config.get("task") or {}
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ValueError("TF_CONFIG: 'cluster' and 'task' must be JSON objects")
+    workers = [t for t in ("chief", "worker") if cluster.get(t)]
+    if not workers:
+        if cluster:
+            raise ValueError(f"TF_CONFIG: the cluster has no 'worker' or 'chief' task "
+                             f"(it has {sorted(cluster)})")
+        return WorkerInfo(None, 0, 1, True)
+    task_type, task_id = task.get("type"), task.get("index", 0)
+    if task_type not in cluster:
+        raise ValueError(f"TF_CONFIG: task type {task_type!r} is not in the cluster "
+                         f"({sorted(cluster)})")
+    if task_type not in ("chief", "worker"):
+        # Evaluators and parameter servers have no part in MWMS training.
+        raise ValueError(f"TF_CONFIG: task type {task_type!r}: multi_worker training "
+                         "runs on 'chief' and 'worker' tasks only")
+    if not isinstance(task_id, int) or not 0 <= task_id < len(cluster[task_type]):
+        raise ValueError(f"TF_CONFIG: task index {task_id!r} is out of range for the "
+                         f"{len(cluster[task_type])} {task_type!r} addresses")
+    num = sum(len(cluster[t]) for t in workers)
+    chief = task_type == "chief" or ("chief" not in cluster and task_id == 0)
+    return WorkerInfo(task_type, task_id, num, chief)
+
+
+def make_multi_worker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
+    """MWMS over the cluster in ``TF_CONFIG``; must run before any other TF work.
+
+    Collective ops are configured when the strategy is created, which
+    TensorFlow allows only before its runtime has started.
+    """
+    worker_info()  # a clear error for a malformed TF_CONFIG, before TF's own
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except RuntimeError as e:
+        if "program startup" in str(e):
+            raise RuntimeError(
+                "strategy='multi_worker' must be created before TensorFlow runs "
+                "anything else in this process (collective ops are configured at "
+                "start-up); start a fresh process for multi-worker training") from e
+        raise
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def strategy_worker_info(strategy: tf.distribute.Strategy) -> WorkerInfo:
+    """This process's role; a single process is its own chief."""
+    if is_multi_worker(strategy):
+        return worker_info()
+    return WorkerInfo(None, 0, 1, True)
+
+
+class WriteDir:
+    """Where this worker writes: ``model_dir`` on the chief, else a temp dir.
+
+    A context manager; the temp dir is deleted on exit, whatever happened.
+    """
+
+    def __init__(self, model_dir: str, info: WorkerInfo):
+        self.model_dir, self.info = model_dir, info
+        self.path = model_dir
+
+    def __enter__(self) -> str:
+        if not self.info.is_chief:
+            self.path = tempfile.mkdtemp(prefix=f"mat_effnet_{self.info.task_type}"
+                                                f"{self.info.task_id}_")
+        return self.path
+
+    def __exit__(self, *exc):
+        if not self.info.is_chief:
+            shutil.rmtree(self.path, ignore_errors=True)
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Input
+# ---------------------------------------------------------------------------
+
+def plan_sharding(files: Sequence[str], num_pipelines: int, policy: str = "auto",
+                  training: bool = True) -> tuple[str, list[list[str]]]:
+    """("file" | "data", the files of each input pipeline).  See the docstring."""
+    if policy not in SHARD_POLICIES:
+        raise ValueError(f"shard_policy={policy!r}: expected one of {SHARD_POLICIES}")
+    files, n = list(files), int(num_pipelines)
+    if n < 1:
+        raise ValueError(f"num_pipelines={n}: must be >= 1")
+    if n == 1:
+        return "file", [files]  # one pipeline reads every file once either way
+    if policy == "auto":
+        need = MIN_FILES_PER_WORKER * n if training else n
+        policy = "file" if len(files) >= need else "data"
+    if policy == "file":
+        if len(files) < n:
+            raise ValueError(f"shard_policy='file': {len(files)} shard files cannot feed "
+                             f"{n} workers; use shard_policy='data' or 'auto'")
+        return "file", [files[i::n] for i in range(n)]
+    return "data", [files for _ in range(n)]
+
+
+def make_dataset_fn(build: Callable[[list, int], tf.data.Dataset], files: Sequence[str],
+                    global_batch_size: int, policy: str, training: bool,
+                    seeded: bool) -> Callable:
+    """A ``distribute_datasets_from_function`` argument.
+
+    ``build(files, per_replica_batch)`` makes one pipeline's batched dataset.
+    """
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        n, i = ctx.num_input_pipelines, ctx.input_pipeline_id
+        how, plan = plan_sharding(files, n, policy, training)
+        ds = build(plan[i], ctx.get_per_replica_batch_size(global_batch_size))
+        # "data": identical streams (seeded training, or evaluation) are
+        # partitioned by batch; unseeded training streams are already
+        # independent, so discarding batches would only waste work.
+        if how == "data" and n > 1 and (seeded or not training):
+            ds = ds.shard(n, i)
+        log.info("input pipeline %d/%d: %s sharding, %d files", i, n, how, len(plan[i]))
+        return ds
+
+    return dataset_fn
+
+
+# ---------------------------------------------------------------------------
+# Broadcasting the chief's state
+# ---------------------------------------------------------------------------
+
+def broadcast_from_chief(strategy: tf.distribute.Strategy, variables: Sequence) -> None:
+    """Gives every replica of every worker the chief's values of ``variables``.
+
+    An all-reduce (sum) where replica 0, which lives on the chief, contributes
+    its value and every other replica zeros: adding zeros is exact, so the
+    result is the chief's value bit for bit.  Everything travels as float64
+    (one dtype per all-reduce; exact for float32/16 values and for integers
+    below 2**53).
+    """
+    variables = list(variables)
+    if not variables:
+        return
+
+    @tf.function
+    def reduce():
+        def replica_fn():
+            ctx = tf.distribute.get_replica_context()
+            first = tf.equal(ctx.replica_id_in_sync_group, 0)
+            values = []
+            for v in variables:
+                x = tf.cast(tf.convert_to_tensor(v), tf.float64)
+                # tf.where, not a product: a NaN on a non-chief must not leak.
+                values.append(tf.where(first, x, tf.zeros_like(x)))
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+        return strategy.run(replica_fn)
+
+    reduced = reduce()
+    for v, r in zip(variables, reduced):
+        # tf.as_dtype: Keras variables name their dtype by a string.
+        v.assign(tf.cast(strategy.experimental_local_results(r)[0], tf.as_dtype(v.dtype)))
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Returns when every worker has reached it (a one-number all-reduce).
+
+    At the end of a run it keeps the chief, which hosts TensorFlow's
+    coordination service, from exiting while the others still work.
+    """
+    if strategy.num_replicas_in_sync < 2:
+        return
+
+    @tf.function
+    def meet():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.constant(1.0)))
+
+    meet()
+
+
+def batch_norm_statistics(model: keras.Model) -> list:
+    """The moving mean/variance variables of every BatchNormalization layer."""
+    found, seen = [], set()
+
+    def walk(layer):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.extend([layer.moving_mean, layer.moving_variance])
+        for child in getattr(layer, "layers", ()):
+            walk(child)
+
+    walk(model)
+    return found
+
+
+def average_over_replicas(strategy: tf.distribute.Strategy, variables: Sequence) -> None:
+    """Sets every replica's copy of ``variables`` to their mean over replicas.
+
+    Call from a ``tf.function`` in cross-replica context.  BatchNormalization
+    updates its moving statistics from each replica's own batch, so without
+    this the copies drift apart (the workers would save different models).
+    The mean of the replicas' moving averages is the moving average of the
+    mean of their batch statistics, i.e. of the global batch's mean (for the
+    variance, the mean of the per-replica variances).
+    """
+    if not variables:
+        return
+    means = strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
+        # tf.identity: a fresh tensor on the replica's device (all_reduce
+        # finds no destination for the variable read itself).
+        tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in variables]))
+    for v, m in zip(variables, means):
+        v.assign(strategy.experimental_local_results(m)[0])
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoopConfig:
+    """What the loop needs beyond the model, its data and its callbacks."""
+
+    epochs: int
+    steps_per_epoch: int
+    global_batch_size: int
+    read_dir: str            # checkpoints restored from here (the chief's)
+    write_dir: str           # checkpoints saved here (a temp dir off the chief)
+    backup_every_steps: int = 100
+    jit_compile: bool = False
+    num_classes: int = 2
+    is_chief: bool = True
+    max_to_keep: int = 2
+
+
+class _Sums:
+    """Running sums of (loss, top-1 hits, top-5 hits, examples)."""
+
+    def __init__(self):
+        self.values = np.zeros(4, np.float64)
+
+    def add(self, reduced) -> None:
+        self.values += np.asarray([float(t) for t in reduced], np.float64)
+
+    def logs(self, prefix: str = "") -> dict:
+        loss, top1, top5, count = self.values
+        n = max(count, 1.0)
+        return {f"{prefix}loss": loss / n, f"{prefix}accuracy": top1 / n,
+                f"{prefix}top5": top5 / n}
+
+
+def _batch_stats(labels, probs, per_example_loss, k: int):
+    labels = tf.cast(labels, tf.int32)
+    probs = tf.cast(probs, tf.float32)
+    top1 = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), labels),
+                   tf.float32)
+    top5 = tf.cast(tf.math.in_top_k(labels, probs, k), tf.float32)
+    return [tf.reduce_sum(per_example_loss), tf.reduce_sum(top1), tf.reduce_sum(top5),
+            tf.cast(tf.size(labels), tf.float32)]
+
+
+def _sum_over_replicas(strategy, per_replica):
+    return [strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in per_replica]
+
+
+def _checkpoint_number(epoch: int, step: int, steps_per_epoch: int) -> int:
+    return epoch * steps_per_epoch + step
+
+
+def run(model: keras.Model, strategy: tf.distribute.Strategy, train_dataset_fn: Callable,
+        val_dataset_fn: Callable | None, callbacks: Sequence[keras.callbacks.Callback],
+        cfg: LoopConfig, verbose: int = 0) -> keras.callbacks.History:
+    """Trains ``model`` (compiled under ``strategy``) with ``fit``'s semantics.
+
+    Returns the History callback.  The model's optimizer and loss come from
+    ``model.compile`` (the loss must be sparse categorical cross-entropy on
+    probabilities, which is what ``training.compile_model`` sets).
+    """
+    optimizer = model.optimizer
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)
+    # Plain (not mirrored) variables: every worker sets them from the host.
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var,
+                                     step_in_epoch=step_var)
+    if cfg.is_chief:
+        latest = tf.train.latest_checkpoint(cfg.read_dir)
+        if latest:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+            log.info("restored %s: epoch %d, step %d", latest, int(epoch_var.numpy()),
+                     int(step_var.numpy()))
+    if is_multi_worker(strategy) and strategy_worker_info(strategy).num_workers > 1:
+        broadcast_from_chief(strategy, [*model.weights, *optimizer.variables, epoch_var,
+                                        step_var])
+    manager = tf.train.CheckpointManager(checkpoint, cfg.write_dir,
+                                         max_to_keep=cfg.max_to_keep if cfg.is_chief else 1)
+
+    def save(epoch: int, step: int) -> None:
+        epoch_var.assign(epoch)
+        step_var.assign(step)
+        manager.save(checkpoint_number=_checkpoint_number(epoch, step, cfg.steps_per_epoch))
+        if not cfg.is_chief:
+            # Saved only to take part in the save's collectives: not kept.
+            tf.io.gfile.rmtree(cfg.write_dir)
+
+    k = min(5, cfg.num_classes)
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def forward_backward(clips, labels):
+        with tf.GradientTape() as tape:
+            probs = model(clips, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+            loss = tf.nn.compute_average_loss(per_example,
+                                              global_batch_size=cfg.global_batch_size)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = optimizer.scale_loss(loss) if loss_scaled else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        return grads, _batch_stats(labels, probs, per_example, k)
+
+    if cfg.jit_compile:
+        # XLA compiles the forward and backward pass; the gradient all-reduce
+        # and the update stay outside (collectives are not XLA-compiled here).
+        forward_backward = tf.function(forward_backward, jit_compile=True,
+                                       reduce_retracing=True)
+
+    def replica_train_step(clips, labels):
+        grads, stats = forward_backward(clips, labels)
+        if loss_scaled and strategy.num_replicas_in_sync > 1:
+            # The loss-scale optimizer skips a step whose gradients are not
+            # finite, judged on each replica's own gradients; make every
+            # replica judge alike, or some would enter the gradient all-reduce
+            # and others not, and the step would hang.
+            bad = tf.cast(tf.logical_not(tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])),
+                tf.float32)
+            bad = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, bad)
+            poison = tf.where(bad > 0, float("nan"), 0.0)
+            grads = [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return stats
+
+    bn_statistics = batch_norm_statistics(model) if strategy.num_replicas_in_sync > 1 else []
+
+    @tf.function
+    def train_step(iterator):
+        clips, labels = next(iterator)
+        stats = _sum_over_replicas(strategy, strategy.run(replica_train_step,
+                                                          args=(clips, labels)))
+        average_over_replicas(strategy, bn_statistics)
+        return stats
+
+    def replica_eval_step(clips, labels):
+        probs = model(clips, training=False)
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+        return _batch_stats(labels, probs, per_example, k)
+
+    @tf.function(reduce_retracing=True)
+    def eval_step(clips, labels):
+        return _sum_over_replicas(strategy, strategy.run(replica_eval_step,
+                                                         args=(clips, labels)))
+
+    train_data = strategy.distribute_datasets_from_function(train_dataset_fn)
+    iterator = iter(train_data)
+    cb = keras.callbacks.CallbackList(
+        list(callbacks), add_history=True, add_progbar=verbose != 0 and cfg.is_chief,
+        model=model, verbose=verbose, epochs=cfg.epochs, steps=cfg.steps_per_epoch)
+    start_epoch, start_step = int(epoch_var.numpy()), int(step_var.numpy())
+    if start_step >= cfg.steps_per_epoch:  # steps_per_epoch shrank since the save
+        start_epoch, start_step = start_epoch + 1, 0
+
+    model.stop_training = False
+    cb.on_train_begin()
+    logs: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        cb.on_epoch_begin(epoch)
+        sums = _Sums()
+        first = start_step if epoch == start_epoch else 0
+        for step in range(first, cfg.steps_per_epoch):
+            cb.on_train_batch_begin(step)
+            sums.add(train_step(iterator))
+            logs = sums.logs()
+            cb.on_train_batch_end(step, logs)
+            if model.stop_training:
+                break
+            done = step + 1
+            # The epoch's last step is saved by the epoch end, after its
+            # callbacks, so a resume never skips an epoch's CSV row or models.
+            if done % cfg.backup_every_steps == 0 and done < cfg.steps_per_epoch:
+                save(epoch, done)
+        epoch_logs = dict(logs)
+        if val_dataset_fn is not None:
+            cb.on_test_begin()
+            val = _Sums()
+            for i, (clips, labels) in enumerate(
+                    strategy.distribute_datasets_from_function(val_dataset_fn)):
+                cb.on_test_batch_begin(i)
+                val.add(eval_step(clips, labels))
+                cb.on_test_batch_end(i, val.logs())
+            cb.on_test_end(val.logs())
+            epoch_logs.update(val.logs("val_"))
+        cb.on_epoch_end(epoch, epoch_logs)
+        if model.stop_training:
+            break  # not saved: a restart resumes from the last good state
+        save(epoch + 1, 0)
+    cb.on_train_end(logs)
+    return model.history
+
+
+def checkpoint_dir(model_dir: str) -> str:
+    return os.path.join(model_dir, CHECKPOINT_SUBDIR)
