@@ -27,17 +27,19 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "demo_output", "Where everything is written.")
 flags.DEFINE_integer("seed", 0, "Seed of the data and of training.")
-flags.DEFINE_integer("videos_per_class", 12, "Synthetic videos per class.")
+flags.DEFINE_integer("videos_per_class", 16, "Synthetic videos per class.")
 flags.DEFINE_integer("num_frames", 16, "Frames per synthetic video.")
 flags.DEFINE_enum("flow", "tvl1", ["tvl1", "dis"], "Optical flow algorithm.")
 flags.DEFINE_integer("short_side", 64, "Stored frame size (short side).")
 flags.DEFINE_integer("image_size", 56, "Training crop size.")
 flags.DEFINE_string("backbone", "efficientnet_b0", "Backbone of both streams.")
-flags.DEFINE_integer("epochs", 30, "Training epochs per stream.")
+flags.DEFINE_integer("epochs", 40, "Training epochs per stream.")
 flags.DEFINE_integer("batch_size", 8, "Training batch size.")
 flags.DEFINE_float("learning_rate", 1e-2, "Peak SGD learning rate.")
 flags.DEFINE_float("warmup_epochs", 1.0, "Linear warm-up epochs.")
 flags.DEFINE_float("bn_momentum", 0.9, "BatchNorm momentum (Keras's 0.99 lags on tiny data).")
+flags.DEFINE_float("clip_norm", 5.0, "Global gradient-norm clip: from scratch, the loss "
+                   "can otherwise run away after a few hundred steps.")
 flags.DEFINE_integer("flow_length", 5, "Flow fields per segment.")
 flags.DEFINE_integer("test_segments", 8, "Positions per video at test time.")
 flags.DEFINE_integer("workers", None, "Prep workers (default: all cores).")
@@ -79,7 +81,8 @@ def main(argv):
             stream=stream, data_dir=data, model_dir=model_dir, backbone=FLAGS.backbone,
             weights=None, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
             learning_rate=FLAGS.learning_rate, warmup_epochs=FLAGS.warmup_epochs,
-            bn_momentum=FLAGS.bn_momentum, image_size=FLAGS.image_size,
+            bn_momentum=FLAGS.bn_momentum, clip_norm=FLAGS.clip_norm,
+            image_size=FLAGS.image_size,
             flow_length=FLAGS.flow_length, num_segments=3, validation_split=None,
             seed=FLAGS.seed, verbose=2))
         timings[f"train_{stream}_s"] = time.monotonic() - t
@@ -107,8 +110,20 @@ def main(argv):
     return 0
 
 
+def _main_or_error(argv):
+    from mat_effnet import metrics
+
+    try:
+        return main(argv)
+    except metrics.MetricsError as e:
+        # Non-finite scores: training diverged (TerminateOnNaN stopped it).
+        print(f"mat-effnet-demo: error: {e}: training diverged; rerun with another --seed "
+              "or a lower --learning_rate", file=sys.stderr)
+        return 1
+
+
 def run():
-    app.run(main)
+    app.run(_main_or_error)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ flags.DEFINE_list("lr_decay_epochs", ["30", "40"], "Epochs where the step schedu
 flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up from 0 over this many epochs.")
 flags.DEFINE_float("bn_momentum", None, "Override BatchNorm momentum (Keras: 0.99). "
                    "0.9 trains from scratch on small data much more reliably.")
+flags.DEFINE_float("clip_norm", None, "Clip the global gradient norm to this (TSN: 40); "
+                   "off by default, as in the paper.")
 flags.DEFINE_bool("multiscale", False, "TSN multi-scale crop instead of a plain random crop.")
 flags.DEFINE_integer("shuffle_buffer", 64, "Shuffle buffer, in clips.")
 flags.DEFINE_string("validation_split", "test", "Split evaluated after each epoch ('' for none).")
@@ -97,6 +99,7 @@ def main(argv):
         num_segments=FLAGS.num_segments, image_size=FLAGS.image_size,
         flow_length=FLAGS.flow_length, lr_schedule=FLAGS.lr_schedule, lr_decay_epochs=decay,
         warmup_epochs=FLAGS.warmup_epochs, bn_momentum=FLAGS.bn_momentum,
+        clip_norm=FLAGS.clip_norm,
         multiscale=FLAGS.multiscale, shuffle_buffer=FLAGS.shuffle_buffer,
         validation_split=FLAGS.validation_split or None, steps_per_epoch=FLAGS.steps_per_epoch,
         backup_every_steps=FLAGS.backup_every_steps, strategy=FLAGS.strategy, seed=FLAGS.seed,

@@ -88,6 +88,7 @@ class TrainConfig:
     lr_decay_epochs: tuple = (30, 40)  # "step": x0.1 at each of these epochs
     warmup_epochs: float = 0.0
     bn_momentum: float | None = None   # None keeps Keras's 0.99
+    clip_norm: float | None = None     # global gradient-norm clip (TSN clips at 40); None: off
     multiscale: bool = False
     shuffle_buffer: int = 64
     validation_split: str | None = "test"  # evaluated (K segments, centre crop) after each epoch
@@ -121,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule={self.lr_schedule!r}: expected one of {SCHEDULES}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r}: expected one of {STRATEGIES}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm={self.clip_norm}: must be > 0 (or None for no clipping)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch={self.steps_per_epoch}: must be >= 1")
         if self.loop not in LOOPS:
@@ -263,7 +266,8 @@ def compile_model(model: keras.Model, cfg: TrainConfig, num_classes: int) -> Non
     LossScaleOptimizer.
     """
     optimizer = keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay or None)
+                                     weight_decay=cfg.weight_decay or None,
+                                     global_clipnorm=cfg.clip_norm)
     # Labels are integer class indices: sparse categorical cross-entropy is
     # the paper's categorical cross-entropy without materialising one-hots.
     model.compile(

@@ -7,6 +7,8 @@ collection time, before any test module imports TF.
 
 import os
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -20,3 +22,21 @@ if _cpus:
             _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
     except RuntimeError:  # already initialised by a plugin: tests needing 2 devices skip
         pass
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A tiny prepared UCF101-layout dataset (6 classes x 4 videos, DIS flow).
+
+    Shared by the training tests; they only read it.
+    """
+    from data_prep import builder, synthetic
+
+    root = tmp_path_factory.mktemp("tiny")
+    synthetic.generate_ucf101_like(str(root / "videos"), videos_per_class=4, num_frames=8,
+                                   height=48, width=64, seed=1)
+    out = str(root / "data")
+    builder.build(builder.PrepConfig(dataset="ucf101", data_root=str(root / "videos"),
+                                     out_dir=out, flow="dis", short_side=40,
+                                     videos_per_shard=6))
+    return out

@@ -13,23 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_prep import builder, synthetic
 from mat_effnet import distributed, records, training
 
 IMAGE = 32
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mw")
-    synthetic.generate_ucf101_like(str(root / "videos"), videos_per_class=4, num_frames=8,
-                                   height=48, width=64, seed=1)
-    out = str(root / "data")
-    builder.build(builder.PrepConfig(dataset="ucf101", data_root=str(root / "videos"),
-                                     out_dir=out, flow="dis", short_side=40,
-                                     videos_per_shard=6))
-    return out
 
 
 def _cfg(data_dir, model_dir, **kw):
