@@ -450,11 +450,7 @@ def test_imagenet_weights_go_through_keras_loader(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------
 # serialization
 # ---------------------------------------------------------------------------
-def all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from all_layers(layer)
+all_layers = M._all_layers  # every layer, nested models included
 
 
 def test_save_load_and_export_give_identical_predictions(eff_flow, tmp_path):
