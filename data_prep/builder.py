@@ -44,6 +44,7 @@ from typing import Iterator
 
 from data_prep import layouts
 from mat_effnet import records
+from mat_effnet.errors import MatEffNetError
 
 log = logging.getLogger("mat_effnet.prep")
 
@@ -104,7 +105,7 @@ class PrepConfig:
         }
 
 
-class PrepError(RuntimeError):
+class PrepError(MatEffNetError):
     """A problem with the whole run (not one video): one clear line."""
 
 

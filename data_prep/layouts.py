@@ -34,6 +34,8 @@ import posixpath
 import re
 from typing import Iterator
 
+from mat_effnet.errors import MatEffNetError
+
 DATASETS = ("ucf101", "hmdb51", "kinetics400", "folder")
 
 # Lower-case; matched case-insensitively. Order matters for Kinetics: when the
@@ -53,7 +55,7 @@ _FOLDER_SPLIT_WORDS = {"train": "train", "test": "test", "val": "validation",
                        "validation": "validation"}
 
 
-class LayoutError(ValueError):
+class LayoutError(MatEffNetError):
     """The data root does not hold a usable layout of the requested dataset."""
 
 

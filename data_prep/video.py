@@ -19,6 +19,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from mat_effnet.errors import MatEffNetError
+
 # Standard `VideoError.reason` strings. Callers (e.g. the dataset builder)
 # group failures by reason, so they are kept short and stable.
 REASON_MISSING = "missing file"
@@ -34,7 +36,7 @@ REASON_ONE_FRAME = "only 1 frame"
 DEFAULT_FPS = 25.0
 
 
-class VideoError(Exception):
+class VideoError(MatEffNetError):
     """A video that cannot be used; `reason` says why in a few words."""
 
     def __init__(self, path: str, reason: str):

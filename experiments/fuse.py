@@ -22,6 +22,7 @@ import sys
 from absl import app, flags
 
 from mat_effnet import fusion, metrics, report as report_lib
+from mat_effnet.errors import MatEffNetError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("scores", None, "Comma-separated score files (.npz), one per stream.")
@@ -32,7 +33,7 @@ flags.DEFINE_string("output_dir", None, "Where fusion.json and confusion.png go.
 flags.mark_flags_as_required(["scores", "output_dir"])
 
 PROG = "mat-effnet-fuse"
-class UsageError(ValueError):
+class UsageError(MatEffNetError):
     """A flag value that cannot be used."""
 
 

@@ -16,10 +16,12 @@ import time
 
 import numpy as np
 
+from mat_effnet.errors import MatEffNetError
+
 log = logging.getLogger("mat_effnet.eval")
 
 
-class EvalError(ValueError):
+class EvalError(MatEffNetError):
     """The model and the data do not fit together (one clear line)."""
 
 

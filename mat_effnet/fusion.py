@@ -35,6 +35,8 @@ from typing import Callable, IO, Sequence
 
 import numpy as np
 
+from mat_effnet.errors import MatEffNetError
+
 FORMAT_VERSION = 1
 TWO_STREAM = "two_stream"
 KEYS = ("format_version", "video_ids", "labels", "scores", "class_names", "split",
@@ -44,7 +46,7 @@ KEYS = ("format_version", "video_ids", "labels", "scores", "class_names", "split
 _ROW_SUM_TOLERANCE = 1e-3
 
 
-class ScoresError(ValueError):
+class ScoresError(MatEffNetError):
     """A score file that is missing, corrupt, inconsistent, or does not fuse."""
 
 

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from mat_effnet.errors import MatEffNetError
 
-class MetricsError(ValueError):
+
+class MetricsError(MatEffNetError):
     """Scores, labels or predictions that do not fit together."""
 
 

@@ -33,6 +33,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from mat_effnet.errors import MatEffNetError
+
 SCHEMA_VERSION = 1
 META_FILENAME = "mat_effnet_meta.json"
 # TFDS's filename template; {DATASET}, {SPLIT}, {FILEFORMAT} and
@@ -299,7 +301,7 @@ def write_metadata(out_dir: str, meta: dict) -> str:
     return path
 
 
-class MetadataError(ValueError):
+class MetadataError(MatEffNetError):
     """A prepared-data folder is missing, incomplete or of another schema."""
 
 
