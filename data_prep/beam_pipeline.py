@@ -21,8 +21,11 @@ builder's shared steps, so there is one implementation whichever driver runs:
    and summary exist) is passed on as is; otherwise its videos are read from
    the plan and fanned out.
 3. Per video: `builder.video_result`, i.e. `builder.process_video` ->
-   `builder.video_to_records`, writing the video's work file and marker
+   `data_prep.encode.encode_video`, writing the video's work file and marker
    under ``out_dir/.work/<split>/``, with the builder's failure reasons.
+   Flow is the builder's batched flow function (`data_prep.flow.
+   create_batch_flow`), batched within a video: ``--flow_implementation=keras``
+   runs the compiled TV-L1 on the worker's accelerator if it has one.
    Videos are not shuffled through the runner: only their names are.
 4. Per shard, after a group-by-shard (the barrier "all its videos are
    finished"): `builder.assemble_shard` concatenates the work files in the
@@ -48,7 +51,7 @@ import logging
 import os
 
 from data_prep import builder, layouts
-from mat_effnet import records
+from mat_effnet import atomic, records
 
 log = logging.getLogger("mat_effnet.prep")
 
@@ -96,9 +99,7 @@ def write_plan(cfg: builder.PrepConfig, plans: dict[str, list[list]]) -> list[Sh
         path = os.path.join(builder.work_dir(cfg.out_dir, split),
                             f"{PLAN_PREFIX}{hashlib.sha1(data).hexdigest()[:16]}.jsonl")
         if not _gfile().exists(path):
-            # json.dumps escapes non-ASCII, so the text written has exactly
-            # these bytes and the offsets below hold.
-            records.atomic_write_text(path, data.decode("ascii"))
+            atomic.write_bytes(path, data)
         offset = 0
         for i, line in enumerate(lines):
             refs.append(ShardRef(split, i, len(shards), path, offset, len(line)))

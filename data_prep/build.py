@@ -8,16 +8,13 @@ Re-running the same command after a kill resumes; a finished run is a no-op.
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 
-# One clear error line on bad input, not TensorFlow's C++ INFO chatter.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
 
-from absl import app, flags
-
-from data_prep import builder, layouts
+from data_prep import builder, encode, layouts
+from data_prep import flow as flow_lib
+from experiments import cli, flagdefs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, list(layouts.DATASETS), "Layout of --data_root.")
@@ -25,14 +22,15 @@ flags.DEFINE_string("data_root", None, "Folder holding the dataset as it ships."
 flags.DEFINE_integer("split", 1, "Official split number (UCF101/HMDB51: 1-3).")
 flags.DEFINE_string("split_file", None, "folder layout: optional '<class>/<file> train|test' list.")
 flags.DEFINE_string("out_dir", None, "Where the TFRecord shards and metadata go.")
-flags.DEFINE_enum("flow", "tvl1", list(builder.FLOW_ALGORITHMS),
-                  "Optical flow: TV-L1 (the paper's), DIS (~100x faster on CPU) or none.")
-flags.DEFINE_float("flow_bound", 20.0, "Flow is clipped to +-bound pixels before quantization.")
+flagdefs.define_flags(encode.EncodeSettings, exclude=("flow_implementation",))
+flags.DEFINE_enum("flow_implementation", "auto", ["auto", *builder.FLOW_IMPLEMENTATIONS],
+                  encode.EncodeSettings.__dataclass_fields__["flow_implementation"].metadata["help"]
+                  + " auto: the one a resumed run used, else the faster one (keras for "
+                  "tvl1: measured faster on CPU too).")
+flags.DEFINE_integer("flow_batch", None, "Frame pairs per call of the keras TV-L1 "
+                     f"(default {flow_lib.DEFAULT_BATCH}).")
 flags.DEFINE_integer("workers", 1, "Worker processes (one core each).")
-flags.DEFINE_integer("short_side", 256, "Frames are resized so the short side is this (0: keep).")
-flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of RGB and flow frames.")
 flags.DEFINE_integer("videos_per_shard", 32, "Videos per TFRecord shard.")
-flags.DEFINE_integer("chunk_frames", 1000, "Longer videos are cut into records of this many frames.")
 flags.DEFINE_string("name", None, "Dataset name in shard file names (default: --dataset).")
 flags.DEFINE_string("runner", None,
                     "Run as an Apache Beam pipeline on this runner (DirectRunner, DataflowRunner, "
@@ -47,32 +45,25 @@ def main(argv):
         print(f"mat-effnet-prep: error: {' '.join(pipeline_args)}: options after '--' are "
               "Beam pipeline options and need --runner", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
     cfg = builder.PrepConfig(
         dataset=FLAGS.dataset, data_root=FLAGS.data_root, out_dir=FLAGS.out_dir,
-        split=FLAGS.split, split_file=FLAGS.split_file, flow=FLAGS.flow,
-        flow_bound=FLAGS.flow_bound, short_side=FLAGS.short_side,
-        jpeg_quality=FLAGS.jpeg_quality, workers=FLAGS.workers,
-        videos_per_shard=FLAGS.videos_per_shard, chunk_frames=FLAGS.chunk_frames,
-        name=FLAGS.name)
-    try:
-        if FLAGS.runner:
-            from data_prep import beam_pipeline
+        split=FLAGS.split, split_file=FLAGS.split_file,
+        **flagdefs.flat_values(encode.EncodeSettings, exclude=("flow_implementation",)),
+        flow_implementation=FLAGS.flow_implementation, flow_batch=FLAGS.flow_batch,
+        workers=FLAGS.workers, videos_per_shard=FLAGS.videos_per_shard, name=FLAGS.name)
+    if FLAGS.runner:
+        from data_prep import beam_pipeline
 
-            meta = beam_pipeline.build_with_beam(cfg, [f"--runner={FLAGS.runner}", *pipeline_args])
-            if meta is None:  # a detached job writes the metadata when it completes
-                return 0
-        else:
-            meta = builder.build(cfg)
-    except (layouts.LayoutError, builder.PrepError, ValueError) as e:
-        print(f"mat-effnet-prep: error: {e}", file=sys.stderr)
-        return 2
+        meta = beam_pipeline.build_with_beam(cfg, [f"--runner={FLAGS.runner}", *pipeline_args])
+        if meta is None:  # a detached job writes the metadata when it completes
+            return 0
+    else:
+        meta = builder.build(cfg)
     return 1 if not any(s["videos"] for s in meta["splits"].values()) else 0
 
 
 def run():
-    app.run(main)
+    cli.run(main, "mat-effnet-prep")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ frames feed the spatial stream, stacked optical flow the temporal stream;
 Sect. 4.2 uses TV-L1 flow as in TSN).  The library entry point is
 `build(PrepConfig)`; `data_prep.build` wraps it in a command line.
 
-One function turns a video into records, `video_to_records`, whatever drives
-it: this module's process pool, or `data_prep.beam_pipeline` (Apache Beam).
+One function turns a video into records, `data_prep.encode.encode_video`,
+whatever drives it: this module's process pool, `data_prep.beam_pipeline`
+(Apache Beam), or prediction.
 Both drivers take the same steps, which live here: `prepare` (checks, layout,
 shard plan), `video_result` (one video -> work file + marker),
 `assemble_shard` (finished videos -> one shard) and `finish` (metadata).
@@ -26,10 +27,22 @@ How the work is laid out so that a run killed at any moment can be re-run:
   it, writes the shard's summary, and only then deletes the per-video files.
 * ``mat_effnet_meta.json`` and TFDS's metadata are written last: their
   presence means the dataset is complete.
+
+Where flow runs: OpenCV's flow (one pair at a time on one core) runs inside
+each worker, next to the decoding. The Keras TV-L1 (`data_prep.tvl1`) runs
+batched in the parent process, on the GPU when TF sees one (`_run_batched`):
+workers decode and JPEG-encode, the parent gathers frame pairs from several
+videos, grouped by exact frame size (one compiled program per size, never
+padded), computes their flow in batches, quantizes it, and hands each video
+back to a worker to JPEG its flow and write its work file and marker. With
+several GPUs there is one such parent per GPU (`_run_on_devices`). Both
+routes write the same bytes for the same flow function.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -37,59 +50,80 @@ import logging
 import math
 import multiprocessing
 import os
+import queue as queue_lib
 import random
 import time
-import uuid
 from typing import Iterator
 
-from data_prep import layouts
-from mat_effnet import records
-from mat_effnet.errors import MatEffNetError
+import numpy as np
+
+from data_prep import encode, layouts
+from data_prep import flow as flow_lib
+from mat_effnet import atomic, records
+from mat_effnet.errors import MatEffNetError, bad_argument
 
 log = logging.getLogger("mat_effnet.prep")
 
 WORK_DIR = ".work"
-FLOW_ALGORITHMS = ("tvl1", "dis", "none")
+FLOW_ALGORITHMS = flow_lib.ALGORITHMS
+FLOW_IMPLEMENTATIONS = flow_lib.IMPLEMENTATIONS
+_ENCODE_FIELDS = tuple(f.name for f in dataclasses.fields(encode.EncodeSettings))
+_DEFAULT = encode.EncodeSettings()
+AUTO = "auto"
 
 
 @dataclasses.dataclass
 class PrepConfig:
-    """Everything that decides what `build` writes."""
+    """Everything that decides what `build` writes, and how it runs.
+
+    The fields named like `encode.EncodeSettings`'s (short_side, flow,
+    flow_implementation, flow_bound, jpeg_quality, chunk_frames) take their
+    defaults from it; `encoding` returns them as one `EncodeSettings`.
+    flow_implementation may also be "auto": `prepare` replaces it (in place)
+    with `auto_flow_implementation`'s choice before any work.
+    flow_batch: pairs per call of the Keras TV-L1 (None: its default).
+    flow_devices: flow processes for the Keras TV-L1 (None: one per GPU).
+    """
 
     dataset: str
     data_root: str
     out_dir: str
     split: int = 1
     split_file: str | None = None
-    flow: str = "tvl1"
-    flow_bound: float = 20.0
-    short_side: int = 256
-    jpeg_quality: int = 90
+    flow: str = _DEFAULT.flow
+    flow_bound: float = _DEFAULT.flow_bound
+    short_side: int = _DEFAULT.short_side
+    jpeg_quality: int = _DEFAULT.jpeg_quality
     workers: int = 1
     videos_per_shard: int = 32
-    # Long videos are cut into records of at most this many frames so that
-    # one record (and the memory to build it) stays bounded: 1000 frames is
-    # 40 s at 25 fps, longer than nearly every UCF101/HMDB51/Kinetics clip.
-    chunk_frames: int = 1000
+    chunk_frames: int = _DEFAULT.chunk_frames
     name: str | None = None
     progress_seconds: float = 10.0
+    flow_implementation: str = _DEFAULT.flow_implementation
+    flow_batch: int | None = None
+    flow_devices: int | None = None
+
+    @property
+    def encoding(self) -> encode.EncodeSettings:
+        """The settings that decide a video's bytes (validated on creation)."""
+        if self.flow_implementation == AUTO:
+            raise bad_argument("flow_implementation", AUTO, "not resolved yet (see prepare)")
+        return encode.EncodeSettings(**{name: getattr(self, name) for name in _ENCODE_FIELDS})
 
     def validate(self) -> None:
-        """Raises ValueError naming the flag for any bad value, before work."""
-        if self.flow not in FLOW_ALGORITHMS:
-            raise ValueError(f"--flow={self.flow!r}: expected one of {', '.join(FLOW_ALGORITHMS)}")
-        if not self.flow_bound > 0:
-            raise ValueError(f"--flow_bound={self.flow_bound}: must be > 0")
-        if self.short_side < 0:
-            raise ValueError(f"--short_side={self.short_side}: must be >= 0 (0 keeps the size)")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"--jpeg_quality={self.jpeg_quality}: must be in 1..100")
+        """Raises MatEffNetError (``name=value: why``) for any bad value, before work."""
+        if self.flow_implementation == AUTO:
+            dataclasses.replace(self, flow_implementation=_DEFAULT.flow_implementation).encoding
+        else:
+            self.encoding  # noqa: B018  # validates
         if self.workers < 1:
-            raise ValueError(f"--workers={self.workers}: must be >= 1")
+            raise bad_argument("workers", self.workers, "must be >= 1")
         if self.videos_per_shard < 1:
-            raise ValueError(f"--videos_per_shard={self.videos_per_shard}: must be >= 1")
-        if self.chunk_frames < 2:
-            raise ValueError(f"--chunk_frames={self.chunk_frames}: must be >= 2")
+            raise bad_argument("videos_per_shard", self.videos_per_shard, "must be >= 1")
+        if self.flow_batch is not None and self.flow_batch < 1:
+            raise bad_argument("flow_batch", self.flow_batch, "must be >= 1")
+        if self.flow_devices is not None and self.flow_devices < 1:
+            raise bad_argument("flow_devices", self.flow_devices, "must be >= 1")
 
     @property
     def dataset_name(self) -> str:
@@ -99,10 +133,27 @@ class PrepConfig:
         """The settings that change the bytes written (checked on resume)."""
         return {
             "dataset": self.dataset, "split": self.split, "split_file": self.split_file,
-            "flow": self.flow, "flow_bound": self.flow_bound, "short_side": self.short_side,
-            "jpeg_quality": self.jpeg_quality, "videos_per_shard": self.videos_per_shard,
-            "chunk_frames": self.chunk_frames, "name": self.dataset_name,
+            **self.encoding.to_dict(), "videos_per_shard": self.videos_per_shard,
+            "name": self.dataset_name,
         }
+
+
+def auto_flow_implementation(out_dir: str, algorithm: str) -> str:
+    """The implementation ``--flow_implementation=auto`` means for this run.
+
+    Resuming a run: the implementation it was started with (so a run
+    started on a GPU machine can be finished on a CPU one without a
+    settings clash). Otherwise `data_prep.flow.default_implementation`.
+    """
+    path = os.path.join(out_dir, WORK_DIR, "settings.json")
+    if _gfile().exists(path):
+        try:
+            old = _read_json(path)
+        except (json.JSONDecodeError, OSError):
+            old = {}
+        if old.get("flow") == algorithm:
+            return old.get("flow_implementation", "opencv")
+    return flow_lib.default_implementation(algorithm)
 
 
 class PrepError(MatEffNetError):
@@ -113,82 +164,27 @@ class PrepError(MatEffNetError):
 # One video -> records
 # ---------------------------------------------------------------------------
 
-def _encode_jpeg(image, quality: int) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
-
-
 def video_to_records(entry: layouts.VideoEntry, cfg: PrepConfig,
                      stats: dict | None = None) -> Iterator[records.VideoRecord]:
-    """Decodes one video and yields its records (one per chunk), streaming.
+    """`encode.encode_video` on a layout entry with ``cfg``'s settings (kept for callers)."""
+    return encode.encode_video(entry.path, cfg.encoding, video_id=entry.video_id,
+                               label=entry.label, class_name=entry.class_name, stats=stats,
+                               flow_fn=_flow_fn(cfg))
 
-    Frames are decoded one at a time, so memory is bounded by one chunk's
-    JPEGs.  Flow is computed between consecutive frames *within* a chunk;
-    the pair that straddles two chunks is not stored, which keeps every
-    record self-contained (``num_frames - 1`` flow fields).
 
-    Raises `data_prep.video.VideoError` for videos that cannot be used.
-    ``stats``, if given, is filled with frame and byte counts.
+def _flow_fn(cfg: PrepConfig):
+    """A new batch flow function for one video with ``cfg`` (None without flow).
+
+    New per video: a video's flow must not depend on which videos the same
+    process handled before, and OpenCV's solvers keep state between calls
+    (DIS's results move in the last bits). The Keras TV-L1 keeps none, and
+    its compiled programs are shared by the whole process (see
+    `data_prep.flow`), so making its function per video costs nothing.
     """
-    import cv2
-
-    from data_prep import flow as flow_lib
-    from data_prep import video
-
-    info = video.probe(entry.path)
-    flow_fn = flow_lib.create_flow(cfg.flow) if cfg.flow != "none" else None
-    stats = stats if stats is not None else {}
-    stats.update(frames=0, records=0, rgb_bytes=0, flow_bytes=0, fps=info.fps)
-
-    def make(rgb, fx, fy, chunk, offset, shape):
-        return records.VideoRecord(
-            video_id=entry.video_id, label=entry.label, class_name=entry.class_name,
-            fps=info.fps, height=shape[0], width=shape[1], rgb=rgb, flow_x=fx, flow_y=fy,
-            chunk_index=chunk, frame_offset=offset)
-
-    rgb, fx, fy = [], [], []
-    chunk, offset, prev_gray, shape = 0, 0, None, None
-    total = 0
-    for frame in video.iter_frames(entry.path, cfg.short_side):
-        if shape is None:
-            shape = frame.shape[:2]
-            stats.update(height=int(shape[0]), width=int(shape[1]))
-        # OpenCV encodes BGR; frames are RGB, and TF's decode_jpeg returns
-        # RGB, so swap here once.
-        rgb.append(_encode_jpeg(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), cfg.jpeg_quality))
-        gray = flow_lib.to_gray(frame) if flow_fn else None
-        if flow_fn is not None and prev_gray is not None:
-            field = flow_fn(prev_gray, gray)
-            fx.append(_encode_jpeg(records.quantize_flow(field[..., 0], cfg.flow_bound),
-                                   cfg.jpeg_quality))
-            fy.append(_encode_jpeg(records.quantize_flow(field[..., 1], cfg.flow_bound),
-                                   cfg.jpeg_quality))
-        prev_gray = gray
-        total += 1
-        if len(rgb) == cfg.chunk_frames:
-            _count(stats, rgb, fx, fy)
-            yield make(rgb, fx, fy, chunk, offset, shape)
-            chunk, offset = chunk + 1, offset + len(rgb)
-            rgb, fx, fy, prev_gray = [], [], [], None
-    if total == 0:
-        raise video.VideoError(entry.path, video.REASON_NO_FRAMES)
-    if total == 1:
-        raise video.VideoError(entry.path, video.REASON_ONE_FRAME)
-    # A 1-frame tail has no flow; dropping it loses at most one frame.
-    if len(rgb) >= 2:
-        _count(stats, rgb, fx, fy)
-        yield make(rgb, fx, fy, chunk, offset, shape)
-
-
-def _count(stats, rgb, fx, fy):
-    stats["frames"] += len(rgb)
-    stats["records"] += 1
-    stats["rgb_bytes"] += sum(map(len, rgb))
-    stats["flow_bytes"] += sum(map(len, fx)) + sum(map(len, fy))
+    if cfg.flow == "none":
+        return None
+    batch = cfg.flow_batch if cfg.flow_implementation == "keras" else None
+    return flow_lib.create_batch_flow(cfg.flow, cfg.flow_implementation, batch)
 
 
 # ---------------------------------------------------------------------------
@@ -220,47 +216,64 @@ def _read_json(path):
         return json.load(f)
 
 
-def _tmp_name(path: str) -> str:
-    # The pid alone is not unique across machines: under a distributed
-    # runner a retried work item can race the original on another host.
-    return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+def _write_video(task: _Task, produce, result: dict | None = None,
+                 seconds: float = 0.0) -> dict:
+    """Writes the records ``produce(stats)`` yields to the video's work file, then its marker.
 
-
-def process_video(task: _Task) -> dict:
-    """Worker: one video -> its TFRecord file + a marker.  Never raises for bad videos."""
-    import cv2
+    Never raises for a bad video: `data_prep.video.VideoError` and any
+    other error (an unexpected decoder or flow failure must not kill the
+    run) become a ``.failed.json`` marker with the reason.
+    """
     import tensorflow as tf
 
+    key = _video_key(task.entry)
+    base = os.path.join(task.work_dir, key)
+    start = time.perf_counter()
+    stats: dict = {}
+    result = result if result is not None else _result(task)
+    try:
+        with atomic.replacing(f"{base}.tfrecord") as tmp:
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for rec in produce(stats):
+                    writer.write(records.serialize(rec))
+        result.update(stats, status="done", seconds=seconds + time.perf_counter() - start)
+        atomic.write_text(f"{base}.done.json", json.dumps(result))
+    except Exception as e:  # noqa: BLE001
+        _write_failure(task, e, result)
+    return result
+
+
+def _result(task: _Task) -> dict:
+    return {"video_id": task.entry.video_id, "key": _video_key(task.entry),
+            "path": task.entry.path, "split": os.path.basename(task.work_dir)}
+
+
+def _write_failure(task: _Task, error: Exception, result: dict | None = None) -> dict:
     from data_prep import video
+
+    result = result if result is not None else _result(task)
+    if isinstance(error, video.VideoError):
+        reason = getattr(error, "reason", None) or str(error)
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    result.update(status="failed", reason=reason)
+    atomic.write_text(os.path.join(task.work_dir, _video_key(task.entry) + ".failed.json"),
+                      json.dumps(result))
+    return result
+
+
+def _one_core() -> None:
+    import cv2
 
     # One worker is one core: OpenCV's own thread pool would fight the
     # other workers for the same cores.
     cv2.setNumThreads(1)
-    key = _video_key(task.entry)
-    base = os.path.join(task.work_dir, key)
-    tmp = _tmp_name(f"{base}.tfrecord")
-    start = time.perf_counter()
-    stats: dict = {}
-    result = {"video_id": task.entry.video_id, "key": key, "path": task.entry.path,
-              "split": os.path.basename(task.work_dir)}
-    try:
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for rec in video_to_records(task.entry, task.cfg, stats):
-                writer.write(records.serialize(rec))
-        tf.io.gfile.rename(tmp, f"{base}.tfrecord", overwrite=True)
-        result.update(stats, status="done", seconds=time.perf_counter() - start)
-        records.atomic_write_text(f"{base}.done.json", json.dumps(result))
-    except video.VideoError as e:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
-        result.update(status="failed", reason=getattr(e, "reason", None) or str(e))
-        records.atomic_write_text(f"{base}.failed.json", json.dumps(result))
-    except Exception as e:  # an unexpected decoder/flow error must not kill the run
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
-        result.update(status="failed", reason=f"{type(e).__name__}: {e}")
-        records.atomic_write_text(f"{base}.failed.json", json.dumps(result))
-    return result
+
+
+def process_video(task: _Task) -> dict:
+    """Worker: one video -> its TFRecord file + a marker.  Never raises for bad videos."""
+    _one_core()
+    return _write_video(task, lambda stats: video_to_records(task.entry, task.cfg, stats))
 
 
 def _marker(work_dir: str, entry) -> dict | None:
@@ -314,24 +327,30 @@ def _fmt_seconds(s: float) -> str:
 # The whole run
 # ---------------------------------------------------------------------------
 
+def _stored_settings(old: dict) -> dict:
+    # Runs from before flow implementations existed used OpenCV's.
+    return {"flow_implementation": "opencv", **old}
+
+
 def _check_settings(out_dir: str, cfg: PrepConfig) -> None:
     gfile = _gfile()
     path = os.path.join(out_dir, WORK_DIR, "settings.json")
     meta_path = os.path.join(out_dir, records.META_FILENAME)
+    new = cfg.settings()
     if gfile.exists(path):
-        old = _read_json(path)
-        if old != cfg.settings():
-            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.settings().items()
+        old = _stored_settings(_read_json(path))
+        if old != new:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items()
                              if old.get(k) != v)
-            raise PrepError(f"--out_dir {out_dir} holds a run with other settings ({diff}); "
+            raise PrepError(f"{out_dir}: holds a run with other settings ({diff}); "
                             "use another --out_dir or delete it")
     elif gfile.exists(meta_path):
         old = _read_json(meta_path).get("settings")
-        if old is not None and old != cfg.settings():
-            raise PrepError(f"--out_dir {out_dir} holds a dataset prepared with other settings; "
+        if old is not None and _stored_settings(old) != new:
+            raise PrepError(f"{out_dir}: holds a dataset prepared with other settings; "
                             "use another --out_dir or delete it")
     gfile.makedirs(os.path.join(out_dir, WORK_DIR))
-    records.atomic_write_text(path, json.dumps(cfg.settings(), sort_keys=True))
+    atomic.write_text(path, json.dumps(new, sort_keys=True))
 
 
 def _assemble_shard(out_dir: str, work_dir: str, name: str, split: str, index: int,
@@ -340,21 +359,19 @@ def _assemble_shard(out_dir: str, work_dir: str, name: str, split: str, index: i
     gfile = _gfile()
     filename = records.shard_filename(name, split, index, count)
     final = os.path.join(out_dir, filename)
-    tmp = _tmp_name(final)
-    videos = []
-    with gfile.GFile(tmp, "wb") as out:
-        out.write(b"")  # GFile creates the file on first write; a shard may be empty
-        for entry in entries:
-            marker = _marker(work_dir, entry)
-            videos.append(marker)
+    videos = [_marker(work_dir, entry) for entry in entries]
+
+    def write(out):
+        for marker in videos:
             if marker["status"] == "done":
                 with gfile.GFile(os.path.join(work_dir, marker["key"] + ".tfrecord"), "rb") as f:
                     while chunk := f.read(1 << 22):
                         out.write(chunk)
-    gfile.rename(tmp, final, overwrite=True)
+
+    atomic.write_with(final, write)
     summary = {"file": filename, "num_bytes": gfile.stat(final).length,
                "records": sum(v.get("records", 0) for v in videos), "videos": videos}
-    records.atomic_write_text(os.path.join(work_dir, f"shard-{index:05d}.json"), json.dumps(summary))
+    atomic.write_text(os.path.join(work_dir, f"shard-{index:05d}.json"), json.dumps(summary))
     for v in videos:  # the shard summary now holds everything these said
         for suffix in (".tfrecord", ".done.json", ".failed.json"):
             p = os.path.join(work_dir, v["key"] + suffix)
@@ -400,10 +417,10 @@ def build(cfg: PrepConfig) -> dict:
                     shard_of[t.entry.video_id, split] = (split, i)
 
     total_videos = sum(len(e) for e in layout.splits.values())
-    log.info("%s: %d classes, %d videos (%s), %d to process with %d worker(s), flow=%s",
+    log.info("%s: %d classes, %d videos (%s), %d to process with %d worker(s), flow=%s (%s)",
              cfg.dataset, len(layout.classes), total_videos,
              ", ".join(f"{s} {len(e)}" for s, e in layout.splits.items()), len(pending),
-             cfg.workers, cfg.flow)
+             cfg.workers, cfg.flow, cfg.flow_implementation)
 
     def assemble(split, i):
         shards = plans[split]
@@ -415,7 +432,7 @@ def build(cfg: PrepConfig) -> dict:
             if summaries[split][i] is None and (split, i) not in waiting:
                 assemble(split, i)
     progress = _Progress(len(pending), cfg.progress_seconds)
-    for result in _run_tasks(pending, cfg.workers):
+    for result in _run_tasks(pending, cfg):
         if result["status"] == "failed":
             log.warning("skipped %s: %s", result["path"], result["reason"])
         progress.update(result["status"] == "failed")
@@ -446,13 +463,15 @@ def work_dir(out_dir: str, split: str) -> str:
 def prepare(cfg: PrepConfig) -> tuple[layouts.Layout, dict[str, list[list]]]:
     """Checks everything, reads the layout and plans the shards, before any work.
 
-    Returns the layout and, per split that has videos (in the layout's
-    split order), its shards as lists of `layouts.VideoEntry` in write
+    Resolves ``cfg.flow_implementation="auto"`` in place. Returns the
+    layout and, per split that has videos (in the layout's split order), its shards as lists of `layouts.VideoEntry` in write
     order.  Raises as `build` documents.
     """
     cfg.validate()
     layout = layouts.load_layout(cfg.dataset, cfg.data_root, split=cfg.split,
                                  split_file=cfg.split_file)
+    if cfg.flow_implementation == AUTO:
+        cfg.flow_implementation = auto_flow_implementation(cfg.out_dir, cfg.flow)
     _check_settings(cfg.out_dir, cfg)
     plans = {split: plan_shards(entries, cfg.videos_per_shard)
              for split, entries in layout.splits.items() if entries}
@@ -501,22 +520,218 @@ def finish(cfg: PrepConfig, layout: layouts.Layout, summaries: dict[str, list]) 
         cfg.out_dir, cfg.dataset_name, layout.classes,
         {split: [s["records"] for s in summaries[split]] for split in summaries},
         {split: sum(s["num_bytes"] for s in summaries[split]) for split in summaries},
-        description=f"mat-effnet prepared {cfg.dataset} (split {cfg.split}), flow={cfg.flow}")
+        description=f"mat-effnet prepared {cfg.dataset} (split {cfg.split}), flow={cfg.flow} "
+                    f"({cfg.flow_implementation})")
     records.write_metadata(cfg.out_dir, meta)
     return meta
 
 
-def _run_tasks(tasks: list[_Task], workers: int):
+def _run_tasks(tasks: list[_Task], cfg: PrepConfig):
+    """Processes ``tasks``, yielding each video's result (its marker's content) when done."""
     if not tasks:
         return
-    if workers == 1:
+    if cfg.flow != "none" and cfg.flow_implementation == "keras":
+        devices = cfg.flow_devices or max(1, flow_lib.accelerators())
+        if devices > 1:
+            yield from _run_on_devices(tasks, cfg, devices)
+        else:
+            yield from _run_batched(tasks, cfg)
+        return
+    if cfg.workers == 1:
         for t in tasks:
             yield process_video(t)
         return
     # spawn, not fork: the parent may already hold TensorFlow's threads.
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers) as pool:
+    with ctx.Pool(cfg.workers) as pool:
         yield from pool.imap_unordered(process_video, tasks, chunksize=1)
+
+
+# ---------------------------------------------------------------------------
+# Batched flow in this process (the Keras TV-L1)
+# ---------------------------------------------------------------------------
+
+class _InProcess:
+    """The executor of ``--workers=1``: runs each call when it is submitted."""
+
+    def submit(self, fn, *args):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as e:  # noqa: BLE001  # a kill (BaseException) propagates
+            future.set_exception(e)
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+def _hide_gpus():
+    # Decoding workers never need a GPU; keep TF from claiming one there.
+    os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+
+
+def _decode_task(task: _Task):
+    """Worker: decode one video for flow computed elsewhere; a failure writes its marker."""
+    _one_core()
+    start = time.perf_counter()
+    try:
+        decoded = encode.decode_video(task.entry.path, task.cfg.encoding)
+    except Exception as e:  # noqa: BLE001  # see _write_video
+        return _write_failure(task, e)
+    return task, decoded, time.perf_counter() - start
+
+
+def _encode_task(task: _Task, decoded: encode.DecodedVideo, quantized: list,
+                 seconds: float) -> dict:
+    """Worker: JPEG a decoded video's quantized flow; write its work file and marker."""
+    _one_core()
+    return _write_video(task, lambda stats: encode.assemble_records(
+        decoded, quantized, task.cfg.encoding, video_id=task.entry.video_id,
+        label=task.entry.label, class_name=task.entry.class_name, stats=stats), seconds=seconds)
+
+
+@dataclasses.dataclass(eq=False)
+class _Video:
+    """A decoded video whose flow is being computed: where each pair's result goes."""
+
+    task: _Task
+    decoded: encode.DecodedVideo
+    quantized: list  # per chunk: (T - 1, H, W, 2) uint8, filled as batches finish
+    left: int  # pairs still to compute
+    seconds: float
+    failed: bool = False
+
+
+def _run_batched(tasks: list[_Task], cfg: PrepConfig):
+    """Workers decode and encode; this process computes flow in batches across videos.
+
+    Pairs wait in one queue per exact frame size, so each compiled batch
+    holds frames of one size and nothing is padded. A batch runs as soon as
+    a queue holds ``flow_batch`` pairs; a smaller one only when no decoding
+    in flight could fill it (the end of the run) or too many pairs wait.
+    Each pair's flow does not depend on its batch-mates, so the records are
+    those of pairwise computation with the same flow function.
+    """
+    flow_fn = flow_lib.create_batch_flow(cfg.flow, cfg.flow_implementation, cfg.flow_batch)
+    batch = flow_fn.batch_size
+    todo = collections.deque(tasks)
+    decoding: set = set()
+    encoding: set = set()
+    queues: dict[tuple, collections.deque] = {}
+    queued = 0
+    if cfg.workers == 1:
+        executor = _InProcess()
+    else:
+        executor = concurrent.futures.ProcessPoolExecutor(
+            cfg.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_hide_gpus)
+
+    def run(queue: collections.deque, n: int):
+        nonlocal queued
+        refs = [queue.popleft() for _ in range(n)]
+        queued -= n
+        refs = [r for r in refs if not r[0].failed]
+        if not refs:
+            return
+        prev = np.stack([v.decoded.grays[c][i] for v, c, i in refs])
+        nxt = np.stack([v.decoded.grays[c][i + 1] for v, c, i in refs])
+        try:
+            fields = encode.quantize(flow_fn(prev, nxt), cfg.flow_bound)
+        except Exception as e:  # noqa: BLE001  # an unexpected flow error fails these videos only
+            for v in dict.fromkeys(v for v, _, _ in refs):
+                v.failed, v.decoded = True, None
+                yield _write_failure(v.task, e)
+            return
+        for (v, c, i), field in zip(refs, fields):
+            v.quantized[c][i] = field
+            v.left -= 1
+            if v.left == 0:
+                v.decoded.grays = []  # not needed to encode: do not ship them
+                encoding.add(executor.submit(_encode_task, v.task, v.decoded, v.quantized,
+                                             v.seconds))
+
+    try:
+        while todo or decoding or encoding or queued:
+            while todo and len(decoding) < 2 * cfg.workers and queued < 2 * batch:
+                decoding.add(executor.submit(_decode_task, todo.popleft()))
+            done = [f for f in (*decoding, *encoding) if f.done()]
+            for f in done:
+                if f in encoding:
+                    encoding.discard(f)
+                    yield f.result()
+                    continue
+                decoding.discard(f)
+                out = f.result()
+                if isinstance(out, dict):  # the video failed; its marker is written
+                    yield out
+                    continue
+                task, decoded, seconds = out
+                v = _Video(task, decoded, [np.empty((len(g) - 1, decoded.height, decoded.width, 2),
+                                                    np.uint8) for g in decoded.grays],
+                           decoded.pairs, seconds)
+                queue = queues.setdefault((decoded.height, decoded.width), collections.deque())
+                for c, g in enumerate(decoded.grays):
+                    queue.extend((v, c, i) for i in range(len(g) - 1))
+                queued += v.left
+            if done:
+                continue
+            full = [q for q in queues.values() if len(q) >= batch]
+            if full:
+                yield from run(full[0], batch)
+            elif queued and (not decoding or queued >= 2 * batch):
+                largest = max(queues.values(), key=len)
+                yield from run(largest, len(largest))
+            else:
+                concurrent.futures.wait((*decoding, *encoding),
+                                        return_when=concurrent.futures.FIRST_COMPLETED)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_on_devices(tasks: list[_Task], cfg: PrepConfig, devices: int):
+    """One `_run_batched` process per GPU, each seeing only its GPU; their results, merged.
+
+    Videos are dealt round-robin, so every shard's videos finish at about
+    the same pace on every device; the decoding workers are split evenly.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(devices)]
+    count = min(devices, len(ids), len(tasks))
+    per_device = dataclasses.replace(cfg, workers=max(1, cfg.workers // count), flow_devices=1)
+    procs = [ctx.Process(target=_device_main, args=(ids[i], tasks[i::count], per_device, results))
+             for i in range(count)]
+    for p in procs:
+        p.start()
+    running = len(procs)
+    try:
+        while running:
+            try:
+                result = results.get(timeout=1.0)
+            except queue_lib.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise PrepError(f"a flow process exited with code {dead[0].exitcode}; "
+                                    "re-run to resume") from None
+                continue
+            if result is None:
+                running -= 1
+            else:
+                yield result
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+
+
+def _device_main(device: str, tasks: list[_Task], cfg: PrepConfig, results) -> None:
+    # Set before this process imports TensorFlow (or JAX): it sees one GPU.
+    os.environ["CUDA_VISIBLE_DEVICES"] = device
+    for result in _run_batched(tasks, cfg):
+        results.put(result)
+    results.put(None)
 
 
 def _metadata(cfg, layout, summaries) -> dict:
@@ -551,7 +766,8 @@ def _metadata(cfg, layout, summaries) -> dict:
         "splits": splits,
         "shards": shards,
         "frame_size": {"short_side": cfg.short_side, "sizes": sizes},
-        "flow": {"algorithm": cfg.flow, "bound": cfg.flow_bound,
+        "flow": {"algorithm": cfg.flow, "implementation": cfg.flow_implementation,
+                 "bound": cfg.flow_bound,
                  "quantization": "q = round((clip(v, -bound, bound) + bound) * 255 / (2 * bound)), "
                                  "uint8 JPEG, x and y separately; flow[i] is rgb[i] -> rgb[i+1]",
                  "flow_frames": flow_frames if cfg.flow != "none" else 0},

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from typing import Iterable
 
 import cv2
 import numpy as np
+
+from mat_effnet import atomic
 
 # ---------------------------------------------------------------------------
 # Writing videos
@@ -35,15 +36,13 @@ def write_video(path: str, frames: Iterable[np.ndarray], fps: float = 25.0) -> i
 
     The codec follows the extension: .avi -> MJPG, .mp4 -> mp4v (case
     insensitive); anything else raises ValueError. All frames must share the
-    first frame's size. The video is written to a hidden temporary file in
-    the same folder with the same extension (".<stem>.tmp-<random><ext>"; the
-    extension picks the container) and moved into place with os.replace, so
-    `path` never holds a half-written video. Frames are consumed lazily, so a
+    first frame's size. The video is written with `mat_effnet.atomic` (a
+    temporary file in the same folder that keeps the extension, which picks
+    the container, then renamed), so `path` never holds a half-written video. Frames are consumed lazily, so a
     generator of any length needs memory for one frame only.
     """
     path = os.fspath(path)
-    folder, name = os.path.split(path)
-    stem, ext = os.path.splitext(name)
+    ext = os.path.splitext(path)[1]
     fourcc = _FOURCC.get(ext.lower())
     if fourcc is None:
         raise ValueError(f"unsupported video extension {ext!r} in {path!r}; use one of {sorted(_FOURCC)}")
@@ -56,26 +55,23 @@ def write_video(path: str, frames: Iterable[np.ndarray], fps: float = 25.0) -> i
     first = _check_frame(np.asarray(first), None)
     height, width = first.shape[:2]
 
-    tmp = os.path.join(folder, f".{stem}.tmp-{uuid.uuid4().hex[:12]}{ext}")
     api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
-    writer = cv2.VideoWriter(tmp, api, cv2.VideoWriter_fourcc(*fourcc), float(fps), (width, height))
     count = 0
-    try:
-        if not writer.isOpened():
-            raise OSError(f"OpenCV cannot open a {fourcc} writer for {path!r}")
-        frame = first
-        while frame is not None:
-            writer.write(_rgb_to_bgr(frame))
-            count += 1
-            nxt = next(it, None)
-            frame = None if nxt is None else _check_frame(np.asarray(nxt), (height, width))
-        writer.release()
-        os.replace(tmp, path)
-    except BaseException:
-        writer.release()
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    # The temporary file keeps the extension: OpenCV picks the container from it.
+    with atomic.replacing(path, suffix=ext) as tmp:
+        writer = cv2.VideoWriter(tmp, api, cv2.VideoWriter_fourcc(*fourcc), float(fps),
+                                 (width, height))
+        try:
+            if not writer.isOpened():
+                raise OSError(f"OpenCV cannot open a {fourcc} writer for {path!r}")
+            frame = first
+            while frame is not None:
+                writer.write(_rgb_to_bgr(frame))
+                count += 1
+                nxt = next(it, None)
+                frame = None if nxt is None else _check_frame(np.asarray(nxt), (height, width))
+        finally:
+            writer.release()
     return count
 
 
@@ -381,7 +377,4 @@ def generate_ucf101_like(root: str, videos_per_class: int = 10, num_frames: int 
 
 
 def _write_lines(path: str, lines: list[str]) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(line + "\n" for line in lines))

@@ -166,7 +166,29 @@ def test_bad_settings_are_refused_before_the_pipeline_runs(tmp_path):
     builder.build(_cfg(tmp_path / "data", tmp_path / "out"))
     with pytest.raises(builder.PrepError, match="flow: 'dis' -> 'none'"):
         beam_pipeline.build_with_beam(_cfg(tmp_path / "data", tmp_path / "out", flow="none"), [])
-    with pytest.raises(ValueError, match="--jpeg_quality"):
+    with pytest.raises(ValueError, match="jpeg_quality=0: "):
         beam_pipeline.build_with_beam(_cfg(tmp_path / "data", tmp_path / "o2", jpeg_quality=0), [])
     with pytest.raises(layouts.LayoutError):
         beam_pipeline.build_with_beam(_cfg(tmp_path / "missing", tmp_path / "o3"), [])
+
+
+def test_beam_with_keras_flow_writes_the_builders_bytes(tmp_path, monkeypatch):
+    # Beam computes flow per video (batched within it) with the same batched
+    # function; the builder batches across videos: the same shards.
+    from data_prep import tvl1
+    from test_prep import _fake_tvl1
+
+    calls = []
+    monkeypatch.setattr(tvl1, "batch_tvl1", _fake_tvl1(calls))
+    root = tmp_path / "data"
+    _index_video_tree(root, [3, 5, 4])
+    kw = dict(flow="tvl1", flow_implementation="keras", flow_batch=4)
+    expected = builder.build(_cfg(root, tmp_path / "pool", **kw))
+    batched_calls = len(calls)
+    got = beam_pipeline.build_with_beam(_cfg(root, tmp_path / "beam", **kw), [])
+    assert got == expected and got["flow"]["implementation"] == "keras"
+    assert _output_files(tmp_path / "beam") == _output_files(tmp_path / "pool")
+    # 6 videos, 2-4 pairs each: the builder shares batches between videos
+    # (18 pairs in 5 batches of 4); Beam runs one or more per video.
+    assert batched_calls == 5 and len(calls) - batched_calls == 6
+    assert set(calls) == {(4, 32, 43)}

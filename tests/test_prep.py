@@ -1,5 +1,6 @@
 """The data preparation end to end: records, metadata, bad input, resume, CLI."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -14,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from data_prep import builder, layouts, synthetic
 from mat_effnet import records
+from mat_effnet.errors import MatEffNetError
 
 
 def _read_all(out_dir, split):
@@ -208,9 +210,12 @@ def test_tfds_reads_a_prepared_dataset(tmp_path):
 
 
 def test_bad_config_values_name_the_flag(tmp_path):
-    for kw, flag in [({"flow": "farneback"}, "--flow"), ({"workers": 0}, "--workers"),
-                     ({"jpeg_quality": 0}, "--jpeg_quality"), ({"flow_bound": 0}, "--flow_bound")]:
-        with pytest.raises(ValueError, match=flag):
+    for kw, flag in [({"flow": "farneback"}, "flow=farneback: "), ({"workers": 0}, "workers=0: "),
+                     ({"jpeg_quality": 0}, "jpeg_quality=0: "), ({"flow_bound": 0}, "flow_bound=0: "),
+                     ({"flow": "dis", "flow_implementation": "keras"}, "flow_implementation=keras: "),
+                     ({"flow_implementation": "cuda"}, "flow_implementation=cuda: "),
+                     ({"flow_batch": 0}, "flow_batch=0: ")]:
+        with pytest.raises(MatEffNetError, match=flag):
             builder.build(_cfg(tmp_path, tmp_path / "out", **kw))
     with pytest.raises(layouts.LayoutError):
         builder.build(_cfg(tmp_path / "missing", tmp_path / "out"))
@@ -241,3 +246,241 @@ def test_cli_prepares_the_sample_set(tmp_path):
     assert meta["num_classes"] == len(synthetic.CLASSES)
     assert meta["splits"]["train"]["videos"] + meta["splits"]["test"]["videos"] == 4 * len(synthetic.CLASSES)
     assert "videos/s" in r.stderr and "ETA" in r.stderr
+
+
+# ---------------------------------------------------------------------------
+# --flow_implementation=keras: batched flow in this process
+
+
+def _fake_tvl1(calls):
+    """Stands in for `data_prep.tvl1.batch_tvl1`: a cheap pair-local "flow", calls recorded.
+
+    Each pair's output depends on that pair only, as the real one's does, so
+    any batching must give the bytes of pairwise computation.
+    """
+    def factory(params=None):
+        def fn(prev, nxt):
+            assert prev.dtype == np.uint8 and prev.ndim == 3 and prev.shape == nxt.shape
+            calls.append(prev.shape)
+            dx = (nxt.astype(np.float32) - prev.astype(np.float32)) / 8.0
+            dy = prev.astype(np.float32) / 32.0 - 4.0
+            return np.stack([dx, dy], axis=-1)
+        return fn
+    return factory
+
+
+def _pairwise_records(cfg, paths_by_id, fake):
+    """Every video's records as pairwise computation with the same flow function gives them."""
+    from data_prep import encode
+
+    def pairwise(prev, nxt):
+        return np.concatenate([fake()(prev[i:i + 1], nxt[i:i + 1]) for i in range(len(prev))])
+
+    out = {}
+    for vid, path in paths_by_id.items():
+        out[vid] = [records.serialize(r) for r in encode.encode_video(
+            path, dataclasses.replace(cfg, flow_implementation="keras").encoding,
+            video_id=vid, label=0 if vid.startswith("a/") else 1, class_name=vid[0],
+            flow_fn=pairwise)]
+    return out
+
+
+def _records_by_video(out_dir):
+    out = {}
+    for split in ("train", "test"):
+        meta = records.read_metadata(str(out_dir))
+        for path in records.split_files(str(out_dir), meta, split) if split in meta["shards"] else []:
+            for r in tf.data.TFRecordDataset(path):
+                out.setdefault(records.parse_numpy(r.numpy())["video_id"], []).append(r.numpy())
+    return out
+
+
+def test_keras_flow_is_batched_across_videos_with_pairwise_bytes(tmp_path, monkeypatch):
+    from data_prep import tvl1
+
+    calls = []
+    monkeypatch.setattr(tvl1, "batch_tvl1", _fake_tvl1(calls))
+    # 3- and 4-frame videos: 2-3 pairs each, so a batch of 4 needs several videos;
+    # chunk_frames=3 cuts the 4-frame ones (the 1-frame tail is dropped).
+    _index_video_tree(tmp_path / "data", [3, 4, 3])
+    cfg = _cfg(tmp_path / "data", tmp_path / "out", flow="tvl1", flow_implementation="keras",
+               flow_batch=4, chunk_frames=3, workers=2)
+    meta = builder.build(cfg)
+    assert meta["flow"]["implementation"] == "keras"
+    assert meta["settings"]["flow_implementation"] == "keras"
+    assert calls and all(c == (4, 32, 43) for c in calls)  # full, filled batches only
+    # 6 videos x 2 pairs = 12 pairs: 3 batches, so pairs of several videos shared one.
+    assert len(calls) == 3
+    paths = {f"{c}/vid{i}": str(tmp_path / "data" / c / f"vid{i}.avi")
+             for c in "ab" for i in range(3)}
+    assert _records_by_video(tmp_path / "out") == _pairwise_records(cfg, paths,
+                                                                    _fake_tvl1([]))
+    # The same videos, one worker (all in this process): the same shards.
+    builder.build(dataclasses.replace(cfg, out_dir=str(tmp_path / "one"), workers=1,
+                                      flow_batch=3))
+    assert _shard_bytes(tmp_path / "one") == _shard_bytes(tmp_path / "out")
+
+
+def test_keras_flow_groups_pairs_by_frame_size(tmp_path, monkeypatch):
+    from data_prep import tvl1
+
+    calls = []
+    monkeypatch.setattr(tvl1, "batch_tvl1", _fake_tvl1(calls))
+    root = tmp_path / "data"
+    for cls, size in (("a", (48, 64)), ("b", (40, 40))):
+        os.makedirs(root / cls)
+        for i, n in enumerate([5, 4]):
+            synthetic.write_video(str(root / cls / f"vid{i}.avi"), synthetic.index_frames(n, *size))
+    cfg = _cfg(root, tmp_path / "out", flow="tvl1", flow_implementation="keras", flow_batch=4,
+               short_side=0)
+    meta = builder.build(cfg)
+    assert meta["frame_size"]["sizes"] == {"48x64": 2, "40x40": 2}
+    # Every batch holds one exact size, never padded: 7 pairs of each size.
+    assert sorted(calls) == [(4, 40, 40)] * 2 + [(4, 48, 64)] * 2
+    paths = {f"{c}/vid{i}": str(root / c / f"vid{i}.avi") for c in "ab" for i in range(2)}
+    assert _records_by_video(tmp_path / "out") == _pairwise_records(cfg, paths, _fake_tvl1([]))
+
+
+def _kill_and_resume(tmp_path, cfg, clean_dir, kill_after):
+    """Kills a batched run after `kill_after` videos are written, re-runs it; returns decoded ids."""
+    real_encode, real_decode = builder._encode_task, builder._decode_task
+    written, decoded = [], []
+
+    def dying(*args):
+        if len(written) == kill_after:
+            raise KeyboardInterrupt
+        written.append(args[0].entry.video_id)
+        return real_encode(*args)
+
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(builder, "_encode_task", dying)
+        with pytest.raises(KeyboardInterrupt):
+            builder.build(cfg)
+        assert not os.path.exists(os.path.join(cfg.out_dir, records.META_FILENAME))
+        mp.setattr(builder, "_encode_task", real_encode)
+        mp.setattr(builder, "_decode_task", lambda t: decoded.append(t.entry.video_id)
+                   or real_decode(t))
+        resumed = builder.build(cfg)
+    finally:
+        mp.undo()
+    assert _shard_bytes(cfg.out_dir) == _shard_bytes(clean_dir)
+    assert not set(decoded) & set(written)  # finished videos are not redone
+    return resumed, written, decoded
+
+
+def test_keras_flow_resumes_a_killed_run(tmp_path, monkeypatch):
+    from data_prep import tvl1
+
+    monkeypatch.setattr(tvl1, "batch_tvl1", _fake_tvl1([]))
+    _index_video_tree(tmp_path / "data", [3, 4, 5])
+    kw = dict(flow="tvl1", flow_implementation="keras", flow_batch=4)
+    clean = builder.build(_cfg(tmp_path / "data", tmp_path / "clean", **kw))
+    resumed, written, decoded = _kill_and_resume(
+        tmp_path, _cfg(tmp_path / "data", tmp_path / "resumed", **kw), tmp_path / "clean", 2)
+    assert resumed == clean
+    assert len(written) == 2 and len(decoded) == 4
+
+
+def test_real_keras_tvl1_end_to_end_with_resume(tmp_path):
+    # The compiled TV-L1 itself: one frame size and one batch size, so one
+    # program is compiled (shared by the three runs of this process).
+    _index_video_tree(tmp_path / "data", [4, 5, 3])
+    kw = dict(flow="tvl1", flow_implementation="keras", flow_batch=4, short_side=24)
+    clean = builder.build(_cfg(tmp_path / "data", tmp_path / "clean", **kw))
+    assert clean["flow"]["implementation"] == "keras"
+    # Resumed, its batches hold other pairs than the clean run's: the same
+    # bytes show that a pair's flow does not depend on its batch-mates.
+    resumed, written, decoded = _kill_and_resume(
+        tmp_path, _cfg(tmp_path / "data", tmp_path / "resumed", **kw), tmp_path / "clean", 3)
+    assert resumed == clean and len(decoded) == 3
+    # Its flow is OpenCV's TV-L1 up to the quantization step (40/255 px) on
+    # most pixels: the same algorithm.
+    opencv = builder.build(_cfg(tmp_path / "data", tmp_path / "opencv",
+                                **dict(kw, flow_implementation="opencv")))
+    assert opencv["splits"] == clean["splits"]
+    got, want = _records_by_video(tmp_path / "clean"), _records_by_video(tmp_path / "opencv")
+    diffs = []
+    for vid in want:
+        for a, b in zip(got[vid], want[vid]):
+            ra, rb = records.parse_numpy(a), records.parse_numpy(b)
+            assert ra["rgb"] == rb["rgb"]
+            for key in ("flow_x", "flow_y"):
+                for ja, jb in zip(ra[key], rb[key]):
+                    diffs.append(np.abs(_gray(ja).astype(int) - _gray(jb).astype(int)).ravel())
+    diffs = np.concatenate(diffs)
+    assert np.mean(diffs <= 2) > 0.9, np.percentile(diffs, [50, 90, 99])
+
+
+def test_flow_implementation_changes_are_refused_on_resume(tmp_path):
+    _index_video_tree(tmp_path / "data", [4])
+    cfg = _cfg(tmp_path / "data", tmp_path / "out", flow="tvl1", short_side=16)
+    builder.build(cfg)
+    with pytest.raises(builder.PrepError, match="flow_implementation: 'opencv' -> 'keras'"):
+        builder.build(dataclasses.replace(cfg, flow_implementation="keras"))
+    # auto resumes with the implementation the run was started with, and
+    # starts a new run with the faster one.
+    assert builder.auto_flow_implementation(cfg.out_dir, "tvl1") == "opencv"
+    assert builder.auto_flow_implementation(str(tmp_path / "new"), "tvl1") == "keras"
+    assert builder.auto_flow_implementation(cfg.out_dir, "dis") == "opencv"
+    # A run from before implementations existed was OpenCV's: it still resumes.
+    path = tmp_path / "out" / ".work" / "settings.json"
+    old = json.loads(path.read_text())
+    del old["flow_implementation"]
+    path.write_text(json.dumps(old))
+    assert builder.build(cfg)["settings"]["flow_implementation"] == "opencv"
+
+
+def test_cli_refuses_a_bad_flow_implementation(tmp_path):
+    _index_video_tree(tmp_path / "data", [3])
+    args = ["--dataset=folder", f"--data_root={tmp_path}/data", f"--out_dir={tmp_path}/o"]
+    r = _cli(*args, "--flow=dis", "--flow_implementation=keras")
+    assert r.returncode == 2
+    assert "mat-effnet-prep: error: --flow_implementation=keras: only flow=tvl1" in r.stderr
+    r = _cli(*args, "--flow_implementation=cuda")
+    assert r.returncode != 0 and "flow_implementation" in r.stderr
+    r = _cli(*args, "--flow=tvl1", "--flow_implementation=keras", "--flow_batch=0")
+    assert r.returncode != 0 and "flow_batch" in r.stderr
+    assert not os.path.exists(tmp_path / "o" / records.META_FILENAME)
+
+
+def test_keras_flow_lists_bad_videos_and_survives_a_flow_error(tmp_path, monkeypatch):
+    from data_prep import tvl1
+
+    calls = []
+    fake = _fake_tvl1(calls)
+
+    def failing(params=None):
+        fn = fake()
+
+        def flaky(prev, nxt):
+            if len(calls) == 1:  # the second batch
+                calls.append(None)
+                raise RuntimeError("device lost")
+            return fn(prev, nxt)
+        return flaky
+
+    monkeypatch.setattr(tvl1, "batch_tvl1", failing)
+    root = tmp_path / "data"
+    _index_video_tree(root, [3, 3, 3])  # 2 pairs each: batches of 4 hold 2 videos
+    (root / "a" / "zero.avi").write_bytes(b"")
+    synthetic.write_video(str(root / "b" / "one.avi"), synthetic.index_frames(1, 48, 64))
+    meta = builder.build(_cfg(root, tmp_path / "out", flow="tvl1", flow_implementation="keras",
+                              flow_batch=4))
+    reasons = {f["video_id"]: f["reason"] for f in meta["failures"]}
+    assert reasons.pop("a/zero") == "zero-byte file"
+    assert reasons.pop("b/one") == "only 1 frame"
+    # The batch that failed took its two videos down, and only them.
+    assert list(reasons.values()) == ["RuntimeError: device lost"] * 2
+    assert sum(s["videos"] for s in meta["splits"].values()) == 4
+
+
+def test_one_flow_process_per_device_writes_the_same_bytes(tmp_path):
+    # flow_devices=2 on CPU: two flow processes (each would see one GPU
+    # through CUDA_VISIBLE_DEVICES), each with its own decoding worker.
+    _index_video_tree(tmp_path / "data", [4, 5, 3])
+    kw = dict(flow="tvl1", flow_implementation="keras", flow_batch=4, short_side=24, workers=2)
+    one = builder.build(_cfg(tmp_path / "data", tmp_path / "one", flow_devices=1, **kw))
+    two = builder.build(_cfg(tmp_path / "data", tmp_path / "two", flow_devices=2, **kw))
+    assert two["splits"] == one["splits"] and not two["failures"]
+    assert _shard_bytes(tmp_path / "two") == _shard_bytes(tmp_path / "one")

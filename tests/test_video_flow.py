@@ -7,7 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import flow, video
+import os
+
+from data_prep import encode, flow, video
+from mat_effnet.errors import MatEffNetError
 from data_prep.synthetic import decode_index, index_frames, write_video
 
 
@@ -240,7 +243,7 @@ def test_flow_none_is_zero():
 
 
 def test_unknown_algorithm_names_accepted_values():
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(MatEffNetError, match="^flow=farneback: ") as err:
         flow.create_flow("farneback")
     for name in flow.ALGORITHMS:
         assert name in str(err.value)
@@ -331,3 +334,164 @@ def test_quantize_examples_and_errors():
             flow.quantize(np.zeros(3), bad)
         with pytest.raises(ValueError):
             flow.dequantize(np.zeros(3, np.uint8), bad)
+
+
+# ---------------------------------------------------------------------------
+# flow implementations and batches
+
+
+def _fake_factory(calls):
+    """Stands in for data_prep.tvl1.batch_tvl1 (pair-local, cheap), recording batch shapes."""
+    def factory(params=None):
+        def fn(prev, nxt):
+            calls.append(prev.shape)
+            return np.stack([nxt.astype(np.float32) - prev, prev / np.float32(50)], axis=-1)
+        return fn
+    return factory
+
+
+def _pairs(count, height=32, width=40):
+    pairs = [_shifted_pair(1.0 + 0.5 * i, -0.5 * i, height, width, seed=i) for i in range(count)]
+    return np.stack([p for p, _ in pairs]), np.stack([n for _, n in pairs])
+
+
+@pytest.mark.parametrize("algorithm", ["tvl1", "dis", "none"])
+def test_batch_flow_is_the_pairwise_flow_for_opencv(algorithm):
+    prev, nxt = _pairs(3)
+    batch = flow.create_batch_flow(algorithm)
+    assert batch.batch_size == 1 and batch.implementation == "opencv"
+    got = batch(prev, nxt)
+    assert got.shape == (3, 32, 40, 2) and got.dtype == np.float32
+    # OpenCV's solvers keep state between calls (DIS's results move by up to
+    # 5e-3 px), so the reference is one pairwise function over the same sequence.
+    pairwise = flow.create_flow(algorithm)
+    for i in range(3):
+        np.testing.assert_array_equal(got[i], pairwise(prev[i], nxt[i]))
+    if algorithm != "none":  # the pairs differ, so their flows do
+        assert abs(got[2, 8:-8, 8:-8, 0].mean() - got[0, 8:-8, 8:-8, 0].mean()) > 0.5
+
+
+def test_keras_batch_flow_runs_full_compiled_batches(monkeypatch):
+    from data_prep import tvl1
+
+    calls = []
+    monkeypatch.setattr(tvl1, "batch_tvl1", _fake_factory(calls))
+    prev, nxt = _pairs(7)
+    fn = flow.create_batch_flow("tvl1", "keras", batch_size=4)
+    assert (fn.batch_size, fn.implementation, fn.algorithm) == (4, "keras", "tvl1")
+    got = fn(prev, nxt)
+    # 7 pairs: a batch of 4, then 3 filled up to 4: one compiled shape.
+    assert calls == [(4, 32, 40), (4, 32, 40)]
+    want = np.stack([nxt.astype(np.float32) - prev, prev / np.float32(50)], axis=-1)
+    np.testing.assert_array_equal(got, want)
+    # Pairwise through the same implementation: a batch of one.
+    np.testing.assert_array_equal(flow.create_flow("tvl1", "keras")(prev[5], nxt[5]), want[5])
+    assert calls[-1] == (1, 32, 40)
+    # One compiled function per process, whatever the batch size.
+    assert flow._keras_tvl1() is flow._keras_tvl1()
+    with pytest.raises(MatEffNetError, match="next_gray"):
+        fn(prev, nxt[:, :, :-1])
+
+
+@pytest.mark.parametrize("call", [
+    lambda: flow.create_flow("dis", "keras"),
+    lambda: flow.create_batch_flow("none", "keras"),
+    lambda: flow.create_batch_flow("tvl1", "cuda"),
+    lambda: flow.create_flow("tvl1", "torch"),
+])
+def test_bad_implementations_name_the_argument(call):
+    with pytest.raises(MatEffNetError, match=r"^flow_implementation=\w+: "):
+        call()
+
+
+def test_bad_batch_size():
+    with pytest.raises(MatEffNetError, match="flow_batch=0: "):
+        flow.create_batch_flow("tvl1", "keras", batch_size=0)
+
+
+def test_default_implementation_is_the_faster_one_per_algorithm(monkeypatch):
+    # Keras's TV-L1 measured faster than OpenCV's on CPU as well (see the
+    # function's docstring), so the machine does not change the choice.
+    monkeypatch.setattr(flow, "accelerators", lambda: 1 / 0)  # not even asked
+    assert flow.default_implementation("tvl1") == "keras"
+    assert flow.default_implementation("dis") == "opencv"
+    assert flow.default_implementation("none") == "opencv"
+
+
+# ---------------------------------------------------------------------------
+# encode: settings and the one video -> records seam
+
+
+def test_encode_settings_defaults_validation_and_dicts():
+    s = encode.EncodeSettings()
+    assert s.to_dict() == {"short_side": 256, "flow": "tvl1", "flow_implementation": "opencv",
+                           "flow_bound": 20.0, "jpeg_quality": 90, "chunk_frames": 1000}
+    other = encode.EncodeSettings(short_side=64, flow="dis", flow_bound=15.0)
+    assert encode.EncodeSettings.from_dict({**other.to_dict(), "dataset": "ucf101"}) == other
+    assert encode.EncodeSettings.from_dict({}) == s
+    for kw, message in [({"short_side": -1}, "short_side=-1: "), ({"flow": "x"}, "flow=x: "),
+                        ({"flow_bound": 0.0}, "flow_bound=0.0: "),
+                        ({"jpeg_quality": 101}, "jpeg_quality=101: "),
+                        ({"chunk_frames": 1}, "chunk_frames=1: "),
+                        ({"flow": "dis", "flow_implementation": "keras"},
+                         "flow_implementation=keras: ")]:
+        with pytest.raises(MatEffNetError, match="^" + message):
+            encode.EncodeSettings(**kw)
+
+
+def test_encode_video_is_what_the_builder_writes_and_batching_does_not_matter(tmp_path):
+    from data_prep import builder, layouts
+    from mat_effnet import records
+
+    path = str(tmp_path / "v.avi")
+    write_video(path, index_frames(8, 48, 64))
+    settings = encode.EncodeSettings(short_side=32, flow="dis", chunk_frames=5)
+    stats = {}
+    recs = list(encode.encode_video(path, settings, video_id="c/v", label=3, class_name="c",
+                                    stats=stats))
+    assert [(r.chunk_index, r.frame_offset, len(r.rgb), len(r.flow_x)) for r in recs] == [
+        (0, 0, 5, 4), (1, 5, 3, 2)]
+    assert (recs[0].video_id, recs[0].label, recs[0].height, recs[0].width) == ("c/v", 3, 32, 43)
+    assert stats["frames"] == 8 and stats["records"] == 2 and stats["height"] == 32
+    entry = layouts.VideoEntry("c/v", path, 3, "c", "train")
+    cfg = builder.PrepConfig(dataset="folder", data_root=str(tmp_path), out_dir="",
+                             flow="dis", short_side=32, chunk_frames=5)
+    wrapped = list(builder.video_to_records(entry, cfg))
+    assert [records.serialize(r) for r in wrapped] == [records.serialize(r) for r in recs]
+
+    # A pair-local flow handed over 1, 3 or all pairs per call, and the
+    # decode / assemble halves: the same bytes.
+    def fake(step):
+        def fn(prev, nxt):
+            assert len(prev) <= step
+            return np.stack([nxt.astype(np.float32) - prev, prev / np.float32(40)], axis=-1)
+        fn.batch_size = step
+        return fn
+
+    out = [[records.serialize(r) for r in encode.encode_video(path, settings, flow_fn=fake(k))]
+           for k in (1, 3, 100)]
+    assert out[0] == out[1] == out[2]
+    decoded = encode.decode_video(path, settings)
+    assert decoded.pairs == 6 and [len(g) for g in decoded.grays] == [5, 3]
+    quantized = [encode.quantize(fake(100)(g[:-1], g[1:]), settings.flow_bound)
+                 for g in decoded.grays]
+    halves = [records.serialize(r) for r in encode.assemble_records(
+        decoded, quantized, settings, video_id=os.path.basename(path))]
+    assert halves == out[0]
+    # Without flow, no gray frames are kept and records carry none.
+    none = encode.EncodeSettings(short_side=32, flow="none")
+    assert encode.decode_video(path, none).grays == [None]
+    assert list(encode.encode_video(path, none))[0].flow_x == []
+
+
+def test_encode_video_errors(tmp_path):
+    one = str(tmp_path / "one.avi")
+    write_video(one, index_frames(1, 32, 32))
+    for fn in (lambda: list(encode.encode_video(one, encode.EncodeSettings(flow="none"))),
+               lambda: encode.decode_video(one, encode.EncodeSettings(flow="none"))):
+        with pytest.raises(video.VideoError) as err:
+            fn()
+        assert err.value.reason == "only 1 frame"
+    with pytest.raises(video.VideoError) as err:
+        list(encode.encode_video(str(tmp_path / "nope.avi"), encode.EncodeSettings()))
+    assert err.value.reason == "missing file"
