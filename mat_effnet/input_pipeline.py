@@ -34,25 +34,52 @@ Position rules (``sample_positions``), with T = ``num_frames`` RGB frames:
 Every random choice of a clip (positions, crop, flip) comes from one
 stateless seed per clip, so a clip is a pure function of (record, seed):
 the crop and flip are drawn once and applied to all segments and all frames
-of the clip.  Pixel values are float32 in 0..255; the models normalize
-inside (Keras' EfficientNet expects 0..255 pixels).
+of the clip.  In `build_dataset` a clip's seed is keyed to (video id, chunk,
+epoch, global seed) (`clip_seed`), not to the record's place in the stream,
+so any split of the records over tf.data service workers draws the same
+clips as one local pipeline.
+
+Throughput (issue 10).  The crop window and the positions are fixed before
+anything is decoded, so each sampled JPEG is decoded only inside the window
+(``tf.io.decode_and_crop_jpeg``; colour frames take an 8-pixel margin that is
+cropped away after decoding, because libjpeg's chroma upsampling at a window
+edge differs from a full decode), each distinct frame once (a training clip
+decodes its K x L frames with one op each, so a short video's repeated frame
+is decoded twice), and only the record features the stream needs are parsed.  Clips stay uint8 in 0..255 until
+the model: the models normalize inside (Keras' EfficientNet expects 0..255
+pixels) and Keras casts inputs on entry; a resize (multi-scale crop, upscaling,
+3 crops) is rounded back to uint8.  ``PipelineConfig.clip_dtype="float32"``
+restores float clips.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
+import sys
 from typing import Sequence
 
 import tensorflow as tf
 
 from mat_effnet import records
+from mat_effnet.errors import MatEffNetError
 
 STREAMS = ("spatial", "temporal")
 CROPS = (1, 3, 10)
+CLIP_DTYPES = ("uint8", "float32")
 # TSN's multi-scale crop scales and the tolerance (pixels) within which a
 # crop side snaps to the input size (TSN's GroupMultiScaleCrop).
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
 _SNAP_PIXELS = 3
+# Extra pixels decoded around a colour window: libjpeg's fancy chroma
+# upsampling treats a window edge as an image edge, so the outer pixels of a
+# cropped decode differ from a full decode; 8 pixels of context (half a 4:2:0
+# MCU) made every tested window exact.  Grayscale (flow) needs none.
+_COLOUR_MARGIN = 8
+# Switches for the benchmark's lever-by-lever measurements (always on in use):
+# decode only the window; one decode op per frame for training clips.
+_WINDOW = True
+_UNROLL = True
 
 
 @dataclasses.dataclass
@@ -75,6 +102,8 @@ class PipelineConfig:
         (TSN: scales (1, .875, .75, .66), max distortion 1, fixed offsets).
     align_to_flow: spatial stream only: sample positions from the temporal
         stream's valid range so rgb[p] and flow p..p+L-1 align per seed.
+    clip_dtype: "uint8" (default: 4x fewer bytes through the host and the
+        host-to-device copy) or "float32"; values are 0..255 either way.
     """
 
     stream: str
@@ -92,20 +121,23 @@ class PipelineConfig:
     max_distort: int = 1
     fixed_offsets: bool = True
     align_to_flow: bool = False
+    clip_dtype: str = "uint8"
 
     def __post_init__(self):
         if self.stream not in STREAMS:
-            raise ValueError(f"stream={self.stream!r}: expected one of {STREAMS}")
+            raise MatEffNetError(f"stream={self.stream!r}: expected one of {STREAMS}")
         if self.crops not in CROPS:
-            raise ValueError(f"crops={self.crops!r}: expected one of {CROPS}")
+            raise MatEffNetError(f"crops={self.crops!r}: expected one of {CROPS}")
+        if self.clip_dtype not in CLIP_DTYPES:
+            raise MatEffNetError(f"clip_dtype={self.clip_dtype!r}: expected one of {CLIP_DTYPES}")
         for name, minimum in (("num_segments", 1), ("flow_length", 1), ("image_size", 8),
                               ("test_segments", 1), ("shuffle_buffer", 1), ("max_distort", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
+                raise MatEffNetError(f"{name}={value!r}: must be an integer >= {minimum}")
         self.scales = tuple(float(s) for s in self.scales)
         if not self.scales or not all(0.0 < s <= 1.0 for s in self.scales):
-            raise ValueError(f"scales={self.scales!r}: need at least one scale in (0, 1]")
+            raise MatEffNetError(f"scales={self.scales!r}: need at least one scale in (0, 1]")
 
     @property
     def channels(self) -> int:
@@ -173,53 +205,121 @@ def sample_positions(num_frames, cfg: PipelineConfig, training: bool | None = No
 
 
 # ---------------------------------------------------------------------------
-# Decoding only the sampled frames
+# Decoding only the sampled frames, only inside the window
 # ---------------------------------------------------------------------------
 
-def _decode(jpegs, channels: int):
-    """Decodes a 1-D string tensor of same-size JPEGs into (n, H, W, channels) uint8.
+def _decode_one(jpeg, channels: int, window):
+    """One JPEG -> (h, w, channels) uint8: whole, or only ``window`` (oy, ox, h, w)."""
+    if window is None:
+        return tf.io.decode_jpeg(jpeg, channels=channels)
+    oy, ox, ch, cw = window
+    if not _WINDOW:
+        return tf.io.decode_jpeg(jpeg, channels=channels)[oy:oy + ch, ox:ox + cw]
+    if channels == 1:
+        return tf.io.decode_and_crop_jpeg(jpeg, tf.stack([oy, ox, ch, cw]), channels=1)
+    # Decode with a margin of context, then drop it (see _COLOUR_MARGIN).
+    shape = tf.io.extract_jpeg_shape(jpeg)
+    y0 = tf.maximum(oy - _COLOUR_MARGIN, 0)
+    x0 = tf.maximum(ox - _COLOUR_MARGIN, 0)
+    y1 = tf.minimum(oy + ch + _COLOUR_MARGIN, shape[0])
+    x1 = tf.minimum(ox + cw + _COLOUR_MARGIN, shape[1])
+    wide = tf.io.decode_and_crop_jpeg(jpeg, tf.stack([y0, x0, y1 - y0, x1 - x0]), channels=3)
+    return wide[oy - y0:oy - y0 + ch, ox - x0:ox - x0 + cw]
 
-    Repeated indices (short videos, overlapping flow windows) are decoded
-    once: the caller gathers the unique byte strings only.
+
+def _gather_decode(frames, indices, channels: int, window=None):
+    """Frames ``indices`` (any shape, flattened) decoded -> (n, h, w, channels) uint8.
+
+    Repeated indices (short videos, overlapping flow windows, 25 test
+    positions) are decoded once: only the unique byte strings are gathered.
     """
-    return tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=channels), jpegs,
+    unique, inverse = tf.unique(tf.reshape(indices, [-1]))
+    return tf.gather(_decode_all(tf.gather(frames, unique), channels, window), inverse)
+
+
+def _decode_all(jpegs, channels: int, window=None):
+    """A 1-D string tensor of same-size JPEGs -> (n, h, w, channels) uint8."""
+    return tf.map_fn(lambda b: _decode_one(b, channels, window), jpegs,
                      fn_output_signature=tf.TensorSpec([None, None, channels], tf.uint8))
 
 
-def _gather_decode(frames, indices, channels: int):
-    flat = tf.reshape(indices, [-1])
-    unique, inverse = tf.unique(flat)
-    decoded = _decode(tf.gather(frames, unique), channels)
-    return tf.gather(decoded, inverse)
+def _num_frames(parsed: dict):
+    """T, the RGB frame count (the stored count when RGB was not parsed)."""
+    if records.RGB in parsed:
+        return tf.size(parsed[records.RGB])
+    return tf.cast(parsed[records.NUM_FRAMES], tf.int32)
 
 
-def _load_frames(parsed: dict, positions, cfg: PipelineConfig):
-    """(P, H, W, C) uint8 frames of the P positions: RGB, or 2L flow channels."""
-    rgb = parsed[records.RGB]
+def _frame_indices(parsed: dict, positions, cfg: PipelineConfig):
+    """The frames a clip needs: RGB (P,) or flow (P, L) indices, checked and clamped."""
     if cfg.stream == "spatial":
-        t = tf.size(rgb)
+        t = tf.size(parsed[records.RGB])
         with tf.control_dependencies([tf.debugging.assert_positive(
                 t, message="record has no RGB frames")]):
-            positions = tf.minimum(positions, t - 1)
-        return _gather_decode(rgb, positions, 3)
-    flow_x, flow_y = parsed[records.FLOW_X], parsed[records.FLOW_Y]
-    num_flow = tf.size(flow_x)
+            return tf.minimum(positions, t - 1)
+    num_flow = tf.size(parsed[records.FLOW_X])
     with tf.control_dependencies([tf.debugging.assert_positive(
             num_flow, message="temporal stream: record has no flow frames "
                               "(prepared with --flow=none, or a 1-frame video)")]):
-        length = cfg.flow_length
-        idx = positions[:, None] + tf.range(length, dtype=tf.int32)[None, :]
+        idx = positions[:, None] + tf.range(cfg.flow_length, dtype=tf.int32)[None, :]
         # Too few flow fields: repeat the last one (documented clamp).
-        idx = tf.minimum(idx, num_flow - 1)
-    p = tf.shape(positions)[0]
-    fx = _gather_decode(flow_x, idx, 1)  # (P*L, H, W, 1)
-    fy = _gather_decode(flow_y, idx, 1)
+        return tf.minimum(idx, num_flow - 1)
+
+
+def _first_jpeg(parsed: dict, cfg: PipelineConfig, indices):
+    """A JPEG the clip uses (its header gives the frame size before any decode)."""
+    key = records.RGB if cfg.stream == "spatial" else records.FLOW_X
+    # Through the checked indices, so an empty record fails with their message.
+    return tf.gather(parsed[key], tf.reshape(indices, [-1])[0])
+
+
+def _interleave_flow(planes, p, length: int):
+    """(P * 2L, h, w, 1) planes in channel order -> (P, h, w, 2L).
+
+    One batched 2-D transpose per segment; concatenating along the last axis
+    instead costs 4x more (a copy per byte).
+    """
+    h, w = tf.shape(planes)[1], tf.shape(planes)[2]
+    flat = tf.transpose(tf.reshape(planes, [p, 2 * length, h * w]), [0, 2, 1])
+    return tf.reshape(flat, [p, h, w, 2 * length])
+
+
+def _load_frames_unrolled(parsed: dict, indices, cfg: PipelineConfig, window):
+    """`_load_frames` with one decode op per frame, for a static, small frame count.
+
+    Training clips (K x L frames, K and L static) pay no loop overhead this
+    way; a repeated index (short video) is decoded twice, which only short
+    videos pay.
+    """
+    if cfg.stream == "spatial":
+        rgb = parsed[records.RGB]
+        return tf.stack([_decode_one(tf.gather(rgb, indices[k]), 3, window)
+                         for k in range(indices.shape[0])])
+    fx, fy = parsed[records.FLOW_X], parsed[records.FLOW_Y]
+    planes = []
+    for k in range(indices.shape[0]):
+        for j in range(indices.shape[1]):  # channel 2j = x of p+j, 2j+1 = y of p+j
+            planes.append(_decode_one(tf.gather(fx, indices[k, j]), 1, window))
+            planes.append(_decode_one(tf.gather(fy, indices[k, j]), 1, window))
+    return _interleave_flow(tf.stack(planes), indices.shape[0], cfg.flow_length)
+
+
+def _load_frames(parsed: dict, indices, cfg: PipelineConfig, window=None):
+    """(P, h, w, C) uint8 frames at ``indices``: RGB, or 2L flow channels."""
+    if cfg.training and window is not None and indices.shape.is_fully_defined() and _UNROLL:
+        return _load_frames_unrolled(parsed, indices, cfg, window)
+    if cfg.stream == "spatial":
+        return _gather_decode(parsed[records.RGB], indices, 3, window)
+    # x and y share their indices: decode each distinct field once, then one
+    # gather puts the planes in channel order x_p, y_p, x_p+1, ... (channel
+    # 2j = x of p+j, 2j+1 = y of p+j), with no copy of the full clip between.
+    unique, inverse = tf.unique(tf.reshape(indices, [-1]))
+    fx = _decode_all(tf.gather(parsed[records.FLOW_X], unique), 1, window)  # (U, h, w, 1)
+    fy = _decode_all(tf.gather(parsed[records.FLOW_Y], unique), 1, window)
     h, w = tf.shape(fx)[1], tf.shape(fx)[2]
-    xy = tf.concat([fx, fy], axis=-1)  # (P*L, H, W, 2): [x, y] per flow field
-    xy = tf.reshape(xy, [p, length, h, w, 2])
-    # (P, H, W, L, 2) -> 2L channels: 2j = x of p+j, 2j+1 = y of p+j.
-    xy = tf.transpose(xy, [0, 2, 3, 1, 4])
-    return tf.reshape(xy, [p, h, w, 2 * length])
+    pairs = tf.reshape(tf.stack([fx, fy], axis=1), [-1, h, w, 1])  # x_u at 2u, y_u at 2u+1
+    order = tf.reshape(2 * inverse[:, None] + tf.constant([[0, 1]], inverse.dtype), [-1])
+    return _interleave_flow(tf.gather(pairs, order), tf.shape(indices)[0], cfg.flow_length)
 
 
 # ---------------------------------------------------------------------------
@@ -231,16 +331,32 @@ def _resize(frames, height, width):
                            method="bilinear")
 
 
-def _ensure_min_short_side(frames, size: int):
-    """Upscales (aspect kept) when the short side is below ``size``; else unchanged."""
-    h, w = tf.shape(frames)[1], tf.shape(frames)[2]
+def _to_uint8(frames):
+    """Rounds resized 0..255 floats back to uint8 (the one allowed rounding)."""
+    return tf.cast(tf.clip_by_value(tf.round(frames), 0.0, 255.0), tf.uint8)
+
+
+def _upscaled_size(h, w, size: int):
     short = tf.minimum(h, w)
+    # ceil so both sides end >= size; the short side lands exactly on size.
+    return (h * size + short - 1) // short, (w * size + short - 1) // short
+
+
+def _ensure_min_short_side(frames, size: int, rounded: bool = True):
+    """Frames upscaled (aspect kept) when the short side is below ``size``.
+
+    ``rounded``: uint8 out; else float32 out, for a caller that resizes again
+    and rounds once at the end.
+    """
+    h, w = tf.shape(frames)[1], tf.shape(frames)[2]
 
     def upscale():
-        # ceil so both sides end >= size; the short side lands exactly on size.
-        return _resize(frames, (h * size + short - 1) // short, (w * size + short - 1) // short)
+        nh, nw = _upscaled_size(h, w, size)
+        resized = _resize(frames, nh, nw)
+        return _to_uint8(resized) if rounded else resized
 
-    return tf.cond(short < size, upscale, lambda: tf.cast(frames, tf.float32))
+    keep = (lambda: frames) if rounded else (lambda: tf.cast(frames, tf.float32))
+    return tf.cond(tf.minimum(h, w) < size, upscale, keep)
 
 
 def _crop(frames, oy, ox, ch, cw):
@@ -248,12 +364,18 @@ def _crop(frames, oy, ox, ch, cw):
 
 
 def _flip(frames, stream: str):
-    """Mirrors left/right; x-flow changes sign, i.e. q -> 255 - q (TSN)."""
-    frames = tf.reverse(frames, axis=[2])
+    """Mirrors uint8 frames left/right; x-flow changes sign, i.e. q -> 255 - q (TSN).
+
+    A gather of reversed columns and an XOR (255 ^ q == 255 - q for uint8)
+    cost a third of tf.reverse + tf.where on a 20-channel clip.
+    """
+    w = tf.shape(frames)[2]
+    frames = tf.gather(frames, tf.range(w - 1, -1, -1), axis=2)
     if stream == "temporal":
         c = tf.shape(frames)[-1]
-        is_x = tf.equal(tf.range(c) % 2, 0)  # even channels hold flow_x
-        frames = tf.where(is_x, 255.0 - frames, frames)
+        # 255 on even channels (flow_x), 0 on odd ones (flow_y).
+        mask = tf.cast(255 * (1 - tf.range(c) % 2), tf.uint8)
+        frames = tf.bitwise.bitwise_xor(frames, mask)
     return frames
 
 
@@ -295,138 +417,266 @@ def multiscale_crop_box(height, width, cfg: PipelineConfig, seed):
     return oy, ox, ch, cw
 
 
-def _train_transform(frames, cfg: PipelineConfig, seed):
-    """One crop and one flip decision for the whole clip (all segments)."""
-    size = cfg.image_size
-    frames = _ensure_min_short_side(frames, size)
-    h, w = tf.shape(frames)[1], tf.shape(frames)[2]
-    s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+def _train_box(h, w, cfg: PipelineConfig, s_crop):
+    """The training crop box on an (h, w) frame: multi-scale, or a plain S x S window."""
     if cfg.multiscale:
-        oy, ox, ch, cw = multiscale_crop_box(h, w, cfg, s_crop)
-        frames = _resize(_crop(frames, oy, ox, ch, cw), size, size)
-    else:
-        s_y, s_x = tf.unstack(tf.random.experimental.stateless_split(s_crop, 2))
-        oy = _uniform_int(s_y, h - size + 1)
-        ox = _uniform_int(s_x, w - size + 1)
-        frames = _crop(frames, oy, ox, size, size)
+        return multiscale_crop_box(h, w, cfg, s_crop)
+    s_y, s_x = tf.unstack(tf.random.experimental.stateless_split(s_crop, 2))
+    size = cfg.image_size
+    return _uniform_int(s_y, h - size + 1), _uniform_int(s_x, w - size + 1), size, size
+
+
+def _train_clip(parsed, indices, cfg: PipelineConfig, seed):
+    """One crop and one flip decision for the whole clip (all segments).
+
+    Frames whose short side reaches S are decoded inside the crop box only;
+    smaller frames are decoded whole and upscaled first, as TSN does.
+    """
+    size = cfg.image_size
+    s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    shape = tf.io.extract_jpeg_shape(_first_jpeg(parsed, cfg, indices))
+    h, w = shape[0], shape[1]
+
+    # A multi-scale crop is resized at the end: stay float until then, so
+    # that upscaled frames are rounded once, not twice.
+    def windowed():
+        oy, ox, ch, cw = _train_box(h, w, cfg, s_crop)
+        frames = _load_frames(parsed, indices, cfg, (oy, ox, ch, cw))
+        return tf.cast(frames, tf.float32) if cfg.multiscale else frames
+
+    def upscaled():
+        frames = _ensure_min_short_side(_load_frames(parsed, indices, cfg), size,
+                                        rounded=not cfg.multiscale)
+        fh, fw = tf.shape(frames)[1], tf.shape(frames)[2]
+        oy, ox, ch, cw = _train_box(fh, fw, cfg, s_crop)
+        return _crop(frames, oy, ox, ch, cw)
+
+    frames = tf.cond(tf.minimum(h, w) >= size, windowed, upscaled)
+    if cfg.multiscale:
+        frames = _to_uint8(_resize(frames, size, size))
     if cfg.flip:
         do_flip = tf.random.stateless_uniform([], s_flip) < 0.5
         frames = tf.cond(do_flip, lambda: _flip(frames, cfg.stream), lambda: frames)
     return frames
 
 
-def _test_views(frames, cfg: PipelineConfig):
+def _test_views(parsed, indices, cfg: PipelineConfig):
     """(crops, P, S, S, C): centre; 3 along the long side; or TSN's 10 crops."""
     size = cfg.image_size
     if cfg.crops == 3:
         # Short side resized to S, then 3 squares at the start, centre and end
         # of the long side: each sees the whole short side, as mmaction2's
         # ThreeCrop (crop = short side), at the model's input size.
+        frames = _load_frames(parsed, indices, cfg)
         h, w = tf.shape(frames)[1], tf.shape(frames)[2]
         short = tf.minimum(h, w)
         nh = tf.where(h == short, size, (2 * h * size + short) // (2 * short))
         nw = tf.where(h == short, (2 * w * size + short) // (2 * short), size)
-        frames = _resize(frames, nh, nw)
+        frames = _to_uint8(_resize(frames, nh, nw))
         ly, lx = nh - size, nw - size  # one of them is 0
         boxes = [(0, 0), (ly // 2, lx // 2), (ly, lx)]
         return tf.stack([_crop(frames, oy, ox, size, size) for oy, ox in boxes])
-    frames = _ensure_min_short_side(frames, size)
+    if cfg.crops == 1:
+        shape = tf.io.extract_jpeg_shape(_first_jpeg(parsed, cfg, indices))
+        h, w = shape[0], shape[1]
+
+        def centre_window():
+            window = ((h - size) // 2, (w - size) // 2, size, size)
+            return _load_frames(parsed, indices, cfg, window)
+
+        def centre_of_upscaled():
+            frames = _ensure_min_short_side(_load_frames(parsed, indices, cfg), size)
+            fh, fw = tf.shape(frames)[1], tf.shape(frames)[2]
+            return _crop(frames, (fh - size) // 2, (fw - size) // 2, size, size)
+
+        return tf.cond(tf.minimum(h, w) >= size, centre_window, centre_of_upscaled)[None]
+    # TSN's oversampling: 4 corners + centre, then the same 5 mirrored; the
+    # corners cover (nearly) the whole frame, so it is decoded whole.  The
+    # frame is mirrored once: the mirror of the window at x = ox is the
+    # window of the mirrored frame at x = w - ox - S (5x less flipping).
+    frames = _ensure_min_short_side(_load_frames(parsed, indices, cfg), size)
+    mirrored = _flip(frames, cfg.stream)
     h, w = tf.shape(frames)[1], tf.shape(frames)[2]
     ly, lx = h - size, w - size
-    centre = _crop(frames, ly // 2, lx // 2, size, size)
-    if cfg.crops == 1:
-        return centre[None]
-    # TSN's oversampling: 4 corners + centre, then the same 5 mirrored.
-    corners = [_crop(frames, oy, ox, size, size) for oy, ox in ((0, 0), (0, lx), (ly, 0), (ly, lx))]
-    five = corners + [centre]
-    return tf.stack(five + [_flip(v, cfg.stream) for v in five])
+    boxes = ((0, 0), (0, lx), (ly, 0), (ly, lx), (ly // 2, lx // 2))
+    five = [_crop(frames, oy, ox, size, size) for oy, ox in boxes]
+    flipped = [_crop(mirrored, oy, lx - ox, size, size) for oy, ox in boxes]
+    return tf.stack(five + flipped)
 
 
 # ---------------------------------------------------------------------------
-# Clips and datasets
+# Clips and seeds
 # ---------------------------------------------------------------------------
 
 def make_clip(parsed: dict, cfg: PipelineConfig, seed=None):
-    """One parsed record -> (clip float32 in 0..255, label int32).
+    """One parsed record -> (clip uint8 (or ``cfg.clip_dtype``) in 0..255, label int32).
 
     Training: clip (K, S, S, C).  Testing: clip (crops, N, S, S, C).
     C = 3 (spatial) or 2L (temporal).  ``seed`` (int or shape-[2] tensor)
     fixes the training draws; None draws fresh ones.  Graph-mode safe.
+    ``parsed`` needs the stream's frames (RGB, or flow x and y) and the label;
+    without RGB the stored ``num_frames`` gives T.
     """
     seed = _as_seed(seed)
     s_pos, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    num_frames = tf.size(parsed[records.RGB])
-    positions = sample_positions(num_frames, cfg, cfg.training, s_pos)
-    frames = _load_frames(parsed, positions, cfg)
+    positions = sample_positions(_num_frames(parsed), cfg, cfg.training, s_pos)
+    indices = _frame_indices(parsed, positions, cfg)
     size, c = cfg.image_size, cfg.channels
     if cfg.training:
-        clip = tf.ensure_shape(_train_transform(frames, cfg, s_aug),
+        clip = tf.ensure_shape(_train_clip(parsed, indices, cfg, s_aug),
                                [cfg.num_segments, size, size, c])
     else:
-        clip = tf.ensure_shape(_test_views(frames, cfg),
+        clip = tf.ensure_shape(_test_views(parsed, indices, cfg),
                                [cfg.crops, cfg.test_segments, size, size, c])
-    return tf.cast(clip, tf.float32), tf.cast(parsed[records.LABEL], tf.int32)
+    return tf.cast(clip, cfg.clip_dtype), tf.cast(parsed[records.LABEL], tf.int32)
+
+
+def clip_seed(video_id, chunk_index, epoch, seed: int):
+    """The stateless seed (shape [2] int64) of one clip: (video, chunk, epoch, global seed).
+
+    The video id enters through its 64-bit FarmHash fingerprint
+    (``tf.strings.to_hash_bucket_fast``), which is the same on every machine
+    and process, so a clip does not depend on where or in which order its
+    record is read: a tf.data service worker draws the clip a local pipeline
+    draws.  Chunks of one long video share the id and differ by chunk index.
+    """
+    h = tf.strings.to_hash_bucket_fast(video_id, 2**63 - 1)
+    s = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), h)
+    s = tf.random.experimental.stateless_fold_in(s, tf.cast(chunk_index, tf.int64))
+    return tf.random.experimental.stateless_fold_in(s, tf.cast(epoch, tf.int64))
 
 
 def check_data(meta: dict, cfg: PipelineConfig) -> None:
-    """Raises ValueError when the prepared data cannot feed this stream."""
+    """Raises MatEffNetError when the prepared data cannot feed this stream."""
     algorithm = meta.get("flow", {}).get("algorithm")
     if cfg.stream == "temporal" and algorithm == "none":
-        raise ValueError("stream='temporal' needs optical flow, but this dataset was "
-                         "prepared with --flow=none (no flow frames); re-run "
-                         "mat-effnet-prep with --flow=tvl1 or use stream='spatial'")
+        raise MatEffNetError("stream='temporal' needs optical flow, but this dataset was "
+                             "prepared with --flow=none (no flow frames); re-run "
+                             "mat-effnet-prep with --flow=tvl1 or use stream='spatial'")
+
+
+def _parse_for(cfg: PipelineConfig):
+    """A parser of only the features this stream's clips use (no copies of the rest)."""
+    spec = records.feature_spec()
+    keys = [records.VIDEO_ID, records.LABEL, records.NUM_FRAMES, records.CHUNK_INDEX]
+    keys += [records.RGB] if cfg.stream == "spatial" else [records.FLOW_X, records.FLOW_Y]
+    subset = {k: spec[k] for k in keys}
+    return lambda serialized: tf.io.parse_single_example(serialized, subset)
+
+
+# ---------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------
+
+# The tf.data service splits the source range of (epoch, file) pairs between
+# its workers on demand (see build_dataset).
+SHARDING_POLICY = "DYNAMIC"
+
+
+def _training_files(files: Sequence[str], seed: int, epochs: int | None):
+    """Dataset of (file, epoch): every epoch visits all files in its own order.
+
+    The order of epoch e is a stateless permutation of (seed, e), computed from
+    a plain range, so the tf.data service can hand out its elements to
+    workers dynamically and each file of each epoch is read exactly once.
+    """
+    n = len(files)
+    names = tf.constant(list(files))
+    total = sys.maxsize if epochs is None else epochs * n
+
+    def pick(i):
+        epoch = i // n
+        order = tf.argsort(tf.random.stateless_uniform(
+            [n], tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64),
+                                                          epoch)))
+        return tf.gather(names, tf.gather(order, i % n)), epoch
+
+    return tf.data.Dataset.range(total).map(pick)
+
+
+def _options(threads: int | None) -> tf.data.Options:
+    options = tf.data.Options()
+    # One op thread per element: parallelism comes from many elements at once,
+    # not from ops fighting over the cores inside one element.
+    options.threading.max_intra_op_parallelism = 1
+    if threads is not None:
+        options.threading.private_threadpool_size = threads
+    return options
 
 
 def build_dataset(data_dir: str, split: str, cfg: PipelineConfig, batch_size: int, *,
-                  files: Sequence[str] | None = None, with_ids: bool = False) -> tf.data.Dataset:
+                  files: Sequence[str] | None = None, with_ids: bool = False,
+                  epochs: int | None = None, data_service: str | None = None,
+                  threads: int | None = None) -> tf.data.Dataset:
     """The batched dataset of one split.
 
-    Training (``cfg.training``): endless, shuffled; elements
-    ``(clips (B, K, S, S, C) float32, labels (B,) int32)``, full batches only.
-    Testing: one pass in file order; elements
-    ``(clips (B, crops, N, S, S, C) float32, labels (B,) int32)``, the last
-    batch may be smaller.  ``with_ids`` appends ``video_ids (B,) string``
-    (chunks of one long video share their id).  ``files`` overrides the
-    split's shard list (metadata is still read from ``data_dir``).
+    Training (``cfg.training``): endless (or ``epochs`` passes), shuffled;
+    elements ``(clips (B, K, S, S, C), labels (B,) int32)``, full batches
+    only.  Testing: one pass in file order; elements
+    ``(clips (B, crops, N, S, S, C), labels (B,) int32)``, the last batch may
+    be smaller.  Clips are ``cfg.clip_dtype`` (uint8 by default).
+    ``with_ids`` appends ``video_ids (B,) string`` (chunks of one long video
+    share their id).  ``files`` overrides the split's shard list (metadata is
+    still read from ``data_dir``).
+
+    ``data_service`` (e.g. ``"grpc://host:5050"``): the pipeline runs on the
+    tf.data service workers of that dispatcher (the record files must be
+    readable there, e.g. on a shared file system or GCS) with sharding policy
+    DYNAMIC: the dispatcher hands each worker (epoch, file) splits on demand,
+    so every file of an epoch is read once by whichever worker is free
+    (OFF would make every worker run every epoch, i.e. repeat each clip once
+    per worker; the static FILE/DATA policies fix the worker count and let
+    the slowest worker set the pace).  Clip seeds depend on the video and the
+    epoch only, so the service delivers the clips of a local run, in another
+    order.  Batches are formed on the workers.  ``threads``: a private
+    tf.data thread pool of that many threads (default: TF's shared pool).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
+        raise MatEffNetError(f"batch_size={batch_size!r}: must be an integer >= 1")
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise MatEffNetError(f"epochs={epochs!r}: must be an integer >= 1 or None (endless)")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise MatEffNetError(f"threads={threads!r}: must be an integer >= 1 or None")
+    if data_service is not None and (not isinstance(data_service, str) or
+                                     "://" not in data_service):
+        raise MatEffNetError(f"data_service={data_service!r}: expected PROTOCOL://HOST:PORT, "
+                             "e.g. grpc://localhost:5050")
     meta = records.read_metadata(data_dir)
     check_data(meta, cfg)
     files = list(records.split_files(data_dir, meta, split) if files is None else files)
     if not files:
-        raise ValueError(f"split {split!r} of {data_dir} has no shard files")
+        raise MatEffNetError(f"{data_dir}: split {split!r} has no shard files")
     autotune = tf.data.AUTOTUNE
     # Unordered parallelism is faster; a seed asks for reproducible batches.
     deterministic = not cfg.training or cfg.seed is not None
+    parse = _parse_for(cfg)
 
     if cfg.training:
-        ds = tf.data.Dataset.from_tensor_slices(files)
-        ds = ds.shuffle(len(files), seed=cfg.seed, reshuffle_each_iteration=True)
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                           num_parallel_calls=autotune, deterministic=deterministic)
+        seed = random.SystemRandom().randrange(2**31) if cfg.seed is None else cfg.seed
+        ds = _training_files(files, seed, epochs)
+        ds = ds.interleave(
+            lambda name, epoch: tf.data.TFRecordDataset(name).map(lambda s: (s, epoch)),
+            cycle_length=min(len(files), 8), num_parallel_calls=autotune,
+            deterministic=deterministic)
+        # The buffer holds serialized records (undecoded JPEGs), never the whole set.
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=seed)
     else:
-        ds = tf.data.TFRecordDataset(files)
-    ds = ds.map(records.parse, num_parallel_calls=autotune, deterministic=deterministic)
+        seed = 0
+        ds = tf.data.TFRecordDataset(files).map(lambda s: (s, tf.constant(0, tf.int64)))
 
-    if cfg.training:
-        # The buffer holds parsed records (undecoded JPEGs), never the whole set.
-        ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
-        ds = ds.repeat()
-        # One stateless seed per clip, attached before the parallel map so a
-        # clip's draws do not depend on the map's completion order.
-        seed = None if cfg.seed is None else cfg.seed + 1
-        seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-        ds = tf.data.Dataset.zip((ds, seeds))
-    else:
-        ds = ds.map(lambda parsed: (parsed, tf.zeros([2], tf.int64)))
-
-    def to_example(parsed, clip_seed):
-        clip, label = make_clip(parsed, cfg, clip_seed)
+    def to_example(serialized, epoch):
+        parsed = parse(serialized)
+        key = clip_seed(parsed[records.VIDEO_ID], parsed[records.CHUNK_INDEX], epoch, seed)
+        clip, label = make_clip(parsed, cfg, key)
         if with_ids:
             return clip, label, parsed[records.VIDEO_ID]
         return clip, label
 
     ds = ds.map(to_example, num_parallel_calls=autotune, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=cfg.training)
+    ds = ds.with_options(_options(threads))
+    if data_service is not None:
+        ds = ds.apply(tf.data.experimental.service.distribute(
+            processing_mode=getattr(tf.data.experimental.service.ShardingPolicy, SHARDING_POLICY),
+            service=data_service))
     return ds.prefetch(autotune)

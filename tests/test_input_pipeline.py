@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mat_effnet import records
-from mat_effnet.input_pipeline import (PipelineConfig, build_dataset, make_clip,
+from mat_effnet import input_pipeline, records
+from mat_effnet.benchmark import baseline_pipeline
+from mat_effnet.benchmark import pipeline as bench
+from mat_effnet.input_pipeline import (PipelineConfig, build_dataset, clip_seed, make_clip,
                                        multiscale_crop_box, sample_positions)
 
 H, W, S = 40, 48, 32
@@ -63,12 +65,18 @@ def _clip_fn(cfg):
     def fn(serialized, seed):
         return make_clip(records.parse(serialized), cfg, seed)
 
-    return lambda rec, seed: [v.numpy() for v in fn(tf.constant(records.serialize(rec)),
-                                                    tf.constant([seed, 7], tf.int64))]
+    def run(rec, seed):
+        clip, label = (v.numpy() for v in fn(tf.constant(records.serialize(rec)),
+                                             tf.constant([seed, 7], tf.int64)))
+        assert clip.dtype == np.dtype(cfg.clip_dtype)  # uint8 unless asked otherwise
+        return clip, label
+
+    return run
 
 
 def _flat_index(image, level_fn, n=64):
     """The frame index whose flat level ``image`` shows (within JPEG's ±1)."""
+    image = np.asarray(image, np.float32)  # uint8 clips: no wrap-around below
     mean = float(image.mean())
     idx = int(round((mean - level_fn(0)) / 7))
     assert 0 <= idx < n
@@ -78,7 +86,7 @@ def _flat_index(image, level_fn, n=64):
 
 def _mirror_flow(view):
     """Expected flip of flow frames (..., H, W, 2L): mirror, x -> 255 - x."""
-    out = view[..., ::-1, :].copy()
+    out = np.asarray(view, np.float32)[..., ::-1, :].copy()
     out[..., 0::2] = 255.0 - out[..., 0::2]
     return out
 
@@ -188,7 +196,7 @@ def test_temporal_stack_is_l_consecutive_flows_interleaved():
     starts = set()
     for seed in range(10):
         clip, label = fn(rec, seed)
-        assert clip.shape == (3, S, S, 2 * length) and clip.dtype == np.float32
+        assert clip.shape == (3, S, S, 2 * length) and clip.dtype == np.uint8
         assert label == 2
         for k in range(3):
             p = _flat_index(clip[k, ..., 0], _x_level)
@@ -353,7 +361,7 @@ def test_centre_and_ten_crops():
 
     centre_cfg = PipelineConfig("spatial", image_size=S, training=False, test_segments=3)
     clip, _ = _clip_fn(centre_cfg)(rec, 0)
-    assert clip.shape == (1, 3, S, S, 3) and clip.dtype == np.float32
+    assert clip.shape == (1, 3, S, S, 3) and clip.dtype == np.uint8
     for k, p in enumerate(at):
         oy, ox = ly // 2, lx // 2
         np.testing.assert_array_equal(clip[0, k], decoded[p][oy:oy + S, ox:ox + S])
@@ -410,7 +418,8 @@ def test_three_crops_along_the_long_side():
         resized = tf.image.resize(frame[None], (S, 51) if horizontal else (51, S)).numpy()[0]
         for v, o in enumerate((0, 9, 19)):
             window = resized[:, o:o + S] if horizontal else resized[o:o + S, :]
-            np.testing.assert_allclose(clip[v, 0], window, atol=1e-3)
+            # uint8 clips: the resize is rounded, so within half a level.
+            np.testing.assert_allclose(clip[v, 0], window, atol=0.5 + 1e-3)
 
 
 # ---------------------------------------------------------------------------
@@ -441,7 +450,7 @@ def test_training_dataset_batches(tmp_path):
     ds = build_dataset(root, "train", cfg, 2, with_ids=True)
     clips_spec, labels_spec, _ = ds.element_spec
     assert clips_spec.shape.as_list() == [2, 3, S, S, 3]  # drop_remainder: static batch
-    assert clips_spec.dtype == tf.float32 and labels_spec.dtype == tf.int32
+    assert clips_spec.dtype == tf.uint8 and labels_spec.dtype == tf.int32
     first = [[v.numpy() for v in batch] for batch in ds.take(8)]
     seen = set()
     for clips, labels, ids in first:  # 16 clips of 5 videos: repeats
@@ -497,3 +506,130 @@ def test_dataset_errors(tmp_path):
     assert build_dataset(root, "train", PipelineConfig("spatial", image_size=S), 1) is not None
     with pytest.raises(ValueError, match="batch_size"):
         build_dataset(root, "train", PipelineConfig("spatial"), 0)
+
+
+# ---------------------------------------------------------------------------
+# Same clips as before issue 10's speed-ups (windowed decoding, uint8)
+# ---------------------------------------------------------------------------
+
+def _smooth_noise(h, w, channels, seed):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, channels), dtype=np.uint8)
+    big = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, channels)
+    noise = rng.integers(0, 40, (h, w, channels), dtype=np.uint8)
+    img = cv2.add(big, noise).reshape(h, w, channels)  # saturating: detail on a smooth field
+    return img if channels == 3 else img[..., 0]
+
+
+@pytest.mark.parametrize("h,w", [(72, 96), (24, 30)])  # windowed; upscaled (short side < S)
+@pytest.mark.parametrize("stream", ["spatial", "temporal"])
+def test_clips_equal_the_frozen_baseline(stream, h, w):
+    """Positions, crops and flips exactly as before; pixels within the allowed rounding.
+
+    The baseline decodes whole frames and crops floats; the new pipeline
+    decodes only the window (colour with a margin) and keeps uint8, so
+    without a resize the clips are identical and after one within 0.5.
+    """
+    t = 12
+    rgb = [_jpeg(_smooth_noise(h, w, 3, i)) for i in range(t)]
+    fx = [_jpeg(_smooth_noise(h, w, 1, 100 + i)) for i in range(t - 1)]
+    fy = [_jpeg(_smooth_noise(h, w, 1, 200 + i)) for i in range(t - 1)]
+    parsed = _parse(_record(t, h=h, w=w, rgb=rgb, fx=fx, fy=fy))
+    upscaled = min(h, w) < S
+    common = dict(stream=stream, image_size=S, flow_length=3, test_segments=4)
+    cases = [(dict(), upscaled), (dict(multiscale=True), True),
+             (dict(multiscale=True, fixed_offsets=False), True),
+             (dict(training=False, crops=1), upscaled),
+             (dict(training=False, crops=3), True), (dict(training=False, crops=10), upscaled)]
+    for kwargs, resized in cases:
+        new_cfg = PipelineConfig(**common, **kwargs)
+        old_cfg = baseline_pipeline.PipelineConfig(**common, **kwargs)
+        seeds = range(6) if new_cfg.training else range(1)
+        for seed in seeds:
+            new, label = make_clip(parsed, new_cfg, seed)
+            old, _ = baseline_pipeline.make_clip(parsed, old_cfg, seed)
+            assert new.dtype == tf.uint8 and new.shape == old.shape, kwargs
+            diff = np.abs(new.numpy().astype(np.float32) - old.numpy()).max()
+            assert diff <= (0.5 + 1e-3 if resized else 0.0), (kwargs, seed, diff)
+            assert int(label) == 0
+
+
+def test_float32_clips_on_request():
+    rec = _record(6, rgb=_noise_frames(6))
+    cfg = PipelineConfig("spatial", image_size=S)
+    as_uint8, _ = make_clip(_parse(rec), cfg, 3)
+    as_float, _ = make_clip(_parse(rec), dataclasses.replace(cfg, clip_dtype="float32"), 3)
+    assert as_float.dtype == tf.float32
+    np.testing.assert_array_equal(as_float.numpy(), as_uint8.numpy().astype(np.float32))
+    with pytest.raises(ValueError, match="clip_dtype"):
+        PipelineConfig("spatial", clip_dtype="float16")
+
+
+# ---------------------------------------------------------------------------
+# Seeds keyed to (video, chunk, epoch, global seed)
+# ---------------------------------------------------------------------------
+
+def test_clip_seed_depends_on_video_chunk_epoch_and_seed_only():
+    base = clip_seed(tf.constant("v_Run_g01_c01"), 0, 0, 7).numpy()
+    assert base.dtype == np.int64 and base.shape == (2,)
+    np.testing.assert_array_equal(clip_seed(tf.constant("v_Run_g01_c01"), 0, 0, 7).numpy(), base)
+    vid = tf.constant("v_Run_g01_c01")
+    others = [clip_seed(tf.constant("v_Run_g01_c02"), 0, 0, 7), clip_seed(vid, 1, 0, 7),
+              clip_seed(vid, 0, 1, 7), clip_seed(vid, 0, 0, 8)]
+    assert len({tuple(base)} | {tuple(o.numpy()) for o in others}) == 5
+    # A fingerprint, not Python's salted hash: the same value in every process.
+    assert tf.strings.to_hash_bucket_fast("v_Run_g01_c01", 2**63 - 1).numpy() == 1151787800365447602
+
+
+def _epoch_clips(root, cfg, files=None, epochs=1):
+    ds = build_dataset(root, "train", cfg, 1, with_ids=True, epochs=epochs, files=files)
+    return sorted((vid.decode(), clip.tobytes()) for clips, _, ids in ds
+                  for clip, vid in zip(clips.numpy(), ids.numpy()))
+
+
+def test_an_epoch_is_each_record_once_whatever_the_file_order(tmp_path):
+    root = _write_dataset(tmp_path / "d", n_train=6)
+    cfg = PipelineConfig("temporal", image_size=S, flow_length=2, seed=4, shuffle_buffer=2)
+    files = records.split_files(root, records.read_metadata(root), "train")
+    one = _epoch_clips(root, cfg)
+    assert [vid for vid, _ in one] == [f"train{i}" for i in range(6)]
+    # Reading the shards in another order (as service workers do) changes nothing.
+    assert _epoch_clips(root, cfg, files=files[::-1]) == one
+    two = _epoch_clips(root, cfg, epochs=2)
+    assert [vid for vid, _ in two] == sorted(2 * [f"train{i}" for i in range(6)])
+    assert set(one) <= set(two) and len(set(two)) > len(set(one))
+
+
+# ---------------------------------------------------------------------------
+# The benchmark's measurement functions (mat_effnet.benchmark.pipeline)
+# ---------------------------------------------------------------------------
+
+def test_bound_counts_the_distinct_jpegs_a_clip_needs(tmp_path):
+    root = _write_dataset(tmp_path / "d", n_train=2, n_test=1)
+    # Test time, T = 6 (video train0), L = 4: V = 2, 3 centres 0, 1, 1 -> flow 0..4, 5 fields.
+    cfg = PipelineConfig("temporal", image_size=S, flow_length=4, training=False,
+                         test_segments=3)
+    jpegs = bench.clip_jpegs(root, cfg, 1)
+    assert len(jpegs[0]) == 2 * 5 and {c for _, c in jpegs[0]} == {1}
+    spatial = bench.clip_jpegs(root, PipelineConfig("spatial", image_size=S, training=False,
+                                                    test_segments=3), 2)
+    assert [len(j) for j in spatial] == [3, 3] and {c for _, c in spatial[0]} == {3}
+    bound = bench.decode_bound(spatial, min_seconds=0.0)
+    assert bound["jpegs_per_clip"] == 3 and bound["clips_per_s"] > 0
+    assert bound["clips_per_s"] == pytest.approx(bound["jpegs_per_s"] / 3)
+
+
+def test_pipeline_rate_and_summary(tmp_path):
+    root = _write_dataset(tmp_path / "d", n_train=3, n_test=1)
+    cfg = PipelineConfig("spatial", image_size=S, num_segments=2)
+    rate = bench.pipeline_rate(input_pipeline, root, cfg, 2, min_seconds=0.0, min_batches=2)
+    assert rate["clip_dtype"] == "uint8" and rate["host_bytes_per_clip"] == 2 * S * S * 3
+    old = bench.pipeline_rate(baseline_pipeline, root, bench._baseline_config(cfg), 2,
+                              min_seconds=0.0, min_batches=2)
+    assert old["host_bytes_per_clip"] == 4 * 2 * S * S * 3  # float32 before issue 10
+    bound = {"clips_per_s": 2 * rate["clips_per_s"], "cpu_ms_per_clip": 1.0,
+             "jpeg_bytes_per_clip": 10.0, "jpegs_per_clip": 2.0}
+    out = bench.summarize(rate, bound, cores=4, num_segments=3)
+    assert out["share_of_bound"] == pytest.approx(0.5)
+    assert bench.a100_clips_per_s(3) == pytest.approx(1150.0)
+    assert out["cores_per_a100"] == pytest.approx(1150.0 / (rate["clips_per_s"] / 4))

@@ -1,0 +1,409 @@
+"""Input-pipeline throughput against its JPEG-decode bound (issue 10).
+
+For one stream and mode (training clips, or test-time 25 segments x 1 or
+10 crops) this measures, on the same records and the same cores:
+
+* the pipeline's clips/s (`mat_effnet.input_pipeline.build_dataset`, or the
+  frozen `baseline_pipeline` for the before/after);
+* the decode-only bound: the JPEGs the clips need (each distinct frame of a
+  clip once, whole frames), decoded through tf.data on all cores and nothing
+  else, converted to clips/s; and the pipeline's share of that bound.  A
+  pipeline that decodes only the crop window can exceed 100 %;
+* clips/s per core, and the cores one A100 needs at that rate:
+  1,150 clips/s / (clips/s per core).  1,150 = 3,450 images/s (EfficientNet-B0,
+  mixed precision, one A100, NVIDIA's TF2 EfficientNet README, DeepLearning
+  Examples) / K = 3 images per clip;
+* host bytes per clip (the clip tensor handed to the model) and the JPEG
+  bytes a clip decodes;
+* the peak resident memory of the process while the pipeline ran (in one
+  process that measures several pipelines, a peak includes what earlier
+  measurements left allocated; run one pipeline per process for a clean one).
+
+On a machine shared with other work the wall rates move with the load; the
+CPU time per clip (all threads of this process) is reported beside them and
+is the steadier basis for shares of the bound.
+
+Everything takes plain arguments; the binary maps its flags onto them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+A100_IMAGES_PER_S = 3450.0
+A100_SOURCE = ("NVIDIA DeepLearningExamples, TensorFlow2 EfficientNet README: EfficientNet-B0 "
+               "training on one A100 with mixed precision, about 3,450 images/s; / K = 3 "
+               "images per clip")
+
+
+def a100_clips_per_s(num_segments: int = 3) -> float:
+    """Clips/s one A100 trains on: 3,450 images/s / K images per clip (1,150 at K = 3)."""
+    return A100_IMAGES_PER_S / num_segments
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class RssPeak:
+    """``with RssPeak() as peak: ...``; then ``peak.bytes``: the highest VmRSS sampled."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.bytes = 0
+        self._stop = threading.Event()
+
+    def _watch(self):
+        while not self._stop.is_set():
+            self.bytes = max(self.bytes, _rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.start_bytes = _rss_bytes()
+        self.bytes = self.start_bytes
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.bytes = max(self.bytes, _rss_bytes())
+        return False
+
+
+def time_elements(ds, count_fn: Callable, min_elements: int, min_seconds: float,
+                  warmup: int = 2, max_elements: int | None = None) -> dict:
+    """Iterates ``ds`` (after ``warmup`` untimed elements) until both minima are met.
+
+    ``count_fn(element)`` says how many items (clips, JPEGs) an element holds.
+    Returns ``{"items", "elements", "seconds", "per_s", "cpu_seconds",
+    "cpu_ms_per_item", "peak_rss_bytes", "rss_before_bytes"}``.  CPU time
+    (all threads of the process) per item is far less sensitive than the
+    wall rate to other processes sharing the cores.
+    """
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    items = elements = 0
+    with RssPeak() as peak:
+        cpu_start = time.process_time()
+        start = time.perf_counter()
+        while True:
+            try:
+                element = next(it)
+            except StopIteration:
+                break
+            items += count_fn(element)
+            elements += 1
+            seconds = time.perf_counter() - start
+            if elements >= min_elements and seconds >= min_seconds:
+                break
+            if max_elements is not None and elements >= max_elements:
+                break
+        seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
+    return {"items": items, "elements": elements, "seconds": seconds,
+            "per_s": items / max(seconds, 1e-9), "cpu_seconds": cpu_seconds,
+            "cpu_ms_per_item": 1000 * cpu_seconds / max(items, 1), "peak_rss_bytes": peak.bytes,
+            "rss_before_bytes": peak.start_bytes}
+
+
+# ---------------------------------------------------------------------------
+# The decode-only bound
+# ---------------------------------------------------------------------------
+
+def clip_jpegs(data_dir: str, cfg, clips: int, seed: int = 0) -> list[list[tuple[bytes, int]]]:
+    """The distinct JPEGs (bytes, channels) each of ``clips`` clips needs.
+
+    Records are taken in file order, cycling; positions follow the pipeline's
+    rules (`sample_positions`) with one seed per clip; a temporal clip needs
+    flow x and y of its L-frame windows.
+    """
+    import tensorflow as tf
+
+    from mat_effnet import input_pipeline as ip
+    from mat_effnet import records
+
+    meta = records.read_metadata(data_dir)
+    files = records.split_files(data_dir, meta, "train")
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files)]
+    out = []
+    for i in range(clips):
+        parsed = records.parse(tf.constant(serialized[i % len(serialized)]))
+        positions = ip.sample_positions(tf.size(parsed[records.RGB]), cfg, cfg.training,
+                                        tf.constant([seed, i], tf.int64))
+        idx = ip._frame_indices(parsed, positions, cfg).numpy().reshape(-1)
+        unique = sorted(set(int(j) for j in idx))
+        if cfg.stream == "spatial":
+            frames = parsed[records.RGB].numpy()
+            out.append([(frames[j], 3) for j in unique])
+        else:
+            fx, fy = parsed[records.FLOW_X].numpy(), parsed[records.FLOW_Y].numpy()
+            out.append([(fx[j], 1) for j in unique] + [(fy[j], 1) for j in unique])
+    return out
+
+
+def decode_bound(jpegs: list[list[tuple[bytes, int]]], min_seconds: float = 3.0,
+                 window: int | None = None) -> dict:
+    """JPEGs/s and clips/s of decoding exactly ``jpegs`` through tf.data on all cores.
+
+    One element per JPEG, ``map(decode, AUTOTUNE)``, nothing else (each decoded
+    image is reduced to its height so that iterating costs nothing).
+    ``window``: decode only a centred ``window`` x ``window`` crop instead
+    (what a windowed pipeline needs; for information).
+    """
+    import tensorflow as tf
+
+    flat = [b for clip in jpegs for b, _ in clip]
+    channels = [c for clip in jpegs for _, c in clip]
+    per_clip = len(flat) / len(jpegs)
+    # Colour and gray JPEGs never mix within one stream's clips.
+    ch = channels[0]
+
+    def decode(b):
+        if window is None:
+            img = tf.io.decode_jpeg(b, channels=ch)
+        else:
+            shape = tf.io.extract_jpeg_shape(b)
+            box = tf.stack([(shape[0] - window) // 2, (shape[1] - window) // 2, window, window])
+            img = tf.io.decode_and_crop_jpeg(b, box, channels=ch)
+        return tf.shape(img)[0]
+
+    ds = (tf.data.Dataset.from_tensor_slices(tf.constant(flat)).repeat()
+          .map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(256).prefetch(2))
+    t = time_elements(ds, lambda e: int(e.shape[0]), min_elements=4, min_seconds=min_seconds)
+    return {"jpegs_per_s": t["per_s"], "clips_per_s": t["per_s"] / per_clip,
+            "jpegs_per_clip": per_clip,
+            "jpeg_bytes_per_clip": sum(len(b) for b in flat) / len(jpegs),
+            "cpu_ms_per_clip": t["cpu_ms_per_item"] * per_clip, "seconds": t["seconds"]}
+
+
+def read_parse_rate(data_dir: str, cfg, min_seconds: float = 3.0) -> dict:
+    """Records/s of reading and parsing the records alone (the stream's features).
+
+    A clip needs its whole record read (a TFRecord has no random access), so
+    this is the ceiling the record schema sets, before any decoding.
+    """
+    import tensorflow as tf
+
+    from mat_effnet import input_pipeline as ip
+    from mat_effnet import records
+
+    files = records.split_files(data_dir, records.read_metadata(data_dir), "train")
+    parse = ip._parse_for(cfg)
+    ds = (tf.data.Dataset.from_tensor_slices(files).repeat()
+          .interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+          .map(lambda s: parse(s)[records.LABEL], num_parallel_calls=tf.data.AUTOTUNE)
+          .batch(64).prefetch(2))
+    t = time_elements(ds, lambda e: int(e.shape[0]), min_elements=4, min_seconds=min_seconds)
+    return {"records_per_s": t["per_s"], "cpu_ms_per_record": t["cpu_ms_per_item"],
+            "bytes_per_record": sum(os.path.getsize(f) for f in files) /
+            int(records.read_metadata(data_dir)["splits"]["train"]["records"])}
+
+
+# ---------------------------------------------------------------------------
+# Pipelines
+# ---------------------------------------------------------------------------
+
+def _clip_bytes(ds) -> float:
+    spec = ds.element_spec[0]
+    return float(np.prod(spec.shape.as_list()[1:])) * spec.dtype.size
+
+
+def pipeline_rate(module, data_dir: str, cfg, batch_size: int, min_seconds: float = 3.0,
+                  min_batches: int = 10, test_repeats: int = 50, **build_kwargs) -> dict:
+    """Clips/s of ``module.build_dataset`` (module: the new or the baseline pipeline).
+
+    Test mode is one pass, so the shard list is repeated ``test_repeats`` times.
+    """
+    from mat_effnet import records
+
+    files = None
+    if not cfg.training:
+        meta = records.read_metadata(data_dir)
+        files = list(records.split_files(data_dir, meta, "train")) * test_repeats
+    ds = module.build_dataset(data_dir, "train", cfg, batch_size, files=files, **build_kwargs)
+    t = time_elements(ds, lambda e: int(e[0].shape[0]), min_batches, min_seconds)
+    return {"clips_per_s": t["per_s"], "clips": t["items"], "seconds": t["seconds"],
+            "cpu_ms_per_clip": t["cpu_ms_per_item"],
+            "host_bytes_per_clip": _clip_bytes(ds), "clip_dtype": ds.element_spec[0].dtype.name,
+            "peak_rss_bytes": t["peak_rss_bytes"], "rss_before_bytes": t["rss_before_bytes"]}
+
+
+def summarize(rate: dict, bound: dict, cores: int, num_segments: int) -> dict:
+    """Adds share of the bound, clips/s per core and cores per A100 to a `pipeline_rate`."""
+    per_core = rate["clips_per_s"] / cores
+    out = dict(rate)
+    out.update(bound_clips_per_s=bound["clips_per_s"],
+               share_of_bound=rate["clips_per_s"] / bound["clips_per_s"],
+               bound_cpu_ms_per_clip=bound["cpu_ms_per_clip"],
+               # The same share in CPU time: robust when other processes share the cores.
+               cpu_share_of_bound=bound["cpu_ms_per_clip"] / rate["cpu_ms_per_clip"],
+               clips_per_s_per_core=per_core,
+               a100_clips_per_s=a100_clips_per_s(num_segments),
+               cores_per_a100=a100_clips_per_s(num_segments) / per_core,
+               a100_source=A100_SOURCE, cores=cores,
+               jpeg_bytes_per_clip=bound["jpeg_bytes_per_clip"],
+               jpegs_per_clip=bound["jpegs_per_clip"])
+    return out
+
+
+def stream_configs(stream: str, num_segments: int = 3, flow_length: int = 10,
+                   image_size: int = 224, test_segments: int = 25, seed: int | None = None) -> dict:
+    """The benchmarked modes of one stream: train, test 25 x 1 crop, test 25 x 10 crops."""
+    from mat_effnet import input_pipeline as ip
+
+    common = dict(stream=stream, num_segments=num_segments, flow_length=flow_length,
+                  image_size=image_size)
+    return {"train": ip.PipelineConfig(**common, seed=seed),
+            "test_1crop": ip.PipelineConfig(**common, training=False,
+                                            test_segments=test_segments, crops=1),
+            "test_10crop": ip.PipelineConfig(**common, training=False,
+                                             test_segments=test_segments, crops=10)}
+
+
+def _baseline_config(cfg):
+    """The same settings as a baseline PipelineConfig (which has no clip_dtype)."""
+    import dataclasses
+
+    from mat_effnet.benchmark import baseline_pipeline
+
+    fields = {f.name for f in dataclasses.fields(baseline_pipeline.PipelineConfig)}
+    kwargs = {k: v for k, v in dataclasses.asdict(cfg).items() if k in fields}
+    return baseline_pipeline.PipelineConfig(**kwargs)
+
+
+LEVERS = {
+    # name: what differs from the new pipeline (everything else as shipped)
+    "float32_clips": {"config": {"clip_dtype": "float32"}},
+    "full_decode": {"flags": {"_WINDOW": False}},
+    "map_fn_decode": {"flags": {"_UNROLL": False}},
+    "default_tf_data_options": {"options": "default"},
+    "private_threadpool": {"build": {"threads": "cores"}},
+}
+
+
+def _run_variant(name, variant, cfg, data_dir, batch, min_seconds, cores):
+    """`pipeline_rate` of the new pipeline with one lever changed (see `LEVERS`)."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from mat_effnet import input_pipeline as ip
+
+    build = {k: (cores if v == "cores" else v) for k, v in variant.get("build", {}).items()}
+    cfg = dataclasses.replace(cfg, **variant.get("config", {}))
+    saved = {k: getattr(ip, k) for k in variant.get("flags", {})}
+    saved_options = ip._options
+    try:
+        for k, v in variant.get("flags", {}).items():
+            setattr(ip, k, v)
+        if variant.get("options") == "default":
+            ip._options = lambda threads: tf.data.Options()
+        return pipeline_rate(ip, data_dir, cfg, batch, min_seconds, **build)
+    finally:
+        for k, v in saved.items():
+            setattr(ip, k, v)
+        ip._options = saved_options
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median clips/s, plus every round's clips/s and the peak RSS of all."""
+    ordered = sorted(runs, key=lambda r: r["clips_per_s"])
+    out = dict(ordered[len(ordered) // 2])
+    out["rounds_clips_per_s"] = [r["clips_per_s"] for r in runs]
+    if "cpu_ms_per_clip" in out:
+        out["cpu_ms_per_clip"] = float(np.median([r["cpu_ms_per_clip"] for r in runs]))
+    if "peak_rss_bytes" in out:
+        out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
+    return out
+
+
+def compare(data_dir: str, streams=("temporal", "spatial"), modes=("train", "test_1crop",
+            "test_10crop"), batch_size: int = 8, min_seconds: float = 3.0,
+            bound_clips: int = 48, num_segments: int = 3, flow_length: int = 10,
+            image_size: int = 224, test_segments: int = 25, rounds: int = 3,
+            levers: dict | None = None, lever_modes=("train",),
+            log: Callable[[str], None] = print) -> dict:
+    """Before/after on the same records and cores, per stream and mode.
+
+    Each of ``rounds`` rounds measures, back to back, the bound, the new
+    pipeline, the baseline and every lever variant; the median round is
+    reported (other processes on the cores then hit all of them alike).
+    Returns ``{"cores", stream: {mode: {"bound", "window_bound", "new",
+    "baseline", "speedup", "levers": {name: ...}}}}``.  ``levers`` (default
+    `LEVERS`) are measured in ``lever_modes`` only.  Test modes use batch
+    size 1, as evaluation does per video.
+    """
+    from mat_effnet import input_pipeline
+    from mat_effnet.benchmark import baseline_pipeline
+
+    levers = LEVERS if levers is None else levers
+    cores = usable_cores()
+    results: dict = {"cores": cores, "records": data_dir, "rounds": rounds,
+                     "min_seconds_per_measurement": min_seconds}
+    for stream in streams:
+        configs = stream_configs(stream, num_segments, flow_length, image_size, test_segments)
+        results[stream] = {}
+        for mode in modes:
+            cfg = configs[mode]
+            batch = batch_size if cfg.training else 1
+            jpegs = clip_jpegs(data_dir, cfg, bound_clips)
+            runs: dict[str, list] = {}
+            names = ["new", "baseline"] + (list(levers) if mode in lever_modes else [])
+            for r in range(rounds):
+                runs.setdefault("bound", []).append(decode_bound(jpegs, min_seconds))
+                if mode != "test_10crop":
+                    runs.setdefault("window_bound", []).append(
+                        decode_bound(jpegs, min_seconds, window=image_size))
+                for name in names:
+                    if name == "new":
+                        rate = pipeline_rate(input_pipeline, data_dir, cfg, batch, min_seconds)
+                    elif name == "baseline":
+                        rate = pipeline_rate(baseline_pipeline, data_dir, _baseline_config(cfg),
+                                             batch, min_seconds)
+                    else:
+                        rate = _run_variant(name, levers[name], cfg, data_dir, batch,
+                                            min_seconds, cores)
+                    runs.setdefault(name, []).append(rate)
+                log(f"{stream} {mode} round {r + 1}: " + ", ".join(
+                    f"{k} {v[-1]['clips_per_s']:.1f}" for k, v in runs.items()))
+            bound = _median_run(runs["bound"])
+            entry = {"bound": bound}
+            if cfg.training:
+                entry["read_parse"] = read_parse_rate(data_dir, cfg, min_seconds)
+                # Decoding plus the unavoidable whole-record read, in CPU time.
+                entry["bound_with_record_read_cpu_ms_per_clip"] = (
+                    bound["cpu_ms_per_clip"] + entry["read_parse"]["cpu_ms_per_record"])
+            if "window_bound" in runs:
+                entry["window_bound"] = _median_run(runs["window_bound"])
+            for name in names:
+                entry[name] = summarize(_median_run(runs[name]), bound, cores, num_segments)
+            entry["speedup"] = entry["new"]["clips_per_s"] / entry["baseline"]["clips_per_s"]
+            entry["levers"] = {name: {
+                "clips_per_s": entry[name]["clips_per_s"],
+                "cpu_ms_per_clip": entry[name]["cpu_ms_per_clip"],
+                "new_over_variant": entry["new"]["clips_per_s"] / entry[name]["clips_per_s"],
+                "new_cpu_saving": (1 - entry["new"]["cpu_ms_per_clip"]
+                                   / entry[name]["cpu_ms_per_clip"]),
+            } for name in names if name not in ("new", "baseline")}
+            results[stream][mode] = entry
+    return results
