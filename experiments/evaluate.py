@@ -4,17 +4,22 @@
         --split=test --num_segments=25 --crops=1 --output=scores_spatial.npz
 
 Writes per-video softmax scores (.npz: video ids, labels, probabilities,
-class names) for mat-effnet-fuse and prints top-1, top-5 and mean class
-accuracy as one JSON line.
+class names, the model's identity) for mat-effnet-fuse and prints top-1,
+top-5 and mean class accuracy as one JSON line. What the model is (stream,
+image size, classes, how its training data was prepared) is read from the
+model itself; data prepared with another flow algorithm or bound, or with
+other classes, is refused.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
+from mat_effnet.errors import bad_argument
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "A folder written by mat-effnet-prep.")
@@ -26,34 +31,33 @@ flags.DEFINE_integer("batch_size", 1, "Videos decoded at a time.")
 flags.DEFINE_string("output", None, "Where to write the scores (.npz).")
 flags.mark_flags_as_required(["data_dir", "model", "output"])
 
+PROG = "mat-effnet-eval"
+
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
-    from mat_effnet import evaluation, fusion, records
+    from mat_effnet import evaluation, fusion
 
-    if FLAGS.num_segments < 1 or FLAGS.batch_size < 1:
-        print("mat-effnet-eval: error: --num_segments and --batch_size must be >= 1",
-              file=sys.stderr)
-        return 2
-    try:
-        model = evaluation.load_model(FLAGS.model)
-        result = evaluation.evaluate(model, FLAGS.data_dir, FLAGS.split, FLAGS.num_segments,
-                                     int(FLAGS.crops), FLAGS.batch_size)
-        fusion.save_scores(FLAGS.output, result["video_ids"], result["labels"],
-                           result["scores"], result["classes"], result["split"],
-                           result["dataset"], result["stream"])
-    except (evaluation.EvalError, records.MetadataError, fusion.ScoresError, ValueError) as e:
-        print(f"mat-effnet-eval: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(dict(result["metrics"], stream=result["stream"], split=FLAGS.split,
-                          output=FLAGS.output)))
+    for name in ("num_segments", "batch_size"):
+        if FLAGS[name].value < 1:
+            raise bad_argument(name, FLAGS[name].value, "must be >= 1")
+    model = evaluation.load_model(FLAGS.model)
+    result = evaluation.evaluate(model, FLAGS.data_dir, FLAGS.split, FLAGS.num_segments,
+                                 int(FLAGS.crops), FLAGS.batch_size)
+    fusion.save_scores(FLAGS.output, result["video_ids"], result["labels"],
+                       result["scores"], result["classes"], result["split"],
+                       result["dataset"], result["stream"],
+                       model_identity=result["model_identity"])
+    line = dict(result["metrics"], stream=result["stream"], split=FLAGS.split,
+                output=FLAGS.output)
+    if result["notes"]:
+        line["notes"] = result["notes"]
+    print(json.dumps(line))
     return 0
 
 
 def run():
-    app.run(main)
+    cli.run(main, PROG, logging.INFO)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,13 @@ It writes ``fusion.json`` (accuracies as fractions in 0..1) and
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from mat_effnet import fusion, metrics, report as report_lib
+from experiments import cli
+from mat_effnet import report as report_lib
 from mat_effnet.errors import MatEffNetError
 
 FLAGS = flags.FLAGS
@@ -55,9 +57,6 @@ def main(argv):
         return 2
     try:
         report = report_lib.fuse_files(FLAGS.scores, parse_weights(FLAGS.weights), FLAGS.output_dir)
-    except (fusion.ScoresError, metrics.MetricsError, UsageError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:  # e.g. --output_dir not writable
         print(f"{PROG}: error: cannot write to {FLAGS.output_dir}: {e}", file=sys.stderr)
         return 2
@@ -67,7 +66,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, PROG, logging.WARNING, uses_tensorflow=False)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ model (its attention runs over the N segment tokens); the softmax scores of
 the crops are averaged, and the records of a video that was cut into chunks
 are averaged too, giving one score vector per video.  Those are what late
 fusion (`mat_effnet.fusion`) averages across streams.
+
+What the model expects comes from its identity (`mat_effnet.models.identity`);
+data prepared differently from the model's training data (another flow
+algorithm or bound, other class names) is refused, naming both values.
+Another implementation of the same flow algorithm is allowed and noted.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class EvalError(MatEffNetError):
 
 @dataclasses.dataclass(frozen=True)
 class StreamSpec:
-    """What a saved stream model expects, read off its input and output."""
+    """What a saved stream model expects (from its identity)."""
 
     stream: str
     image_size: int
@@ -53,15 +58,59 @@ def load_model(path: str):
 
 
 def stream_spec(model) -> StreamSpec:
-    shape = model.inputs[0].shape  # (batch, segments, H, W, C)
-    if len(model.inputs) != 1 or len(shape) != 5:
+    from mat_effnet import models
+
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 5:
         raise EvalError(f"{model.name} is not a one-stream model (inputs {model.inputs})")
-    channels = int(shape[-1])
-    stream = "spatial" if channels == 3 else "temporal"
-    return StreamSpec(stream=stream, image_size=int(shape[2]),
-                      flow_length=channels // 2 if stream == "temporal" else 0,
-                      num_classes=int(model.outputs[0].shape[-1]),
-                      num_segments=None if shape[1] is None else int(shape[1]))
+    ident = models.identity(model)
+    return StreamSpec(stream=ident.stream, image_size=int(ident.image_size[0]),
+                      flow_length=ident.flow_length or 0, num_classes=ident.num_classes,
+                      num_segments=ident.num_segments)
+
+
+#: Preparation settings that may differ between the model's data and the
+#: evaluated data, with a note: the same flow algorithm computed by another
+#: implementation, and the frame size / JPEG quality.
+_NOTED = ("flow_implementation", "short_side", "jpeg_quality")
+
+
+def check_data(ident, meta: dict, data_dir: str) -> list[str]:
+    """Refuses data the model cannot be evaluated on; returns notes on allowed differences.
+
+    ``ident`` is the model's :class:`mat_effnet.models.ModelIdentity`, ``meta``
+    the data's metadata. Unknown values (models saved before identities) are
+    not compared. Flow settings matter to temporal streams only.
+    """
+    from mat_effnet import models
+
+    if ident.num_classes != int(meta["num_classes"]):
+        raise EvalError(f"the model has {ident.num_classes} classes but {data_dir} has "
+                        f"{meta['num_classes']}: wrong model or wrong --data_dir")
+    data = models.data_identity(meta)
+    ours, theirs = ident.class_names, data["class_names"]
+    if ours is not None and theirs is not None and list(ours) != list(theirs):
+        i = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+        raise EvalError(f"{data_dir}: class {i} is {theirs[i]!r} but the model's class {i} "
+                        f"is {ours[i]!r} (class_names differ: the model was trained on other "
+                        "classes or another class order)")
+    flow_keys = ("flow", "flow_bound", "flow_implementation")
+    mine, data_prep = ident.preparation or {}, data["preparation"] or {}
+    notes = []
+    for key in models.PREPARATION_MUST_MATCH + _NOTED:
+        if ident.stream != "temporal" and key in flow_keys:
+            continue
+        a, b = mine.get(key), data_prep.get(key)
+        if a is None or b is None or a == b:
+            continue
+        if key in models.PREPARATION_MUST_MATCH:
+            raise EvalError(f"{data_dir}: prepared with {key}={b!r} but the model was trained "
+                            f"on data prepared with {key}={a!r}; prepare the data with "
+                            f"--{key}={a}")
+        notes.append(f"{key}: {data_dir} was prepared with {b!r}, the model's training data "
+                     f"with {a!r} (allowed)")
+    for note in notes:
+        log.warning("%s", note)
+    return notes
 
 
 def evaluate(model, data_dir: str, split: str = "test", num_segments: int = 25,
@@ -77,11 +126,12 @@ def evaluate(model, data_dir: str, split: str = "test", num_segments: int = 25,
 
     from mat_effnet import input_pipeline, metrics, records
 
+    from mat_effnet import models
+
     meta = records.read_metadata(data_dir)
     spec = stream_spec(model)
-    if spec.num_classes != int(meta["num_classes"]):
-        raise EvalError(f"the model has {spec.num_classes} classes but {data_dir} has "
-                        f"{meta['num_classes']}: wrong model or wrong --data_dir")
+    ident = models.identity(model)
+    notes = check_data(ident, meta, data_dir)
     if spec.num_segments is not None and spec.num_segments != num_segments:
         raise EvalError(f"the model takes exactly {spec.num_segments} segments; "
                         f"use --num_segments={spec.num_segments}")
@@ -123,4 +173,5 @@ def evaluate(model, data_dir: str, split: str = "test", num_segments: int = 25,
     summary = metrics.summarize(scores, y, spec.num_classes)
     return {"video_ids": video_ids, "labels": y, "scores": scores, "metrics": summary,
             "stream": spec.stream, "classes": list(meta["classes"]),
-            "dataset": meta.get("name", meta.get("dataset", "")), "split": split}
+            "dataset": meta.get("name", meta.get("dataset", "")), "split": split,
+            "model_identity": ident.to_dict(), "notes": notes}

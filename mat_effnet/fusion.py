@@ -20,7 +20,12 @@ key                 dtype / shape             meaning
 ``split``           unicode, ()               e.g. ``test``
 ``dataset``         unicode, ()               e.g. ``ucf101``
 ``stream``          unicode, ()               e.g. ``spatial``, ``temporal``
+``model_identity``  unicode, () (optional)    JSON of the scoring model's identity
+                                              (:func:`mat_effnet.models.identity`)
 ==================  ========================  ==================================
+
+Files without ``model_identity`` (written before models carried one) still
+load; :func:`fuse` compares the identities where both files have one.
 
 Nothing here imports TensorFlow, so the fusion binary starts in a second.
 """
@@ -28,19 +33,23 @@ Nothing here imports TensorFlow, so the fusion binary starts in a second.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-import tempfile
 import zipfile
 from typing import Callable, IO, Sequence
 
 import numpy as np
 
+from mat_effnet import atomic
 from mat_effnet.errors import MatEffNetError
 
 FORMAT_VERSION = 1
 TWO_STREAM = "two_stream"
 KEYS = ("format_version", "video_ids", "labels", "scores", "class_names", "split",
         "dataset", "stream")
+IDENTITY_KEY = "model_identity"
+#: Keys of the models' identities that must agree for their scores to fuse.
+IDENTITY_MUST_MATCH = ("num_classes", "class_names", "dataset")
 # Softmax rows sum to 1 up to float32 rounding; anything further off means
 # logits or unnormalised scores were saved, which averaging would mis-weight.
 _ROW_SUM_TOLERANCE = 1e-3
@@ -66,6 +75,7 @@ class Scores:
     dataset: str
     stream: str
     path: str = ""
+    model_identity: dict | None = None  # of the model that wrote the scores
 
     @property
     def num_videos(self) -> int:
@@ -77,30 +87,10 @@ class Scores:
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Calls ``write(f)`` on a temporary file next to ``path``, then renames it.
-
-    The temporary file lives in the same folder so that ``os.replace`` is a
-    rename within one file system: a reader sees the old file or the complete
-    new one, never a half-written one, even if this process is killed.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; give it the permissions open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Calls ``write(f)`` on a temporary file next to ``path``, then renames it
+    (:func:`mat_effnet.atomic.write_with`): a reader sees the old file or the
+    complete new one, never a half-written one."""
+    atomic.write_with(path, write)
 
 
 def _validate(where: str, video_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray,
@@ -145,7 +135,7 @@ def _validate(where: str, video_ids: np.ndarray, labels: np.ndarray, scores: np.
 
 
 def save_scores(path: str, video_ids: Sequence[str], labels, scores, class_names: Sequence[str],
-                split: str, dataset: str, stream: str) -> None:
+                split: str, dataset: str, stream: str, model_identity: dict | None = None) -> None:
     """Writes one stream's softmax scores to ``path`` (an .npz), atomically.
 
     Args:
@@ -156,6 +146,9 @@ def save_scores(path: str, video_ids: Sequence[str], labels, scores, class_names
       class_names: C class names, index = class index.
       split, dataset, stream: what the scores are of (e.g. "test", "ucf101",
         "spatial"); :func:`fuse` refuses to mix splits or datasets.
+      model_identity: the scoring model's identity (JSON-native dict, e.g.
+        ``models.identity(model).to_dict()``); :func:`fuse` checks the
+        streams' identities agree.
     Raises:
       ScoresError: the arrays do not fit together.
     """
@@ -175,6 +168,11 @@ def save_scores(path: str, video_ids: Sequence[str], labels, scores, class_names
         "dataset": np.asarray(str(dataset)),
         "stream": np.asarray(str(stream)),
     }
+    if model_identity is not None:
+        try:
+            arrays[IDENTITY_KEY] = np.asarray(json.dumps(model_identity, sort_keys=True))
+        except (TypeError, ValueError) as e:
+            raise ScoresError(f"{where}: model_identity is not JSON-serialisable ({e})") from None
     # Writing through a file object stops np.savez from appending ".npz".
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -199,6 +197,7 @@ def load_scores(path: str) -> Scores:
             if missing:
                 raise ScoresError(f"{where}: not a score file, missing key(s) {', '.join(missing)}")
             data = {k: z[k] for k in KEYS}
+            identity_text = z[IDENTITY_KEY] if IDENTITY_KEY in z.files else None
     except ScoresError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
@@ -217,16 +216,30 @@ def load_scores(path: str) -> Scores:
     split, dataset, stream = (str(data[k][()]) for k in ("split", "dataset", "stream"))
     _validate(where, data["video_ids"], data["labels"], data["scores"], data["class_names"],
               split, dataset, stream)
+    model_identity = None
+    if identity_text is not None:
+        try:
+            model_identity = json.loads(str(identity_text[()]))
+        except (ValueError, IndexError):
+            model_identity = None
+        if not isinstance(model_identity, dict):
+            raise ScoresError(f"{where}: {IDENTITY_KEY} is not a JSON object")
     return Scores(
         video_ids=data["video_ids"].astype(str),
         labels=data["labels"].astype(np.int64),
         scores=data["scores"].astype(np.float32),
         class_names=tuple(str(c) for c in data["class_names"]),
-        split=split, dataset=dataset, stream=stream, path=where)
+        split=split, dataset=dataset, stream=stream, path=where, model_identity=model_identity)
 
 
 def _name(s: Scores, i: int) -> str:
     return s.path or f"scores[{i}]"
+
+
+def _short(value) -> str:
+    if isinstance(value, list) and len(value) > 4:
+        return repr(value[:4])[:-1] + f", ... ({len(value)} in all)]"
+    return repr(value)
 
 
 def _examples(ids: Sequence[str], limit: int = 1) -> str:
@@ -247,6 +260,12 @@ def _check_compatible(a: Scores, b: Scores, na: str, nb: str) -> np.ndarray:
             i = next(i for i, (x, y) in enumerate(zip(a.class_names, b.class_names)) if x != y)
             detail = f"class {i} is {a.class_names[i]!r} vs {b.class_names[i]!r}"
         raise ScoresError(f"{na} and {nb} have different class_names: {detail}")
+    if a.model_identity is not None and b.model_identity is not None:
+        for key in IDENTITY_MUST_MATCH:
+            x, y = a.model_identity.get(key), b.model_identity.get(key)
+            if x is not None and y is not None and x != y:
+                raise ScoresError(f"{na} and {nb} come from models of different {key}: "
+                                  f"{_short(x)} vs {_short(y)}")
     ids_a, ids_b = set(a.video_ids.tolist()), set(b.video_ids.tolist())
     if ids_a != ids_b:
         only_a, only_b = ids_a - ids_b, ids_b - ids_a

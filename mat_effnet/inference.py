@@ -1,12 +1,18 @@
 """Two-stream prediction on one video file (paper Fig. 1, Sect. 3.3).
 
 The video goes through exactly the path the training data took: the same
-`data_prep.builder.video_to_records` (decode, resize, flow, quantize, JPEG),
-the same record parser and the same test-time sampling of
+`data_prep.encode.encode_video` (decode, resize, flow, quantize, JPEG), the
+same record parser and the same test-time sampling of
 `mat_effnet.input_pipeline`; then each stream's softmax, and their late
-average fusion.  Preparation settings (short side, flow algorithm and bound,
-JPEG quality) are read from the metadata of the data a model was trained on
-when ``train_config.json`` sits beside it, so predictions match evaluation.
+average fusion (`mat_effnet.fusion.normalize_weights`).
+
+The preparation settings (short side, flow algorithm, implementation and
+bound, JPEG quality) and the class names come from the models themselves
+(`mat_effnet.models.identity`), so the ``.keras`` files alone are enough.
+For models saved before they carried that, the older chain is followed,
+``train_config.json`` beside the model -> the training data's metadata,
+and failing that the caller's defaults; each fallback is said once on
+stderr.
 """
 
 from __future__ import annotations
@@ -14,17 +20,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import numpy as np
 
+from data_prep.encode import EncodeSettings
+from mat_effnet.errors import MatEffNetError
 
-@dataclasses.dataclass
-class PrepSettings:
-    short_side: int = 256
-    flow: str = "tvl1"
-    flow_bound: float = 20.0
-    jpeg_quality: int = 90
+
+# The preparation settings are defined once, by the preparation itself.
+PrepSettings = EncodeSettings
+
+
+def from_preparation(preparation: dict, default: PrepSettings) -> PrepSettings:
+    """A model's ``preparation`` dict as settings; keys it lacks come from ``default``."""
+    names = {f.name for f in dataclasses.fields(PrepSettings)}
+    known = {k: v for k, v in preparation.items() if k in names and v is not None}
+    if "flow" in known and "flow_implementation" not in known:
+        known["flow_implementation"] = "opencv"  # the only one before issue 11
+    return dataclasses.replace(default, **known)
 
 
 def _train_config(model_path: str) -> dict | None:
@@ -36,37 +51,100 @@ def _train_config(model_path: str) -> dict | None:
 
 
 def settings_for(model_path: str, default: PrepSettings) -> tuple[PrepSettings, list | None]:
-    """Prep settings and class names of the data a model was trained on, if known."""
+    """Prep settings and class names from ``train_config.json`` -> the training
+    data's metadata (models saved before they carried their identity)."""
     from mat_effnet import records
 
     cfg = _train_config(model_path)
     if not cfg:
         return default, None
+    # train_config.json is flat (older runs) or nested by section.
+    data_dir = cfg.get("data_dir") or (cfg.get("data") or {}).get("data_dir")
     try:
-        meta = records.read_metadata(cfg["data_dir"])
-    except (records.MetadataError, KeyError, OSError):
+        meta = records.read_metadata(data_dir)
+    except (records.MetadataError, KeyError, OSError, TypeError):
         return default, cfg.get("classes")
     s = meta.get("settings", {})
-    return PrepSettings(short_side=int(s.get("short_side", default.short_side)),
-                        flow=s.get("flow", default.flow),
-                        flow_bound=float(s.get("flow_bound", default.flow_bound)),
-                        jpeg_quality=int(s.get("jpeg_quality", default.jpeg_quality))), \
+    return from_preparation(
+        {k: s.get(k) for k in ("short_side", "flow", "flow_bound", "jpeg_quality",
+                               "flow_implementation")}, default), \
         meta.get("classes") or cfg.get("classes")
+
+
+@dataclasses.dataclass
+class Resolved:
+    """What prediction uses for each stream, and where it came from."""
+
+    settings: dict          # stream -> PrepSettings
+    class_names: list | None
+    sources: dict           # stream -> "model" | "train_config.json" | "defaults"
+    class_names_source: str
+
+
+def _say_once(message: str, _said=set()) -> None:  # noqa: B006 -- a per-process memo
+    if message not in _said:
+        _said.add(message)
+        print(f"mat-effnet: warning: {message}", file=sys.stderr, flush=True)
+
+
+def resolve(streams: dict, default: PrepSettings) -> Resolved:
+    """Settings and class names for ``{stream: (model_path, model)}``.
+
+    From each model's identity; for a model without them, from its
+    ``train_config.json`` chain, then ``default`` and class indices (said
+    once on stderr, in one line per model). Two streams that name different
+    classes are refused.
+    """
+    from mat_effnet import models
+
+    settings, sources, names = {}, {}, {}
+    for stream, (path, model) in streams.items():
+        ident = models.identity(model)
+        legacy = None
+        if ident.preparation is None or ident.class_names is None:
+            legacy = settings_for(path, default)
+        if ident.preparation is not None:
+            settings[stream] = from_preparation(ident.preparation, default)
+            sources[stream] = "model"
+        elif legacy[0] is not default:
+            settings[stream], sources[stream] = legacy[0], "train_config.json"
+        else:
+            settings[stream], sources[stream] = default, "defaults"
+        if ident.class_names is not None:
+            names[stream] = (list(ident.class_names), "model")
+        elif legacy[1]:
+            names[stream] = (list(legacy[1]), "train_config.json")
+        unknown = [what for what, missing in (
+            (f"preparation settings (using {default.to_dict()})",
+             sources[stream] == "defaults"),
+            ("class names (showing class indices)", stream not in names)) if missing]
+        if unknown:
+            _say_once(f"{path}: the model does not carry its {' or its '.join(unknown)}, "
+                      "and no train_config.json beside it leads to its training data")
+    class_names, source = None, "unknown"
+    if names:
+        first_stream, (class_names, source) = next(iter(names.items()))
+        for stream, (n, _) in names.items():
+            if n != class_names:
+                i = next((i for i, (x, y) in enumerate(zip(n, class_names)) if x != y),
+                         min(len(n), len(class_names)) - 1)
+                raise MatEffNetError(
+                    f"{stream}_model={streams[stream][0]}: its class names differ from "
+                    f"those of {first_stream}_model={streams[first_stream][0]} "
+                    f"(class {i}: {n[i]!r} vs {class_names[i]!r})")
+    return Resolved(settings, class_names, sources, source)
 
 
 def video_records(path: str, settings: PrepSettings, with_flow: bool = True) -> tuple[list, dict]:
     """The video's serialized records, as mat-effnet-prep would write them."""
-    from data_prep import builder, layouts
+    from data_prep import encode
     from mat_effnet import records
 
-    entry = layouts.VideoEntry(video_id=os.path.basename(path), path=os.path.abspath(path),
-                               label=0, class_name="", split="predict")
-    cfg = builder.PrepConfig(dataset="folder", data_root=os.path.dirname(path) or ".",
-                             out_dir="", flow=settings.flow if with_flow else "none",
-                             flow_bound=settings.flow_bound, short_side=settings.short_side,
-                             jpeg_quality=settings.jpeg_quality)
     stats: dict = {}
-    serialized = [records.serialize(r) for r in builder.video_to_records(entry, cfg, stats)]
+    prep = encode.EncodeSettings.from_dict(dict(
+        settings.to_dict(), flow=settings.flow if with_flow else "none",
+        flow_implementation=settings.flow_implementation if with_flow else "opencv"))
+    serialized = [records.serialize(r) for r in encode.encode_video(path, prep, stats=stats)]
     return serialized, stats
 
 
@@ -92,26 +170,50 @@ def stream_scores(model, serialized: list, num_segments: int = 25, crops: int = 
     return (scores, clips) if return_clips else scores
 
 
-def predict_video(path: str, spatial_model, temporal_model, settings: PrepSettings,
+def _same_frames(a: PrepSettings, b: PrepSettings) -> bool:
+    """The RGB frames (and so the spatial stream's input) would be the same."""
+    return (a.short_side, a.jpeg_quality) == (b.short_side, b.jpeg_quality)
+
+
+def predict_video(path: str, spatial_model, temporal_model, settings,
                   num_segments: int = 25, fusion_weights=(1.0, 1.0)) -> dict:
-    """Decodes, computes flow, runs both streams; fused scores and timings."""
+    """Decodes, computes flow, runs both streams; fused scores and timings.
+
+    ``settings``: one :class:`PrepSettings` (or
+    `data_prep.encode.EncodeSettings`) for both streams, or a dict
+    ``{stream: PrepSettings}`` (see :func:`resolve`). The video is prepared
+    once when the streams' frames agree, else once per stream.
+    """
+    from mat_effnet import fusion
+
+    given = {"spatial": spatial_model, "temporal": temporal_model}
+    given = {k: m for k, m in given.items() if m is not None}
+    if not isinstance(settings, dict):
+        settings = {k: settings for k in given}
+    w = fusion.normalize_weights(
+        [w for k, w in zip(("spatial", "temporal"), fusion_weights) if k in given], len(given))
     t0 = time.perf_counter()
-    serialized, stats = video_records(path, settings, with_flow=temporal_model is not None)
+    if "temporal" in given:
+        flow_records, stats = video_records(path, settings["temporal"], with_flow=True)
+        prepared = {"temporal": flow_records}
+        if "spatial" in given:
+            if _same_frames(settings["spatial"], settings["temporal"]):
+                prepared["spatial"] = flow_records
+            else:
+                prepared["spatial"], _ = video_records(path, settings["spatial"], with_flow=False)
+    else:
+        prepared = {}
+        prepared["spatial"], stats = video_records(path, settings["spatial"], with_flow=False)
     t1 = time.perf_counter()
     out = {"prepare_s": t1 - t0, "frames": stats.get("frames", 0)}
-    parts, weights = [], []
-    for name, model, w in (("spatial", spatial_model, fusion_weights[0]),
-                           ("temporal", temporal_model, fusion_weights[1])):
-        if model is None:
-            continue
+    parts = []
+    for name, model in given.items():
         t = time.perf_counter()
-        out[name] = stream_scores(model, serialized, num_segments)
+        out[name] = stream_scores(model, prepared[name], num_segments)
         out[f"{name}_model_s"] = time.perf_counter() - t
         parts.append(out[name])
-        weights.append(w)
-    w = np.asarray(weights, np.float64) / np.sum(weights)
     out["fused"] = np.sum([wi * p for wi, p in zip(w, parts)], axis=0)
-    out["records"] = serialized
+    out["records"] = prepared[next(iter(given))]
     return out
 
 
@@ -168,8 +270,9 @@ def attention_figure(model, serialized_record: bytes, path: str, num_segments: i
     label = class_names[top] if class_names else str(top)
     fig.suptitle(f"{spec.stream} stream attention; top-1 {label} ({probs[top]:.2f})", fontsize=9)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=80)
+    from mat_effnet import atomic
+
+    with atomic.replacing(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
     return {"positions": positions.tolist(), "weights": per_frame.sum(axis=1).tolist()}

@@ -26,6 +26,9 @@ import math
 import keras
 from keras import ops
 
+from mat_effnet.errors import bad_argument
+from mat_effnet.fusion import normalize_weights
+
 __all__ = [
     "FoldSegments",
     "SegmentsToTokens",
@@ -178,18 +181,10 @@ class LateFusion(keras.layers.Layer):
     def __init__(self, fusion_weights=(1.0, 1.0), **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        weights = [float(w) for w in fusion_weights]
-        if len(weights) < 2 or any(not math.isfinite(w) or w < 0 for w in weights):
-            raise ValueError(
-                "fusion_weights must be >= 2 finite non-negative numbers, "
-                f"got {tuple(fusion_weights)!r}"
-            )
-        total = sum(weights)
-        if total <= 0:
-            raise ValueError(
-                f"fusion_weights must not all be zero, got {tuple(fusion_weights)!r}"
-            )
-        self.fusion_weights = [w / total for w in weights]
+        weights = list(fusion_weights)
+        if len(weights) < 2:
+            raise bad_argument("fusion_weights", weights, "needs >= 2 weights, one per stream")
+        self.fusion_weights = normalize_weights(weights, len(weights)).tolist()
 
     def call(self, inputs):
         if len(inputs) != len(self.fusion_weights):

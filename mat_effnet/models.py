@@ -20,6 +20,19 @@ EfficientNet for video action recognition", Multimedia Systems 2022.
   (:func:`build_two_stream`).
 * Fig. 9 -- attention scores for visualisation (:func:`build_attention_model`,
   ``attention_tokens="spatial"``).
+* The paper's per-backbone facts (input size, feature size, input
+  normalisation) are one table, :data:`BACKBONE_SPECS`.
+
+A saved model says what it is. :class:`StreamModel` and
+:class:`TwoStreamModel` are Functional models whose Keras config carries an
+``identity`` entry: the architecture (stream, backbone, attention, flow
+length, image size, segments) and what training knew (class names, dataset,
+the preparation settings of the training data, training segments); see
+:func:`identity` and :func:`with_identity`. It is stored the way keras-hub's
+task models store their constructor arguments in ``get_config``, but kept
+out of the constructor's named arguments: Keras saves a Functional subclass
+as a graph only while its constructor looks like Functional's. Models saved
+before are read as before, off shapes and layer names, with one warning.
 
 Decisions the paper leaves open (all documented where they are made):
 
@@ -58,14 +71,18 @@ Decisions the paper leaves open (all documented where they are made):
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import numbers
 import os
+import sys
 import warnings
 
 import numpy as np
 import keras
 from keras import layers
 
+from mat_effnet.errors import MatEffNetError
 from mat_effnet.layers import (
     ChannelStandardization,
     FoldSegments,
@@ -89,26 +106,22 @@ __all__ = [
     "build_attention_model",
     "attention_token_grid",
     "set_bn_momentum",
+    "BackboneSpec",
+    "BACKBONE_SPECS",
+    "backbone_spec",
+    "StreamModel",
+    "TwoStreamModel",
+    "ModelIdentity",
+    "identity",
+    "with_identity",
+    "data_identity",
+    "PREPARATION_KEYS",
 ]
 
-#: Accepted ``backbone`` values (Sect. 4.3, Tables 2-3).
-BACKBONES = ("efficientnet_b0", "resnet50", "resnet18", "resnet34")
 #: Accepted ``stream`` values.
 STREAMS = ("spatial", "temporal")
 #: Accepted ``attention_tokens`` values.
 ATTENTION_TOKENS = ("segment", "spatial")
-#: Input resolution the paper used per backbone (Sect. 4.2); the default
-#: ``image_size`` of :func:`build_stream`.
-PAPER_INPUT_SIZE = {
-    "efficientnet_b0": 224,
-    "resnet50": 224,
-    "resnet18": 112,
-    "resnet34": 168,
-}
-#: Channels of the backbone's last feature map (= pooled feature size).
-FEATURE_DIM = {"efficientnet_b0": 1280, "resnet50": 2048, "resnet18": 512,
-               "resnet34": 512}
-
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 #: keras.applications.resnet50.preprocess_input ("caffe"): BGR means.
@@ -116,6 +129,69 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 #: Quantised flow: 0..255 with zero displacement at the centre.
 FLOW_CENTER = 127.5
 FLOW_SCALE = 127.5
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """The paper's facts about one backbone, and how it takes raw 0..255 input.
+
+    ``rgb_mean`` / ``rgb_std`` / ``flow_mean`` / ``flow_std`` are in units of
+    the raw input (0..255), per channel for RGB and one value for every flow
+    channel: the backbone's first layer computes ``(x - mean) / std``
+    (``rgb_reverse_channels``: on BGR, the caffe convention of ResNet-50).
+    """
+
+    name: str
+    #: Input resolution the paper used (Sect. 4.2): ``image_size=None``.
+    paper_input_size: int
+    #: Channels of the last feature map (= pooled feature size).
+    feature_dim: int
+    rgb_mean: tuple
+    rgb_std: tuple
+    flow_mean: float
+    flow_std: float
+    rgb_reverse_channels: bool = False
+    #: Every backbone has stride 32 (and 32 px is the smallest input
+    #: keras.applications accepts): smaller inputs leave no feature map.
+    min_image_size: int = 32
+    #: The ``keras.applications`` builder (None: :mod:`mat_effnet.resnet`);
+    #: Keras ships ImageNet weights for exactly these (``weights="imagenet"``).
+    keras_application: str | None = None
+    #: The Keras builder normalises its input itself (Rescaling +
+    #: Normalization layers, set from this table) instead of a
+    #: ChannelStandardization in front.
+    builtin_normalization: bool = False
+
+
+_IMAGENET_RGB_255 = dict(rgb_mean=tuple(255.0 * m for m in IMAGENET_MEAN_RGB),
+                         rgb_std=tuple(255.0 * s for s in IMAGENET_STD_RGB),
+                         flow_mean=FLOW_CENTER, flow_std=FLOW_SCALE)
+
+#: One row per backbone of Sect. 4.3 (Tables 2-3), in the paper's order.
+BACKBONE_SPECS = {
+    spec.name: spec for spec in (
+        BackboneSpec("efficientnet_b0", 224, 1280, keras_application="EfficientNetB0",
+                     builtin_normalization=True, **_IMAGENET_RGB_255),
+        # Caffe-style input: BGR, centred, not scaled; flow likewise centred only.
+        BackboneSpec("resnet50", 224, 2048, rgb_mean=CAFFE_MEAN_BGR,
+                     rgb_std=(1.0, 1.0, 1.0), rgb_reverse_channels=True,
+                     flow_mean=FLOW_CENTER, flow_std=1.0, keras_application="ResNet50"),
+        BackboneSpec("resnet18", 112, 512, **_IMAGENET_RGB_255),
+        BackboneSpec("resnet34", 168, 512, **_IMAGENET_RGB_255),
+    )
+}
+
+
+def backbone_spec(backbone) -> BackboneSpec:
+    """The :class:`BackboneSpec` of ``backbone``; ValueError naming the choices."""
+    return BACKBONE_SPECS[_check_choice("backbone", backbone, BACKBONES)]
+
+
+#: Accepted ``backbone`` values (Sect. 4.3, Tables 2-3).
+BACKBONES = tuple(BACKBONE_SPECS)
+#: Derived views of the table, for readers of the older names.
+PAPER_INPUT_SIZE = {n: s.paper_input_size for n, s in BACKBONE_SPECS.items()}
+FEATURE_DIM = {n: s.feature_dim for n, s in BACKBONE_SPECS.items()}
 
 # Names of the layers the helpers below look up in a stream model.
 _BACKBONE_LAYER = "backbone"
@@ -131,13 +207,13 @@ def _is_int(value):
 
 def _check_int(name, value, minimum):
     if not _is_int(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise MatEffNetError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
 def _check_choice(name, value, choices):
     if value not in choices:
-        raise ValueError(
+        raise MatEffNetError(
             f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
         )
     return value
@@ -150,13 +226,14 @@ def _check_fraction(name, value, allow_none=False):
         0.0 <= float(value) < 1.0
     ):
         accepted = "None or " if allow_none else ""
-        raise ValueError(f"{name} must be {accepted}a number in [0, 1), got {value!r}")
+        raise MatEffNetError(f"{name} must be {accepted}a number in [0, 1), got {value!r}")
     return float(value)
 
 
 def _check_image_size(image_size, backbone):
+    spec = backbone_spec(backbone)
     if image_size is None:
-        image_size = PAPER_INPUT_SIZE[backbone]
+        image_size = spec.paper_input_size
     if _is_int(image_size):
         size = (int(image_size), int(image_size))
     elif (
@@ -167,12 +244,11 @@ def _check_image_size(image_size, backbone):
         size = (int(image_size[0]), int(image_size[1]))
     else:
         size = None
-    # 32 px is the smallest input keras.applications accepts; every backbone
-    # has stride 32, so smaller inputs would have an empty last feature map.
-    if size is None or min(size) < 32:
-        raise ValueError(
-            "image_size must be None (paper size), an integer >= 32 or a pair "
-            f"(height, width) of integers >= 32; got {image_size!r}"
+    least = spec.min_image_size
+    if size is None or min(size) < least:
+        raise MatEffNetError(
+            f"image_size must be None (paper size), an integer >= {least} or a pair "
+            f"(height, width) of integers >= {least}; got {image_size!r}"
         )
     return size
 
@@ -224,97 +300,80 @@ def _set_keras_normalization(layer, mean, variance):
     layer.finalize_state()
 
 
-def _efficientnet_b0(height, width, channels, name):
-    inputs = layers.Input(shape=(height, width, channels), name="image")
+def _keras_application(backbone, inputs, channels, weights=None):
+    """``keras.applications``' builder of ``backbone`` on the tensor ``inputs``."""
+    height, width = inputs.shape[1:3]
     with warnings.catch_warnings():
         # Keras warns about inputs that are not 1 or 3 channels; 2L flow
         # channels are intended here.
         warnings.filterwarnings("ignore", message=".*input channels.*")
-        model = keras.applications.EfficientNetB0(
-            include_top=False,
-            weights=None,
-            input_tensor=inputs,
+        return getattr(keras.applications, backbone_spec(backbone).keras_application)(
+            include_top=False, weights=weights, input_tensor=inputs,
             input_shape=(height, width, channels),
         )
-    # Same layers, re-wrapped so the model's input is a single tensor rather
-    # than the one-element list Keras builds from input_tensor.
-    model = keras.Model(inputs, model.output, name=name)
+
+
+def _set_builtin_normalization(model, backbone, channels):
     rescaling = [l for l in model.layers if isinstance(l, layers.Rescaling)]
     norm = [l for l in model.layers if isinstance(l, layers.Normalization)]
     # weights=None builds exactly one Rescaling(1/255) and one Normalization;
     # give them stable names (Keras auto-numbers them per session).
     rescaling[0].name = "input_rescaling"
     norm[0].name = "input_normalization"
+    # The table is in raw 0..255 units; Keras's layer runs after its x / 255.
+    mean, std, _ = _input_statistics(backbone, channels)
+    _set_keras_normalization(norm[0], [m / 255.0 for m in mean],
+                             [(s / 255.0) ** 2 for s in std])
+
+
+def _input_statistics(backbone, channels):
+    """Per-channel (mean, std, reverse_channels) of raw input, from the table."""
+    spec = backbone_spec(backbone)
     if channels == 3:
-        mean, variance = IMAGENET_MEAN_RGB, [s * s for s in IMAGENET_STD_RGB]
-    else:
-        # After the built-in x / 255: ((x/255) - 0.5) / 0.5 == (x - 127.5)/127.5
-        mean = [FLOW_CENTER / 255.0] * channels
-        variance = [(FLOW_SCALE / 255.0) ** 2] * channels
-    _set_keras_normalization(norm[0], mean, variance)
-    return model
+        return list(spec.rgb_mean), list(spec.rgb_std), spec.rgb_reverse_channels
+    return [spec.flow_mean] * channels, [spec.flow_std] * channels, False
 
 
 def _standardization(backbone, channels):
-    if backbone == "resnet50":
-        if channels == 3:
-            return ChannelStandardization(
-                CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), reverse_channels=True,
-                name="input_standardization",
-            )
-        return ChannelStandardization(
-            [FLOW_CENTER] * channels, [1.0] * channels,
-            name="input_standardization",
-        )
-    if channels == 3:
-        return ChannelStandardization(
-            [255.0 * m for m in IMAGENET_MEAN_RGB],
-            [255.0 * s for s in IMAGENET_STD_RGB],
-            name="input_standardization",
-        )
-    return ChannelStandardization(
-        [FLOW_CENTER] * channels, [FLOW_SCALE] * channels,
-        name="input_standardization",
-    )
+    mean, std, reverse = _input_statistics(backbone, channels)
+    return ChannelStandardization(mean, std, reverse_channels=reverse,
+                                  name="input_standardization")
 
 
 def _bare_backbone(backbone, height, width, channels, name):
     """Randomly initialised backbone (raw 0..255 in, last feature map out)."""
-    if backbone == "efficientnet_b0":
-        return _efficientnet_b0(height, width, channels, name)
+    spec = backbone_spec(backbone)
     inputs = layers.Input(shape=(height, width, channels), name="image")
-    x = _standardization(backbone, channels)(inputs)
-    if backbone == "resnet50":
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*input channels.*")
-            resnet = keras.applications.ResNet50(
-                include_top=False,
-                weights=None,
-                input_tensor=x,
-                input_shape=(height, width, channels),
-            )
-        # Same layers, re-wrapped so the model's input is a single tensor
-        # rather than the one-element list Keras builds from input_tensor.
-        return keras.Model(inputs, resnet.output, name=name)
-    return keras.Model(inputs, resnet_features(x, backbone), name=name)
+    if spec.builtin_normalization:
+        features = _keras_application(backbone, inputs, channels).output
+    else:
+        x = _standardization(backbone, channels)(inputs)
+        if spec.keras_application:
+            features = _keras_application(backbone, x, channels).output
+        else:
+            features = resnet_features(x, backbone)
+    # Re-wrapped so the model's input is a single tensor rather than the
+    # one-element list Keras builds from input_tensor.
+    model = keras.Model(inputs, features, name=name)
+    if spec.builtin_normalization:
+        _set_builtin_normalization(model, backbone, channels)
+    return model
 
 
 def _imagenet_backbone(backbone, height, width):
     """Keras's own ImageNet backbone (downloads on first use)."""
-    if backbone == "efficientnet_b0":
-        return keras.applications.EfficientNetB0(
-            include_top=False, weights="imagenet", input_shape=(height, width, 3)
+    application = backbone_spec(backbone).keras_application
+    if application is None:
+        raise MatEffNetError(
+            f"weights='imagenet' is not available for backbone={backbone!r}: Keras "
+            "ships ImageNet weights only for "
+            f"{', '.join(repr(n) for n, s in BACKBONE_SPECS.items() if s.keras_application)}"
+            ". Pass weights=<path to a local .weights.h5/.h5/.keras file of an RGB "
+            f"{backbone} backbone> (e.g. converted torchvision weights) or "
+            "weights=None."
         )
-    if backbone == "resnet50":
-        return keras.applications.ResNet50(
-            include_top=False, weights="imagenet", input_shape=(height, width, 3)
-        )
-    raise ValueError(
-        f"weights='imagenet' is not available for backbone={backbone!r}: Keras "
-        "ships ImageNet weights only for 'efficientnet_b0' and 'resnet50'. Pass "
-        "weights=<path to a local .weights.h5/.h5/.keras file of an RGB "
-        f"{backbone} backbone> (e.g. converted torchvision weights) or "
-        "weights=None."
+    return getattr(keras.applications, application)(
+        include_top=False, weights="imagenet", input_shape=(height, width, 3)
     )
 
 
@@ -328,7 +387,7 @@ def _infer_backbone(model):
         return "resnet34"
     if "conv2_block1_2_conv" in names:
         return "resnet18"
-    raise ValueError(
+    raise MatEffNetError(
         f"model {model.name!r} is not one of the backbones {BACKBONES}"
     )
 
@@ -336,6 +395,8 @@ def _infer_backbone(model):
 def _find_backbone(model, stream="spatial"):
     """The backbone sub-model of a stream model, of the ``stream`` branch of a
     two-stream model, or ``model`` itself (a bare backbone)."""
+    if isinstance(model, TwoStreamModel):
+        return _find_backbone(_stream_layers(model)[stream])
     names = {l.name for l in model.layers}
     if _BACKBONE_LAYER in names and isinstance(
         model.get_layer(_BACKBONE_LAYER), keras.Model
@@ -361,7 +422,7 @@ def _stem_layer(model):
     for layer in model.layers:
         if isinstance(layer, layers.Conv2D):
             return layer
-    raise ValueError(f"model {model.name!r} has no convolution")
+    raise MatEffNetError(f"model {model.name!r} has no convolution")
 
 
 def _copy_backbone_weights(target, source, what="weights"):
@@ -375,7 +436,7 @@ def _copy_backbone_weights(target, source, what="weights"):
     tgt, src = _weighted_layers(target), _weighted_layers(source)
     missing, extra = sorted(set(tgt) - set(src)), sorted(set(src) - set(tgt))
     if missing or extra:
-        raise ValueError(
+        raise MatEffNetError(
             f"{what}: the source model {source.name!r} is not a "
             f"{_infer_backbone_name_or(target)} backbone (layers missing from "
             f"it: {missing[:5]}{'...' if len(missing) > 5 else ''}; unexpected "
@@ -386,14 +447,14 @@ def _copy_backbone_weights(target, source, what="weights"):
     target_channels = _stem_layer(target).kernel.shape[2]
     source_channels = _stem_layer(source).kernel.shape[2]
     if source_channels not in (3, target_channels):
-        raise ValueError(
+        raise MatEffNetError(
             f"{what}: the source backbone takes {source_channels} input channels; "
             f"accepted are 3 (RGB, cross-modality initialisation) or "
             f"{target_channels} (same modality)"
         )
     for name, layer in tgt.items():
         if len(layer.weights) != len(src[name].weights):
-            raise ValueError(
+            raise MatEffNetError(
                 f"{what}: layer {name!r} has {len(src[name].weights)} weights in "
                 f"the source but {len(layer.weights)} in this model"
             )
@@ -404,7 +465,7 @@ def _copy_backbone_weights(target, source, what="weights"):
             ):
                 s_val = _cross_modality_kernel(s_val, t_var.shape[2])
             if tuple(s_val.shape) != tuple(t_var.shape):
-                raise ValueError(
+                raise MatEffNetError(
                     f"{what}: layer {name!r} has weights of shape "
                     f"{tuple(s_val.shape)} in the source but {tuple(t_var.shape)} "
                     "in this model (different architecture or channel count)"
@@ -434,13 +495,13 @@ def _source_backbone(source, backbone, height, width, target_channels, what):
     if isinstance(source, str) and source == "imagenet":
         return _imagenet_backbone(backbone, height, width)
     if not isinstance(source, (str, os.PathLike)):
-        raise ValueError(
+        raise MatEffNetError(
             f"{what} must be None, 'imagenet', a keras.Model or a path to a "
             f".keras / .weights.h5 / .h5 file; got {source!r}"
         )
     path = os.fspath(source)
     if not os.path.isfile(path):
-        raise ValueError(
+        raise MatEffNetError(
             f"{what}: no such file {path!r} (accepted: None, 'imagenet' or a "
             "path to a .keras / .weights.h5 / .h5 file)"
         )
@@ -448,7 +509,7 @@ def _source_backbone(source, backbone, height, width, target_channels, what):
         try:
             loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as err:  # noqa: BLE001 -- re-raised as ValueError
-            raise ValueError(f"{what}: could not load {path!r}: {err}") from err
+            raise MatEffNetError(f"{what}: could not load {path!r}: {err}") from err
         return _find_backbone(loaded)
     if path.endswith(".h5"):
         # A weights-only file carries no architecture: load it into a fresh
@@ -468,12 +529,12 @@ def _source_backbone(source, backbone, height, width, target_channels, what):
                 return reference
             except Exception as err:  # noqa: BLE001 -- collected below
                 errors.append(f"{channels} channels: {err}")
-        raise ValueError(
+        raise MatEffNetError(
             f"{what}: {path!r} does not hold weights of a {backbone} backbone "
             f"with {' or '.join(map(str, tried))} input channels "
             f"({'; '.join(errors)[:600]})"
         )
-    raise ValueError(
+    raise MatEffNetError(
         f"{what}: unsupported file {path!r}; accepted are .keras (a backbone, "
         "stream or two-stream model) and .weights.h5 / .h5 (backbone weights)"
     )
@@ -526,18 +587,331 @@ def cross_modality_init(temporal_model_or_backbone, rgb_weights_source):
     ``keras.Model``. Returns ``temporal_model_or_backbone``.
     """
     target = _find_backbone(temporal_model_or_backbone, stream="temporal")
-    backbone = _infer_backbone(target)
+    if isinstance(temporal_model_or_backbone, _IdentifiedModel):
+        backbone = identity(temporal_model_or_backbone)
+        backbone = (backbone.streams["temporal"] if backbone.streams else backbone).backbone
+    else:  # a bare backbone says what it is only through its layer names
+        backbone = _infer_backbone(target)
     _, height, width, channels = target.input_shape
     source = _source_backbone(rgb_weights_source, backbone, height, width, 3,
                               "rgb_weights_source")
     source_channels = _stem_layer(source).kernel.shape[2]
     if source_channels != 3:
-        raise ValueError(
+        raise MatEffNetError(
             "rgb_weights_source must hold an RGB (3-channel) backbone, got one "
             f"with {source_channels} input channels"
         )
     _copy_backbone_weights(target, source, "rgb_weights_source")
     return temporal_model_or_backbone
+
+
+# --------------------------------------------------------------------------
+# identity: what a saved model is, carried in its own config
+# --------------------------------------------------------------------------
+#: Version of the ``identity`` entry of a model's config.
+IDENTITY_VERSION = 1
+#: Keys of ``preparation``: the settings of the training data's preparation
+#: (mat-effnet-prep) that a video must be prepared with to be scored alike.
+PREPARATION_KEYS = ("short_side", "flow", "flow_implementation", "flow_bound",
+                    "jpeg_quality", "schema_version")
+#: The preparation keys that change what a stream sees (not just how fast it
+#: was computed): a mismatch with the evaluated data is an error. Another
+#: ``flow_implementation`` of the same algorithm only gets a note.
+PREPARATION_MUST_MATCH = ("flow", "flow_bound")
+#: Every preparation before issue 11 computed flow with OpenCV.
+DEFAULT_FLOW_IMPLEMENTATION = "opencv"
+
+_warned_models = set()
+
+
+def _warn_once(key, message):
+    """One line on stderr per model (models saved before this identity)."""
+    if key in _warned_models:
+        return
+    _warned_models.add(key)
+    print(f"mat-effnet: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _check_class_names(class_names, num_classes):
+    if class_names is None:
+        return None
+    if isinstance(class_names, str) or not all(
+            isinstance(c, str) and c for c in class_names):
+        raise MatEffNetError(
+            f"class_names={class_names!r}: must be a list of non-empty strings")
+    names = [str(c) for c in class_names]
+    if len(names) != num_classes:
+        raise MatEffNetError(
+            f"class_names={names[:3]}{'...' if len(names) > 3 else ''}: "
+            f"{len(names)} names for a model of {num_classes} classes")
+    if len(set(names)) != len(names):
+        raise MatEffNetError(f"class_names={names}: a name appears twice")
+    return names
+
+
+def _check_preparation(preparation):
+    """The known keys of ``preparation`` as JSON-native values (others dropped)."""
+    if preparation is None:
+        return None
+    if dataclasses.is_dataclass(preparation):
+        preparation = dataclasses.asdict(preparation)
+    if not isinstance(preparation, dict):
+        raise MatEffNetError(
+            f"preparation={preparation!r}: must be a dict with keys "
+            f"{', '.join(PREPARATION_KEYS)}")
+    out = {}
+    for key, kind in (("short_side", int), ("flow", str), ("flow_implementation", str),
+                      ("flow_bound", float), ("jpeg_quality", int),
+                      ("schema_version", int)):
+        value = preparation.get(key)
+        if value is None:
+            continue
+        try:
+            if kind is str:
+                if not isinstance(value, str):
+                    raise TypeError
+                out[key] = value
+            elif kind is int:
+                if isinstance(value, bool) or int(value) != value:
+                    raise TypeError
+                out[key] = int(value)
+            else:
+                out[key] = float(value)
+        except (TypeError, ValueError):
+            raise MatEffNetError(
+                f"preparation[{key!r}]={value!r}: must be {kind.__name__}") from None
+    return out
+
+
+def data_identity(meta):
+    """``class_names``, ``dataset`` and ``preparation`` of prepared data.
+
+    ``meta`` is :func:`mat_effnet.records.read_metadata`'s dict; the result
+    is meant to be splatted into :func:`build_stream` or
+    :func:`with_identity`.
+    """
+    settings = dict(meta.get("settings") or {})
+    preparation = {k: settings[k] for k in PREPARATION_KEYS if k in settings}
+    if "flow_implementation" not in preparation and settings.get("flow", "none") != "none":
+        preparation["flow_implementation"] = DEFAULT_FLOW_IMPLEMENTATION
+    if meta.get("schema_version") is not None:
+        preparation["schema_version"] = meta["schema_version"]
+    dataset = meta.get("name") or settings.get("name") or meta.get("dataset") or \
+        settings.get("dataset")
+    return {"class_names": list(meta["classes"]) if meta.get("classes") else None,
+            "dataset": str(dataset) if dataset else None,
+            "preparation": preparation or None}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelIdentity:
+    """What a stream or two-stream model is (see :func:`identity`).
+
+    ``inferred`` names the fields read off shapes and layer names because
+    the model was saved before models carried their identity; None fields
+    are unknown.
+    """
+
+    kind: str                        # "stream" or "two_stream"
+    num_classes: int
+    class_names: tuple | None = None
+    dataset: str | None = None
+    preparation: dict | None = None  # keys PREPARATION_KEYS (some may be missing)
+    stream: str | None = None        # stream models: "spatial" / "temporal"
+    backbone: str | None = None
+    attention: bool | None = None
+    attention_tokens: str | None = None
+    flow_length: int | None = None   # temporal streams only
+    image_size: tuple | None = None  # (height, width)
+    num_segments: int | None = None  # of the input; None = any number
+    train_segments: int | None = None
+    streams: dict | None = None      # two_stream: {"spatial": ModelIdentity, ...}
+    fusion_weights: tuple | None = None  # two_stream, normalised
+    inferred: tuple = ()
+
+    def to_dict(self) -> dict:
+        """JSON-native form (what score files and ``predict --json`` carry)."""
+        out = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "streams" and value is not None:
+                value = {k: v.to_dict() for k, v in value.items()}
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, dict):
+                value = dict(value)
+            out[field.name] = value
+        return out
+
+    def training_kwargs(self) -> dict:
+        """The arguments of :func:`with_identity` that reproduce this identity."""
+        return {"class_names": None if self.class_names is None else list(self.class_names),
+                "dataset": self.dataset,
+                "preparation": None if self.preparation is None else dict(self.preparation),
+                "train_segments": self.train_segments}
+
+
+class _IdentifiedModel(keras.Model):
+    """A Functional model whose config carries an ``identity`` dict.
+
+    The constructor keeps Functional's signature ``(inputs, outputs, name)``
+    (the identity travels in ``**kwargs``): Keras serialises such a subclass
+    as a graph and revives it through that same constructor, while a
+    Functional subclass with extra named arguments would be saved without
+    its graph.
+    """
+
+    def __init__(self, inputs, outputs, name=None, **kwargs):
+        identity_config = kwargs.pop("identity", None)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self._identity_config = json.loads(json.dumps(identity_config or {}))
+
+    def get_config(self):
+        config = super().get_config()
+        config["identity"] = json.loads(json.dumps(self._identity_config))
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mat_effnet")
+class StreamModel(_IdentifiedModel):
+    """One stream (see :func:`build_stream`), carrying its identity."""
+
+
+@keras.saving.register_keras_serializable(package="mat_effnet")
+class TwoStreamModel(_IdentifiedModel):
+    """Two fused streams (see :func:`build_two_stream`), carrying their identity."""
+
+
+def with_identity(model, *, class_names=..., dataset=..., preparation=...,
+                  train_segments=...):
+    """Sets what training knows about a stream model (in place; returns it).
+
+    Only the arguments given change; None clears one. ``class_names``: one
+    name per class index. ``dataset``: e.g. ``"ucf101"``. ``preparation``: a
+    dict (or dataclass) with :data:`PREPARATION_KEYS`, other keys dropped.
+    ``train_segments``: the K segments per clip the stream was trained on.
+    See :func:`data_identity` for the first three from prepared data.
+    """
+    if not isinstance(model, StreamModel):
+        raise MatEffNetError(
+            f"model={getattr(model, 'name', model)!r}: not a stream model built by "
+            "mat_effnet.models.build_stream")
+    config = dict(model._identity_config)
+    if class_names is not ...:
+        config["class_names"] = _check_class_names(class_names, config["num_classes"])
+    if dataset is not ...:
+        if dataset is not None and not (isinstance(dataset, str) and dataset):
+            raise MatEffNetError(f"dataset={dataset!r}: must be a non-empty string")
+        config["dataset"] = dataset
+    if preparation is not ...:
+        config["preparation"] = _check_preparation(preparation)
+    if train_segments is not ...:
+        if train_segments is not None:
+            train_segments = _check_int("train_segments", train_segments, 1)
+        config["train_segments"] = train_segments
+    model._identity_config = config
+    return model
+
+
+def _stream_identity_config(*, stream, backbone, attention, attention_tokens, flow_length,
+                            image_size, num_segments, num_classes):
+    return {
+        "version": IDENTITY_VERSION, "kind": "stream", "stream": stream,
+        "backbone": backbone, "attention": attention,
+        "attention_tokens": attention_tokens,
+        "flow_length": flow_length if stream == "temporal" else None,
+        "image_size": list(image_size), "num_segments": num_segments,
+        "num_classes": num_classes, "train_segments": None, "class_names": None,
+        "dataset": None, "preparation": None,
+    }
+
+
+def _stream_identity_from_config(config):
+    return ModelIdentity(
+        kind="stream", num_classes=int(config["num_classes"]),
+        class_names=None if config.get("class_names") is None
+        else tuple(config["class_names"]),
+        dataset=config.get("dataset"),
+        preparation=None if config.get("preparation") is None
+        else dict(config["preparation"]),
+        stream=config["stream"], backbone=config["backbone"],
+        attention=bool(config["attention"]),
+        attention_tokens=config.get("attention_tokens", "segment"),
+        flow_length=config.get("flow_length"),
+        image_size=tuple(config["image_size"]),
+        num_segments=config.get("num_segments"),
+        train_segments=config.get("train_segments"))
+
+
+def _legacy_stream_identity(model):
+    """Today's inference from shapes and layer names (models saved before)."""
+    shape = model.inputs[0].shape  # (batch, segments, H, W, C)
+    channels = int(shape[-1])
+    stream = "spatial" if channels == 3 else "temporal"
+    names = {l.name for l in model.layers}
+    try:
+        backbone = _infer_backbone(_find_backbone(model))
+    except ValueError:
+        backbone = None
+    _warn_once(
+        ("legacy", id(model)),
+        f"model {model.name!r} was saved without its identity (before mat-effnet "
+        f"issue 11): stream ({stream}), backbone and image size are read off its shapes "
+        "and layer names; its class names, dataset and preparation settings are not in it")
+    return ModelIdentity(
+        kind="stream", num_classes=int(model.outputs[0].shape[-1]), stream=stream,
+        backbone=backbone, attention="attention" in names,
+        attention_tokens="segment" if "avg_pool" in names else "spatial",
+        flow_length=channels // 2 if stream == "temporal" else None,
+        image_size=(int(shape[2]), int(shape[3])),
+        num_segments=None if shape[1] is None else int(shape[1]),
+        inferred=("stream", "backbone", "attention", "attention_tokens", "flow_length",
+                  "image_size", "num_segments", "num_classes"))
+
+
+def _stream_layers(model):
+    """``{"spatial": stream model, "temporal": ...}`` of a two-stream model."""
+    config = getattr(model, "_identity_config", {})
+    if config.get("kind") == "two_stream":
+        return {s: model.get_layer(n) for s, n in config["streams"].items()}
+    found = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and len(layer.inputs) == 1:
+            found[identity(layer).stream] = layer
+    return found
+
+
+def identity(model) -> ModelIdentity:
+    """What ``model`` (a stream or two-stream model) is, read from its config.
+
+    Models saved before models carried their identity are read as before,
+    off shapes and layer names (``inferred`` lists those fields), with one
+    warning on stderr per model.
+    """
+    config = getattr(model, "_identity_config", None) or {}
+    if config.get("kind") == "stream":
+        return _stream_identity_from_config(config)
+    if config.get("kind") == "two_stream" or len(getattr(model, "inputs", ()) or ()) == 2:
+        streams = {s: identity(m) for s, m in _stream_layers(model).items()}
+        first = next(iter(streams.values()))
+        known = [i for i in streams.values() if i.class_names is not None] or [first]
+        if config.get("kind") == "two_stream":
+            weights, inferred = tuple(config["fusion_weights"]), ()
+        else:
+            fusion = [l for l in model.layers if isinstance(l, LateFusion)]
+            weights = tuple(fusion[0].fusion_weights) if fusion else None
+            inferred = ("fusion_weights",)
+        return ModelIdentity(
+            kind="two_stream", num_classes=first.num_classes,
+            class_names=known[0].class_names,
+            dataset=next((i.dataset for i in streams.values() if i.dataset), None),
+            streams=streams, fusion_weights=weights, inferred=inferred)
+    if not isinstance(model, keras.Model) or len(model.inputs) != 1 or \
+            len(model.inputs[0].shape) != 5:
+        raise MatEffNetError(
+            f"model={getattr(model, 'name', model)!r}: not a stream or two-stream "
+            "model (a stream takes (batch, segments, height, width, channels))")
+    return _legacy_stream_identity(model)
 
 
 # --------------------------------------------------------------------------
@@ -559,6 +933,10 @@ def build_stream(
     num_heads=2,
     key_dim=256,
     fc_units=512,
+    class_names=None,
+    dataset=None,
+    preparation=None,
+    train_segments=None,
     name=None,
 ):
     """One MAT-EffNet stream (Sect. 3.3, Fig. 5, Table 1) as a ``keras.Model``.
@@ -583,6 +961,12 @@ def build_stream(
     ``num_segments=None`` builds a model that takes any number of segments
     (the attention runs over however many tokens come): trained on K = 3
     segments, the same model is evaluated on TSN's 25.
+
+    The result is a :class:`StreamModel` whose saved config carries its
+    identity (:func:`identity`): the architecture arguments above, and what
+    training knows, ``class_names``, ``dataset``, ``preparation`` and
+    ``train_segments`` (see :func:`with_identity`). ``weights`` is not part of
+    it: the saved weights are the model's own.
     """
     num_classes = _check_int("num_classes", num_classes, 2)
     _check_choice("stream", stream, STREAMS)
@@ -592,7 +976,7 @@ def build_stream(
     _check_choice("backbone", backbone, BACKBONES)
     height, width = _check_image_size(image_size, backbone)
     if not isinstance(attention, bool):
-        raise ValueError(f"attention must be True or False, got {attention!r}")
+        raise MatEffNetError(f"attention must be True or False, got {attention!r}")
     _check_choice("attention_tokens", attention_tokens, ATTENTION_TOKENS)
     dropout = _check_fraction("dropout", dropout)
     num_heads = _check_int("num_heads", num_heads, 1)
@@ -631,7 +1015,14 @@ def build_stream(
     x = layers.Dense(num_classes, name="logits")(x)
     # float32 softmax: stays numerically sound under mixed_float16.
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=name or f"{stream}_stream")
+    model = StreamModel(inputs, outputs, name=name or f"{stream}_stream",
+                        identity=_stream_identity_config(
+                            stream=stream, backbone=backbone, attention=attention,
+                            attention_tokens=attention_tokens, flow_length=flow_length,
+                            image_size=(height, width), num_segments=num_segments,
+                            num_classes=num_classes))
+    return with_identity(model, class_names=class_names, dataset=dataset,
+                         preparation=preparation, train_segments=train_segments)
 
 
 def build_two_stream(spatial_model, temporal_model, fusion_weights=(1.0, 1.0),
@@ -644,30 +1035,58 @@ def build_two_stream(spatial_model, temporal_model, fusion_weights=(1.0, 1.0),
     ``w_s * p_spatial + w_t * p_temporal`` with ``(w_s, w_t)`` the
     ``fusion_weights`` normalised to sum to 1 (default 1:1, the paper's
     average). The stream models are shared, not copied.
+
+    The result is a :class:`TwoStreamModel`; :func:`identity` gives the
+    fusion weights and each stream's identity. Streams that know their
+    class names or dataset must agree on them.
     """
     for arg, model in (("spatial_model", spatial_model),
                        ("temporal_model", temporal_model)):
         if not isinstance(model, keras.Model) or len(model.inputs) != 1:
-            raise ValueError(f"{arg} must be a single-input stream keras.Model")
+            raise MatEffNetError(f"{arg} must be a single-input stream keras.Model")
     if spatial_model.output_shape != temporal_model.output_shape:
-        raise ValueError(
+        raise MatEffNetError(
             "spatial_model and temporal_model must predict the same classes, got "
             f"outputs {spatial_model.output_shape} and {temporal_model.output_shape}"
         )
     if spatial_model.name == temporal_model.name:
-        raise ValueError(
+        raise MatEffNetError(
             f"spatial_model and temporal_model need different names, both are "
             f"{spatial_model.name!r}"
         )
     if len(tuple(fusion_weights)) != 2:
-        raise ValueError(
+        raise MatEffNetError(
             f"fusion_weights must be a pair (spatial, temporal), got {fusion_weights!r}"
         )
+    given = {"spatial": spatial_model, "temporal": temporal_model}
+    ids = {stream: identity(model) for stream, model in given.items()}
+    for stream, model in given.items():
+        if ids[stream].stream != stream:
+            raise MatEffNetError(
+                f"{stream}_model={model.name!r}: is a {ids[stream].stream} stream model")
+    for key in ("class_names", "dataset"):
+        a, b = getattr(ids["spatial"], key), getattr(ids["temporal"], key)
+        if a is not None and b is not None and a != b:
+            raise MatEffNetError(
+                f"temporal_model={temporal_model.name!r}: its {key} {_short(b)} differ "
+                f"from the spatial stream's {_short(a)}")
     fusion = LateFusion(fusion_weights, name="fusion")
     rgb = layers.Input(shape=spatial_model.input_shape[1:], name="rgb")
     flow = layers.Input(shape=temporal_model.input_shape[1:], name="flow")
     fused = fusion([spatial_model(rgb), temporal_model(flow)])
-    return keras.Model([rgb, flow], fused, name=name)
+    return TwoStreamModel(
+        [rgb, flow], fused, name=name,
+        identity={"version": IDENTITY_VERSION, "kind": "two_stream",
+                  "streams": {"spatial": spatial_model.name,
+                              "temporal": temporal_model.name},
+                  "fusion_weights": list(fusion.fusion_weights)})
+
+
+def _short(value):
+    """A value for an error message, long lists cut to their first items."""
+    if isinstance(value, (list, tuple)) and len(value) > 4:
+        return repr(list(value[:4]))[:-1] + f", ... ({len(value)} in all)]"
+    return repr(list(value) if isinstance(value, tuple) else value)
 
 
 def build_mat_effnet(num_classes, *, fusion_weights=(1.0, 1.0),
@@ -679,7 +1098,7 @@ def build_mat_effnet(num_classes, *, fusion_weights=(1.0, 1.0),
     temporal stream by cross-modality initialisation.
     """
     if "stream" in stream_kwargs or "name" in stream_kwargs:
-        raise ValueError("stream and name are set by build_mat_effnet itself")
+        raise MatEffNetError("stream and name are set by build_mat_effnet itself")
     spatial = build_stream(num_classes, "spatial", **stream_kwargs)
     temporal = build_stream(num_classes, "temporal", **stream_kwargs)
     return build_two_stream(spatial, temporal, fusion_weights, name=name)
@@ -699,7 +1118,7 @@ def build_attention_model(stream_model):
     """
     names = {l.name for l in stream_model.layers}
     if "attention" not in names:
-        raise ValueError(
+        raise MatEffNetError(
             f"stream_model {stream_model.name!r} has no 'attention' layer "
             "(built with attention=False?)"
         )
@@ -720,7 +1139,7 @@ def attention_token_grid(stream_model):
     the last feature map's size for ``attention_tokens="spatial"``.
     """
     segments = stream_model.input_shape[1]
-    if "avg_pool" in {l.name for l in stream_model.layers}:
+    if identity(stream_model).attention_tokens == "segment":
         return (segments, 1, 1)
     _, h, w, _ = stream_model.get_layer(_BACKBONE_LAYER).output_shape
     return (segments, h, w)

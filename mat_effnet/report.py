@@ -11,7 +11,7 @@ import io
 import json
 import os
 
-from mat_effnet import fusion, metrics
+from mat_effnet import atomic, fusion, metrics
 
 # Beyond this many classes tick labels overlap into an unreadable block
 # (Kinetics-400); the matrix alone still shows the diagonal's strength.
@@ -61,7 +61,7 @@ def plot_confusion(cm, class_names, path: str, title: str) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    fusion.atomic_write(path, lambda f: f.write(buf.getvalue()))
+    atomic.write_bytes(path, buf.getvalue())
 
 
 def fuse_files(paths: list[str], weights, output_dir: str) -> dict:
@@ -96,7 +96,6 @@ def fuse_files(paths: list[str], weights, output_dir: str) -> dict:
     report.update(weights=[float(x) for x in w], num_videos=fused.num_videos, files=list(paths),
                   dataset=fused.dataset, split=fused.split)
     text = json.dumps(report, indent=2) + "\n"
-    fusion.atomic_write(os.path.join(output_dir, "fusion.json"),
-                        lambda f: f.write(text.encode("utf-8")))
+    atomic.write_text(os.path.join(output_dir, "fusion.json"), text)
     print(f"wrote {os.path.join(output_dir, 'fusion.json')} and {png}")
     return report

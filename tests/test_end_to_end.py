@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from data_prep import synthetic
-from mat_effnet import evaluation, fusion, inference, records, training
+from mat_effnet import evaluation, fusion, inference, models as M, records, training
 
 IMAGE = 32
 
@@ -21,7 +21,7 @@ def _cfg(data_dir, model_dir, stream, **kw):
                 epochs=1, batch_size=4, image_size=IMAGE, flow_length=3, bn_momentum=0.9,
                 validation_split=None, seed=3, verbose=0)
     base.update(kw)
-    return training.TrainConfig(**base)
+    return training.TrainConfig.from_flat(**base)
 
 
 def _run(module, *args):
@@ -77,6 +77,9 @@ def test_eval_fuse_and_predict(trained, data_dir, tmp_path):
         assert set(line) >= {"top1", "top5", "mean_class_accuracy"}
         scores = fusion.load_scores(str(out))
         meta = records.read_metadata(data_dir)
+        # The score file says which model wrote it: the trained model's identity.
+        assert scores.model_identity["stream"] == stream
+        assert scores.model_identity["class_names"] == meta["classes"]
         assert scores.num_videos == meta["splits"]["test"]["videos"]
         assert scores.stream == stream
         np.testing.assert_allclose(scores.scores.sum(axis=1), 1.0, atol=1e-5)
@@ -102,16 +105,26 @@ def test_eval_fuse_and_predict(trained, data_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     pred = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(pred["top"]) == 5 and pred["top"][0]["class"] in synthetic.CLASSES
+    # Settings and class names came from the models themselves.
+    assert pred["class_names_source"] == "model"
+    for stream in ("spatial", "temporal"):
+        used = pred["preparation"][stream]
+        assert (used["source"], used["flow"], used["short_side"]) == ("model", "dis", 40)
     probs = [t["probability"] for t in pred["top"]]
     assert probs == sorted(probs, reverse=True)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The predicted fused scores equal the average of the two streams' scores
     # computed through the library on the same video.
-    settings, _ = inference.settings_for(models["spatial"], inference.PrepSettings())
-    assert (settings.flow, settings.short_side) == ("dis", 40)
     spatial = evaluation.load_model(models["spatial"])
     temporal = evaluation.load_model(models["temporal"])
+    ident = M.identity(spatial)
+    assert ident.class_names == tuple(synthetic.CLASSES) and ident.train_segments == 3
+    assert (ident.preparation["flow"], ident.preparation["short_side"]) == ("dis", 40)
+    # The older route (train_config.json -> the data's metadata) agrees.
+    settings, classes = inference.settings_for(models["spatial"], inference.PrepSettings())
+    assert (settings.flow, settings.short_side) == ("dis", 40)
+    assert classes == list(synthetic.CLASSES)
     res = inference.predict_video(video, spatial, temporal, settings, num_segments=4)
     np.testing.assert_allclose(res["fused"], (res["spatial"] + res["temporal"]) / 2, atol=1e-6)
     top = res["fused"].argsort()[::-1][0]

@@ -278,6 +278,48 @@ def test_fuse_refuses_files_that_do_not_match(kwargs, message):
     assert str(e.value) == message
 
 
+def _identity(stream, **kw):
+    ident = {"kind": "stream", "stream": stream, "num_classes": 3, "class_names": list(CLASSES),
+             "dataset": "hmdb51", "preparation": {"flow": "tvl1", "short_side": 256}}
+    ident.update(kw)
+    return ident
+
+
+def test_score_files_carry_the_model_identity(tmp_path):
+    path = str(tmp_path / "s.npz")
+    fusion.save_scores(path, IDS, LABELS, SPATIAL, CLASSES, "test", "hmdb51", "spatial",
+                       model_identity=_identity("spatial"))
+    s = fusion.load_scores(path)
+    assert s.model_identity == _identity("spatial")
+    with np.load(path, allow_pickle=False) as z:
+        assert sorted(z.files) == sorted(fusion.KEYS + (fusion.IDENTITY_KEY,))
+    # Files written before identities still load, without one.
+    assert fusion.load_scores(_save(tmp_path, "old.npz", "spatial", SPATIAL)).model_identity is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dataset="ucf101"),
+     "a.npz and b.npz come from models of different dataset: 'hmdb51' vs 'ucf101'"),
+    (dict(class_names=["cartwheel", "brush_hair", "catch"]),
+     "a.npz and b.npz come from models of different class_names: "
+     "['brush_hair', 'cartwheel', 'catch'] vs ['cartwheel', 'brush_hair', 'catch']"),
+])
+def test_fuse_refuses_scores_of_models_that_differ(kwargs, message):
+    a = _scores("spatial", SPATIAL, path="a.npz")
+    a.model_identity = _identity("spatial")
+    b = _scores("temporal", TEMPORAL, path="b.npz")
+    b.model_identity = _identity("temporal", **kwargs)
+    with pytest.raises(fusion.ScoresError) as e:
+        fusion.fuse([a, b])
+    assert str(e.value) == message
+    # Unknown (None) on one side, another preparation, another stream: they fuse.
+    b.model_identity = _identity("temporal", dataset=None,
+                                 preparation={"flow": "dis", "short_side": 128})
+    assert fusion.fuse([a, b]).num_videos == 4
+    b.model_identity = None
+    assert fusion.fuse([a, b]).num_videos == 4
+
+
 def test_different_videos_counts_and_one_sided():
     a = _scores("spatial", SPATIAL, path="a.npz")
     b = _scores("temporal", TEMPORAL[:1], ids=["v0"], labels=[0], path="b.npz")

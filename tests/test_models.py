@@ -587,7 +587,7 @@ def test_weights_of_another_architecture_or_channel_count(tmp_path, r18_pair):
 
 def test_bad_fusion_and_attention_requests(r18_pair):
     spatial, temporal = r18_pair
-    with pytest.raises(ValueError, match="fusion_weights"):
+    with pytest.raises(ValueError, match="fusion weights must be non-negative"):
         M.build_two_stream(spatial, temporal, (1.0, -1.0))
     with pytest.raises(ValueError, match="fusion_weights must be a pair"):
         M.build_two_stream(spatial, temporal, (1.0, 1.0, 1.0))

@@ -1,0 +1,348 @@
+"""A saved model says what it is (issue 11, item 1).
+
+Stream and two-stream models carry their identity in their own Keras config:
+architecture, class names, dataset and the preparation settings of their
+training data. Tested: the round trip through ``.keras`` with safe_mode, the
+checks on the way in, models saved before (plain Functional, no identity),
+evaluation refusing data prepared differently, and the shipped-model
+experiment of the issue (predict from copied ``.keras`` files alone).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+from data_prep import synthetic
+from mat_effnet import evaluation, fusion, inference
+from mat_effnet import models as M
+from mat_effnet.errors import MatEffNetError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ["ApplyEyeMakeup", "Archery", "Basketball"]
+PREP = {"short_side": 40, "flow": "dis", "flow_implementation": "opencv",
+        "flow_bound": 20.0, "jpeg_quality": 90, "schema_version": 1}
+SMALL = dict(backbone="resnet18", image_size=32, num_segments=None, flow_length=2)
+
+
+def _stream(stream, **kw):
+    args = dict(SMALL, class_names=CLASSES, dataset="ucf101", preparation=PREP,
+                train_segments=3)
+    args.update(kw)
+    return M.build_stream(len(CLASSES), stream, **args)
+
+
+def _clip(model, seed=0, segments=2):
+    shape = (2, segments) + tuple(model.input_shape[2:])
+    return np.random.default_rng(seed).uniform(0, 255, shape).astype("float32")
+
+
+def _config(path):
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read("config.json"))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    keras.utils.set_random_seed(5)
+    return _stream("spatial"), _stream("temporal")
+
+
+# ---------------------------------------------------------------------------
+# round trip
+# ---------------------------------------------------------------------------
+def test_stream_identity_survives_save_and_safe_load(pair, tmp_path):
+    spatial, _ = pair
+    ident = M.identity(spatial)
+    assert ident.kind == "stream" and ident.stream == "spatial"
+    assert (ident.backbone, ident.attention, ident.attention_tokens) == ("resnet18", True,
+                                                                          "segment")
+    assert ident.image_size == (32, 32) and ident.num_segments is None
+    assert ident.flow_length is None and ident.train_segments == 3
+    assert ident.class_names == tuple(CLASSES) and ident.dataset == "ucf101"
+    assert ident.preparation == PREP and ident.inferred == ()
+
+    path = str(tmp_path / "spatial.keras")
+    spatial.save(path)
+    config = _config(path)
+    assert config["class_name"] == "StreamModel"
+    assert config["config"]["identity"]["class_names"] == CLASSES
+    # The graph is saved (a subclass that lost it would fail with KeyError: 'layers').
+    assert "layers" in config["config"]
+    assert '"weights"' not in json.dumps(config)  # never "imagenet" (a download on load)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert type(loaded) is M.StreamModel
+    assert M.identity(loaded) == ident
+    x = _clip(spatial)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), spatial.predict(x, verbose=0),
+                               atol=1e-6)
+
+
+def test_temporal_identity_and_imagenet_weights_not_saved(tmp_path, monkeypatch):
+    # weights= initialises the backbone only; it is no part of the identity.
+    source = str(tmp_path / "rgb.weights.h5")
+    M.build_backbone("resnet18", 3, 32).save_weights(source)
+    temporal = _stream("temporal", weights=source, flow_length=3)
+    ident = M.identity(temporal)
+    assert (ident.stream, ident.flow_length) == ("temporal", 3)
+    path = str(tmp_path / "t.keras")
+    temporal.save(path)
+    assert "rgb.weights.h5" not in json.dumps(_config(path))
+    assert M.identity(keras.models.load_model(path, safe_mode=True)) == ident
+
+
+def test_two_stream_identity(pair, tmp_path):
+    spatial, temporal = pair
+    two = M.build_two_stream(spatial, temporal, (1.0, 3.0))
+    path = str(tmp_path / "two.keras")
+    two.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert type(loaded) is M.TwoStreamModel
+    ident = M.identity(loaded)
+    assert ident.kind == "two_stream" and ident.fusion_weights == (0.25, 0.75)
+    assert ident.class_names == tuple(CLASSES) and ident.dataset == "ucf101"
+    assert ident.streams["spatial"] == M.identity(spatial)
+    assert ident.streams["temporal"].flow_length == 2
+    rgb, flow = _clip(spatial, 1), _clip(temporal, 2)
+    expected = 0.25 * spatial.predict(rgb, verbose=0) + 0.75 * temporal.predict(flow, verbose=0)
+    np.testing.assert_allclose(loaded.predict([rgb, flow], verbose=0), expected, atol=1e-6)
+    # The same identity through the JSON form that score files carry.
+    assert json.loads(json.dumps(ident.to_dict()))["streams"]["temporal"]["stream"] == "temporal"
+
+
+def test_two_stream_refuses_streams_that_disagree(pair):
+    spatial, temporal = pair
+    other = _stream("temporal", class_names=["a", "b", "c"])
+    with pytest.raises(MatEffNetError, match=r"class_names \['a', 'b', 'c'\] differ from the "
+                                             r"spatial stream's \['ApplyEyeMakeup'"):
+        M.build_two_stream(spatial, other)
+    with pytest.raises(MatEffNetError, match="dataset 'hmdb51' differ"):
+        M.build_two_stream(spatial, _stream("temporal", dataset="hmdb51"))
+    with pytest.raises(MatEffNetError, match="spatial_model='temporal_stream': is a temporal"):
+        M.build_two_stream(temporal, spatial)
+
+
+def test_with_identity_sets_only_what_is_given_and_checks_it(pair):
+    model = M.build_stream(3, "spatial", **SMALL)
+    ident = M.identity(model)
+    assert (ident.class_names, ident.dataset, ident.preparation) == (None, None, None)
+    M.with_identity(model, dataset="hmdb51")
+    assert M.identity(model).dataset == "hmdb51" and M.identity(model).class_names is None
+    # Unknown preparation keys (other settings of a prep run) are dropped.
+    M.with_identity(model, preparation=dict(PREP, chunk_frames=1000, videos_per_shard=6))
+    assert M.identity(model).preparation == PREP
+    with pytest.raises(MatEffNetError, match=r"class_names=\['a', 'b'\]: 2 names for a model "
+                                             "of 3 classes"):
+        M.with_identity(model, class_names=["a", "b"])
+    with pytest.raises(MatEffNetError, match="a name appears twice"):
+        M.with_identity(model, class_names=["a", "b", "a"])
+    with pytest.raises(MatEffNetError, match=r"preparation\['short_side'\]='big': must be int"):
+        M.with_identity(model, preparation={"short_side": "big"})
+    with pytest.raises(MatEffNetError, match="train_segments must be an integer >= 1"):
+        M.with_identity(model, train_segments=0)
+    with pytest.raises(MatEffNetError, match="not a stream model built by"):
+        M.with_identity(keras.Sequential([keras.layers.Dense(2)]), dataset="x")
+    # training_kwargs() reproduces an identity on a twin (e.g. a float32 copy).
+    twin = M.build_stream(3, "spatial", **SMALL)
+    M.with_identity(twin, **M.identity(model).training_kwargs())
+    assert M.identity(twin) == M.identity(model)
+
+
+def test_data_identity_from_metadata():
+    meta = {"classes": CLASSES, "name": "ucf101", "schema_version": 1, "num_classes": 3,
+            "settings": {"flow": "tvl1", "flow_bound": 15.0, "short_side": 128,
+                         "jpeg_quality": 80, "chunk_frames": 1000, "dataset": "ucf101"}}
+    got = M.data_identity(meta)
+    # Metadata from before flow_implementation existed: OpenCV computed all flow.
+    assert got == {"class_names": CLASSES, "dataset": "ucf101",
+                   "preparation": {"flow": "tvl1", "flow_bound": 15.0, "short_side": 128,
+                                   "jpeg_quality": 80, "flow_implementation": "opencv",
+                                   "schema_version": 1}}
+    meta["settings"]["flow_implementation"] = "keras"
+    assert M.data_identity(meta)["preparation"]["flow_implementation"] == "keras"
+
+
+def test_backbone_table_is_the_one_source():
+    assert M.BACKBONES == ("efficientnet_b0", "resnet50", "resnet18", "resnet34")
+    assert M.PAPER_INPUT_SIZE == {"efficientnet_b0": 224, "resnet50": 224, "resnet18": 112,
+                                  "resnet34": 168}
+    assert M.FEATURE_DIM == {"efficientnet_b0": 1280, "resnet50": 2048, "resnet18": 512,
+                             "resnet34": 512}
+    spec = M.backbone_spec("resnet50")
+    assert spec.rgb_reverse_channels and spec.flow_std == 1.0
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        M.backbone_spec("vgg16")
+    # image_size=None is the table's paper size.
+    model = M.build_stream(3, "spatial", backbone="resnet18", num_segments=1)
+    assert M.identity(model).image_size == (112, 112)
+
+
+# ---------------------------------------------------------------------------
+# models saved before identities
+# ---------------------------------------------------------------------------
+def _legacy(model):
+    """A plain Functional model of the same layers: what mat-effnet saved before."""
+    return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+def test_models_saved_before_still_load_and_say_so_once(pair, tmp_path, capsys):
+    _, temporal = pair
+    path = str(tmp_path / "old.keras")
+    _legacy(temporal).save(path)
+    assert _config(path)["class_name"] == "Functional"
+    loaded = keras.models.load_model(path, safe_mode=True)
+    capsys.readouterr()
+    ident = M.identity(loaded)
+    ident_again = M.identity(loaded)
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "saved without its identity" in err
+    assert ident == ident_again
+    assert (ident.stream, ident.backbone, ident.flow_length) == ("temporal", "resnet18", 2)
+    assert ident.image_size == (32, 32) and ident.num_classes == 3 and ident.attention
+    assert ident.class_names is None and ident.preparation is None
+    assert "stream" in ident.inferred and "class_names" not in ident.inferred
+    spec = evaluation.stream_spec(loaded)
+    assert (spec.stream, spec.image_size, spec.flow_length, spec.num_segments) == (
+        "temporal", 32, 2, None)
+    x = _clip(temporal)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), temporal.predict(x, verbose=0),
+                               atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# evaluation against the data's preparation
+# ---------------------------------------------------------------------------
+def _meta(**settings):
+    base = dict(flow="dis", flow_bound=20.0, short_side=40, jpeg_quality=90,
+                flow_implementation="opencv")
+    base.update(settings)
+    return {"classes": list(CLASSES), "num_classes": 3, "name": "ucf101",
+            "schema_version": 1, "settings": base}
+
+
+def test_eval_refuses_data_prepared_differently(pair):
+    spatial, temporal = pair
+    t = M.identity(temporal)
+    assert evaluation.check_data(t, _meta(), "/d") == []
+    with pytest.raises(evaluation.EvalError,
+                       match=r"/d: prepared with flow='tvl1' but the model was trained on data "
+                             r"prepared with flow='dis'"):
+        evaluation.check_data(t, _meta(flow="tvl1"), "/d")
+    with pytest.raises(evaluation.EvalError, match=r"flow_bound=15.0 .* flow_bound=20.0"):
+        evaluation.check_data(t, _meta(flow_bound=15.0), "/d")
+    other = _meta()
+    other["classes"] = ["ApplyEyeMakeup", "Basketball", "Archery"]
+    with pytest.raises(evaluation.EvalError,
+                       match=r"/d: class 1 is 'Basketball' but the model's class 1 is 'Archery'"):
+        evaluation.check_data(M.identity(spatial), other, "/d")
+    # The spatial stream does not see the flow: another flow is no reason to refuse.
+    assert evaluation.check_data(M.identity(spatial), _meta(flow="tvl1"), "/d") == []
+
+
+def test_eval_notes_another_implementation_of_the_same_flow():
+    model = M.build_stream(3, "temporal", **SMALL, preparation=dict(PREP, flow="tvl1"))
+    notes = evaluation.check_data(M.identity(model),
+                                  _meta(flow="tvl1", flow_implementation="keras"), "/d")
+    assert notes == ["flow_implementation: /d was prepared with 'keras', the model's "
+                     "training data with 'opencv' (allowed)"]
+
+
+def test_eval_writes_the_identity_into_the_scores(data_dir, tmp_path):
+    from mat_effnet import records
+
+    meta = records.read_metadata(data_dir)
+    model = M.build_stream(meta["num_classes"], "temporal", backbone="resnet18", image_size=32,
+                           num_segments=None, flow_length=2, **M.data_identity(meta))
+    path = str(tmp_path / "temporal.keras")
+    model.save(path)
+    out = tmp_path / "t.npz"
+    r = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--data_dir={data_dir}",
+                        f"--model={path}", "--num_segments=2", f"--output={out}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    scores = fusion.load_scores(str(out))
+    assert scores.model_identity == M.identity(model).to_dict()
+    assert scores.model_identity["class_names"] == list(scores.class_names)
+
+    # Data prepared with another flow algorithm: one clear line naming both.
+    other = M.build_stream(meta["num_classes"], "temporal", backbone="resnet18", image_size=32,
+                           num_segments=None, flow_length=2,
+                           **dict(M.data_identity(meta),
+                                  preparation=dict(PREP, flow="tvl1")))
+    path = str(tmp_path / "tvl1.keras")
+    other.save(path)
+    r = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--data_dir={data_dir}",
+                        f"--model={path}", "--num_segments=2", f"--output={tmp_path / 'x.npz'}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "prepared with flow='dis' but the model was trained on data prepared with " \
+           "flow='tvl1'" in r.stderr
+    assert not (tmp_path / "x.npz").exists()
+
+
+# ---------------------------------------------------------------------------
+# the shipped-model experiment (issue 11, "Why")
+# ---------------------------------------------------------------------------
+def test_predict_from_copied_keras_files_alone(pair, tmp_path):
+    spatial, temporal = pair
+    trained = tmp_path / "run"
+    trained.mkdir()
+    for stream, model in (("spatial", spatial), ("temporal", temporal)):
+        model.save(str(trained / f"{stream}.keras"))
+    # What a user ships: the .keras files, no train_config.json, no data.
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for name in ("spatial.keras", "temporal.keras"):
+        shutil.copy(trained / name, shipped / name)
+    shutil.rmtree(trained)
+    video = str(tmp_path / "clip.avi")
+    synthetic.write_video(video, synthetic.render_clip(
+        synthetic.CLASSES[0], np.random.default_rng(3), num_frames=10, height=48, width=64))
+
+    r = subprocess.run([sys.executable, "-m", "experiments.predict", f"--video={video}",
+                        f"--spatial_model={shipped / 'spatial.keras'}",
+                        f"--temporal_model={shipped / 'temporal.keras'}",
+                        "--num_segments=2", "--json"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "warning" not in r.stderr  # nothing had to be guessed
+    pred = json.loads(r.stdout.strip().splitlines()[-1])
+    assert sorted(t["class"] for t in pred["top"]) == sorted(CLASSES)
+    assert pred["class_names_source"] == "model"
+    for stream in ("spatial", "temporal"):
+        used = pred["preparation"][stream]
+        assert used["source"] == "model"
+        assert (used["short_side"], used["flow"], used["flow_bound"],
+                used["flow_implementation"]) == (40, "dis", 20.0, "opencv")
+        assert pred["models"][stream]["class_names"] == CLASSES
+
+    # The same numbers as the library with those settings written out.
+    settings = inference.PrepSettings(short_side=40, flow="dis", flow_bound=20.0)
+    res = inference.predict_video(video, spatial, temporal, settings, num_segments=2)
+    top = {t["class"]: t["probability"] for t in pred["top"]}
+    np.testing.assert_allclose([top[c] for c in CLASSES], res["fused"], atol=1e-5)
+
+
+def test_predict_with_an_old_model_warns_and_uses_the_fallback(pair, tmp_path, capsys):
+    spatial, _ = pair
+    old = _legacy(spatial)
+    default = inference.PrepSettings(short_side=32, flow="dis")
+    capsys.readouterr()
+    resolved = inference.resolve({"spatial": (str(tmp_path / "old.keras"), old)}, default)
+    err = capsys.readouterr().err
+    assert resolved.settings["spatial"] == default and resolved.sources["spatial"] == "defaults"
+    assert resolved.class_names is None and resolved.class_names_source == "unknown"
+    # One line for this model (identity() said once that it has none).
+    ours = [ln for ln in err.splitlines() if "warning" in ln]
+    assert len(ours) == 2 and "saved without its identity" in ours[0], err
+    assert "old.keras: the model does not carry its preparation settings (using " in ours[1]
+    assert "or its class names (showing class indices)" in ours[1]
+    # Asked again: nothing more is said.
+    inference.resolve({"spatial": (str(tmp_path / "old.keras"), old)}, default)
+    assert "warning" not in capsys.readouterr().err
