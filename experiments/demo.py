@@ -16,39 +16,37 @@ the score files, ``fusion.json`` and ``confusion.png``.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli, flagdefs
+from mat_effnet import config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "demo_output", "Where everything is written.")
-flags.DEFINE_integer("seed", 0, "Seed of the data and of training.")
 flags.DEFINE_integer("videos_per_class", 16, "Synthetic videos per class.")
 flags.DEFINE_integer("num_frames", 16, "Frames per synthetic video.")
 flags.DEFINE_enum("flow", "tvl1", ["tvl1", "dis"], "Optical flow algorithm.")
 flags.DEFINE_integer("short_side", 64, "Stored frame size (short side).")
-flags.DEFINE_integer("image_size", 56, "Training crop size.")
-flags.DEFINE_string("backbone", "efficientnet_b0", "Backbone of both streams.")
-flags.DEFINE_integer("epochs", 40, "Training epochs per stream.")
-flags.DEFINE_integer("batch_size", 8, "Training batch size.")
-flags.DEFINE_float("learning_rate", 1e-2, "Peak SGD learning rate.")
-flags.DEFINE_float("warmup_epochs", 1.0, "Linear warm-up epochs.")
-flags.DEFINE_float("bn_momentum", 0.9, "BatchNorm momentum (Keras's 0.99 lags on tiny data).")
-flags.DEFINE_float("clip_norm", 5.0, "Global gradient-norm clip: from scratch, the loss "
-                   "can otherwise run away after a few hundred steps.")
-flags.DEFINE_integer("flow_length", 5, "Flow fields per segment.")
 flags.DEFINE_integer("test_segments", 8, "Positions per video at test time.")
 flags.DEFINE_integer("workers", None, "Prep workers (default: all cores).")
+# The training settings the demo exposes are mat-effnet-train's own fields
+# (mat_effnet.config); only their defaults differ: a short from-scratch run
+# at a small size on tiny data. BatchNorm momentum 0.9, because Keras's 0.99
+# lags on tiny data; a gradient-norm clip of 5, because from scratch the loss
+# can otherwise run away after a few hundred steps.
+DEMO_TRAINING = {"seed": 0, "image_size": 56, "backbone": "efficientnet_b0", "epochs": 40,
+                 "batch_size": 8, "learning_rate": 1e-2, "warmup_epochs": 1.0,
+                 "bn_momentum": 0.9, "clip_norm": 5.0, "flow_length": 5}
+flagdefs.define_flags(config.TrainConfig, only=DEMO_TRAINING, overrides=DEMO_TRAINING)
 
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     from data_prep import builder, synthetic
     from mat_effnet import evaluation, fusion, training
@@ -77,14 +75,10 @@ def main(argv):
         t = time.monotonic()
         model_dir = os.path.join(out, "models", stream)
         shutil.rmtree(model_dir, ignore_errors=True)  # a demo run starts its training afresh
-        summary = training.train(training.TrainConfig(
-            stream=stream, data_dir=data, model_dir=model_dir, backbone=FLAGS.backbone,
-            weights=None, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-            learning_rate=FLAGS.learning_rate, warmup_epochs=FLAGS.warmup_epochs,
-            bn_momentum=FLAGS.bn_momentum, clip_norm=FLAGS.clip_norm,
-            image_size=FLAGS.image_size,
-            flow_length=FLAGS.flow_length, num_segments=3, validation_split=None,
-            seed=FLAGS.seed, verbose=2))
+        summary = training.train(flagdefs.build(
+            config.TrainConfig, only=DEMO_TRAINING, stream=stream, data_dir=data,
+            model_dir=model_dir, weights=None, num_segments=3, validation_split=None,
+            verbose=2))
         timings[f"train_{stream}_s"] = time.monotonic() - t
         t = time.monotonic()
         model = evaluation.load_model(summary["model"])
@@ -123,7 +117,7 @@ def _main_or_error(argv):
 
 
 def run():
-    app.run(_main_or_error)
+    cli.run(_main_or_error, "mat-effnet-demo")
 
 
 if __name__ == "__main__":

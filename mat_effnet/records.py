@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from mat_effnet import atomic
 from mat_effnet.errors import MatEffNetError
 
 SCHEMA_VERSION = 1
@@ -283,21 +284,11 @@ def write_tfds_metadata(out_dir: str, dataset_name: str, classes: Sequence[str],
         check_data=False)
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes a small text file atomically (temp file, then rename)."""
-    import tensorflow as tf
-
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def write_metadata(out_dir: str, meta: dict) -> str:
     """Writes ``mat_effnet_meta.json`` atomically; returns its path."""
     path = os.path.join(out_dir, META_FILENAME)
     meta = dict(meta, schema_version=SCHEMA_VERSION)
-    atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic.write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
 
 

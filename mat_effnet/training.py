@@ -45,7 +45,6 @@ slower (XLA by an order of magnitude for EfficientNet-B0); a warning says so.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -55,98 +54,16 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from mat_effnet import distributed, input_pipeline, models, records
+from mat_effnet import atomic, config, distributed, input_pipeline, models, records
+from mat_effnet.errors import bad_argument
 
 log = logging.getLogger("mat_effnet.train")
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-LOOPS = ("auto", "fit", "custom")
-SCHEDULES = ("cosine", "step", "constant")
+STRATEGIES = config.STRATEGIES
 MODEL_FILENAME = "model.keras"
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """One stream's training run.  Defaults are the paper's where it gives them."""
-
-    stream: str
-    data_dir: str
-    model_dir: str
-    backbone: str = "efficientnet_b0"
-    attention: bool = True
-    weights: str | None = "imagenet"   # "imagenet", None (from scratch) or a file
-    epochs: int = 50                   # Sect. 4.2 / Fig. 8
-    batch_size: int = 16               # Sect. 4.2: global batch, split over replicas
-    learning_rate: float = 1e-2        # Sect. 4.2
-    momentum: float = 0.9              # not in the paper: TSN's value
-    weight_decay: float = 5e-4         # not in the paper: TSN's value
-    dropout: float = 0.2               # Sect. 4.2
-    num_segments: int = 3              # TSN's K
-    image_size: int = 224              # Sect. 4.2 (112/168 for ResNet-18/34)
-    flow_length: int = 10              # L: 2L = 20 flow channels
-    lr_schedule: str = "cosine"        # cosine | step | constant
-    lr_decay_epochs: tuple = (30, 40)  # "step": x0.1 at each of these epochs
-    warmup_epochs: float = 0.0
-    bn_momentum: float | None = None   # None keeps Keras's 0.99
-    clip_norm: float | None = None     # global gradient-norm clip (TSN clips at 40); None: off
-    multiscale: bool = False
-    shuffle_buffer: int = 64
-    validation_split: str | None = "test"  # evaluated (K segments, centre crop) after each epoch
-    steps_per_epoch: int | None = None  # default: training records // batch_size
-    backup_every_steps: int = 100
-    strategy: str = "auto"             # auto | default | mirrored | multi_worker
-    seed: int | None = None
-    verbose: int = 2
-    mixed_precision: bool = False      # mixed_float16 (GPU) / mixed_bfloat16 (TPU, CPU)
-    jit_compile: bool = False          # XLA
-    loop: str = "auto"                 # auto: fit, except see uses_custom_loop
-    shard_policy: str = "auto"         # custom loop input sharding: auto | file | data
-
-    def validate(self) -> None:
-        """ValueError naming the bad argument (the binaries map it to a flag)."""
-        if self.stream not in ("spatial", "temporal"):
-            raise ValueError(f"stream={self.stream!r}: expected 'spatial' or 'temporal'")
-        for name in ("epochs", "batch_size", "num_segments", "image_size", "flow_length",
-                     "backup_every_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate={self.learning_rate}: must be > 0")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum={self.momentum}: must be in [0, 1)")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay={self.weight_decay}: must be >= 0")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule={self.lr_schedule!r}: expected one of {SCHEDULES}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy={self.strategy!r}: expected one of {STRATEGIES}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"clip_norm={self.clip_norm}: must be > 0 (or None for no clipping)")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch={self.steps_per_epoch}: must be >= 1")
-        if self.loop not in LOOPS:
-            raise ValueError(f"loop={self.loop!r}: expected one of {LOOPS}")
-        if self.loop == "fit" and self.strategy == "multi_worker":
-            raise ValueError("loop='fit' does not work with strategy='multi_worker' "
-                             "(Keras's fit fails under MultiWorkerMirroredStrategy); "
-                             "use loop='auto' or 'custom'")
-        if self.shard_policy not in distributed.SHARD_POLICIES:
-            raise ValueError(f"shard_policy={self.shard_policy!r}: expected one of "
-                             f"{distributed.SHARD_POLICIES}")
-
-    def uses_custom_loop(self, replicas: int = 1) -> bool:
-        """The custom loop for multi_worker, and for XLA over several replicas.
-
-        ``fit``'s XLA-compiled step cannot reach variables that live on the
-        other replicas' devices (TF "known issue": tf.Variable on a different
-        device), so with ``jit_compile`` and several replicas "auto" takes the
-        custom loop, which compiles only each replica's forward/backward pass.
-        """
-        if self.loop != "auto":
-            return self.loop == "custom"
-        return self.strategy == "multi_worker" or (self.jit_compile and replicas > 1)
+TrainConfig = config.TrainConfig
 
 
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
@@ -172,7 +89,7 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(
             devices=[d.name for d in tf.config.list_logical_devices("CPU")],
             cross_device_ops=tf.distribute.ReductionToOneDevice())
-    raise ValueError(f"strategy={name!r}: expected one of {STRATEGIES}")
+    raise bad_argument("strategy", repr(name), f"expected one of {', '.join(STRATEGIES)}")
 
 
 def precision_policy(mixed_precision: bool) -> str:
@@ -187,11 +104,11 @@ def precision_policy(mixed_precision: bool) -> str:
 
 
 def _warn_if_cpu(cfg: TrainConfig) -> None:
-    if not (cfg.mixed_precision or cfg.jit_compile):
+    if not (cfg.runtime.mixed_precision or cfg.runtime.jit_compile):
         return
     if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
         return
-    switches = [n for n in ("mixed_precision", "jit_compile") if getattr(cfg, n)]
+    switches = [n for n in ("mixed_precision", "jit_compile") if getattr(cfg.runtime, n)]
     # Measured on a 2-core AVX-512 CPU (step time vs. neither switch):
     # EfficientNet-B0 bfloat16 1.5x, XLA 15x; ResNet-18 bfloat16 0.75x, XLA 1.25x.
     log.warning("%s on a machine without GPU/TPU: allowed, but on CPU it is often "
@@ -201,15 +118,15 @@ def _warn_if_cpu(cfg: TrainConfig) -> None:
 def learning_rate_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The learning rate at a global step (0-based)."""
     epoch = step / steps_per_epoch
-    base = cfg.learning_rate
-    if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
-        return base * (step + 1) / (cfg.warmup_epochs * steps_per_epoch)
-    if cfg.lr_schedule == "constant":
+    base = cfg.optim.learning_rate
+    if cfg.optim.warmup_epochs > 0 and epoch < cfg.optim.warmup_epochs:
+        return base * (step + 1) / (cfg.optim.warmup_epochs * steps_per_epoch)
+    if cfg.optim.lr_schedule == "constant":
         return base
-    if cfg.lr_schedule == "step":
-        return base * 0.1 ** sum(epoch >= e for e in cfg.lr_decay_epochs)
-    total = cfg.epochs - cfg.warmup_epochs
-    progress = min(max((epoch - cfg.warmup_epochs) / total, 0.0), 1.0) if total > 0 else 1.0
+    if cfg.optim.lr_schedule == "step":
+        return base * 0.1 ** sum(epoch >= e for e in cfg.optim.lr_decay_epochs)
+    total = cfg.optim.epochs - cfg.optim.warmup_epochs
+    progress = min(max((epoch - cfg.optim.warmup_epochs) / total, 0.0), 1.0) if total > 0 else 1.0
     return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -239,24 +156,28 @@ class LearningRateSetter(keras.callbacks.Callback):
 
 
 def pipeline_config(cfg: TrainConfig, training: bool) -> input_pipeline.PipelineConfig:
+    data = cfg.data
     return input_pipeline.PipelineConfig(
-        stream=cfg.stream, num_segments=cfg.num_segments, image_size=cfg.image_size,
-        flow_length=cfg.flow_length, training=training, test_segments=cfg.num_segments,
-        crops=1, multiscale=cfg.multiscale, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+        stream=cfg.stream, num_segments=data.num_segments, image_size=cfg.image_size(),
+        flow_length=data.flow_length, training=training, test_segments=data.num_segments,
+        crops=1, multiscale=data.multiscale, shuffle_buffer=data.shuffle_buffer,
+        seed=cfg.runtime.seed)
 
 
-def _weights_arg(weights):
-    if weights in (None, "", "none", "None"):
-        return None
-    return weights
+def build_model(cfg: TrainConfig, num_classes: int, meta: dict | None = None) -> keras.Model:
+    """The stream model of ``cfg``; with the data's ``meta``, it carries its identity.
 
-
-def build_model(cfg: TrainConfig, num_classes: int) -> keras.Model:
+    The identity (class names, dataset, how the training data was prepared)
+    is saved inside ``model.keras``, so evaluation and prediction need
+    nothing but the file (issue 11).
+    """
+    identity = models.data_identity(meta) if meta is not None else {}
     return models.build_stream(
         # Any segment count: trained on K segments, evaluated on N (TSN: 25).
-        num_classes, cfg.stream, num_segments=None, image_size=cfg.image_size,
-        flow_length=cfg.flow_length, backbone=cfg.backbone, attention=cfg.attention,
-        weights=_weights_arg(cfg.weights), dropout=cfg.dropout, bn_momentum=cfg.bn_momentum)
+        num_classes, cfg.stream, num_segments=None, image_size=cfg.image_size(),
+        flow_length=cfg.data.flow_length, backbone=cfg.model.backbone,
+        attention=cfg.model.attention, weights=cfg.model.weights, dropout=cfg.model.dropout,
+        bn_momentum=cfg.model.bn_momentum, train_segments=cfg.data.num_segments, **identity)
 
 
 def compile_model(model: keras.Model, cfg: TrainConfig, num_classes: int) -> None:
@@ -265,16 +186,17 @@ def compile_model(model: keras.Model, cfg: TrainConfig, num_classes: int) -> Non
     Under the ``mixed_float16`` policy Keras wraps the optimizer in a
     LossScaleOptimizer.
     """
-    optimizer = keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay or None,
-                                     global_clipnorm=cfg.clip_norm)
+    optim = cfg.optim
+    optimizer = keras.optimizers.SGD(learning_rate=optim.learning_rate, momentum=optim.momentum,
+                                     weight_decay=optim.weight_decay or None,
+                                     global_clipnorm=optim.clip_norm)
     # Labels are integer class indices: sparse categorical cross-entropy is
     # the paper's categorical cross-entropy without materialising one-hots.
     model.compile(
         optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                  keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5")],
-        jit_compile=bool(cfg.jit_compile))
+        jit_compile=bool(cfg.runtime.jit_compile))
 
 
 def _split_records(meta: dict, split: str) -> int:
@@ -286,88 +208,95 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
 
     ``callbacks`` are added after the standard ones (every worker runs them).
     """
-    cfg.validate()
+    for section, name in (("data", "data_dir"), ("runtime", "model_dir")):
+        if not getattr(getattr(cfg, section), name):
+            raise bad_argument(name, None, "required")
+    cfg.stream  # noqa: B018 -- raises when the stream is missing, before any work
     # First: MultiWorkerMirroredStrategy configures TensorFlow's collectives
     # when it is created, which is refused once the runtime has started.
-    strategy = make_strategy(cfg.strategy)
+    strategy = make_strategy(cfg.runtime.strategy)
     info = distributed.strategy_worker_info(strategy)
-    meta = records.read_metadata(cfg.data_dir)
+    meta = records.read_metadata(cfg.data.data_dir)
     num_classes = int(meta["num_classes"])
     if info.is_chief:
-        tf.io.gfile.makedirs(cfg.model_dir)
-    if cfg.seed is not None:
-        keras.utils.set_random_seed(cfg.seed)
+        tf.io.gfile.makedirs(cfg.runtime.model_dir)
+    if cfg.runtime.seed is not None:
+        keras.utils.set_random_seed(cfg.runtime.seed)
 
     replicas = strategy.num_replicas_in_sync
-    if cfg.batch_size % replicas:
-        raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the "
+    if cfg.optim.batch_size % replicas:
+        raise ValueError(f"batch_size={cfg.optim.batch_size} must be a multiple of the "
                          f"{replicas} replicas of the strategy")
     train_records = _split_records(meta, "train")
-    steps = cfg.steps_per_epoch or max(1, train_records // cfg.batch_size)
-    has_val = bool(cfg.validation_split and cfg.validation_split in meta.get("shards", {}))
+    steps = cfg.optim.steps_per_epoch or max(1, train_records // cfg.optim.batch_size)
+    has_val = bool(cfg.data.validation_split
+                   and cfg.data.validation_split in meta.get("shards", {}))
     custom = cfg.uses_custom_loop(replicas)
-    if cfg.loop == "fit" and cfg.jit_compile and replicas > 1:
+    if cfg.runtime.loop == "fit" and cfg.runtime.jit_compile and replicas > 1:
         raise ValueError(f"jit_compile=True with loop='fit' over {replicas} replicas: Keras's "
                          "XLA step cannot reach other devices' variables; use loop='auto' "
                          "or 'custom'")
     if custom:
         # Fail before any work when the shard files cannot feed the workers.
-        distributed.plan_sharding(records.split_files(cfg.data_dir, meta, "train"),
-                                  info.num_workers, cfg.shard_policy)
+        distributed.plan_sharding(records.split_files(cfg.data.data_dir, meta, "train"),
+                                  info.num_workers, cfg.runtime.shard_policy)
     _warn_if_cpu(cfg)
 
     previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(precision_policy(cfg.mixed_precision))
+    keras.mixed_precision.set_global_policy(precision_policy(cfg.runtime.mixed_precision))
     try:
         with strategy.scope():
-            model = build_model(cfg, num_classes)
+            model = build_model(cfg, num_classes, meta)
             compile_model(model, cfg, num_classes)
         monitor = "val_accuracy" if has_val else "accuracy"
         # Off the chief everything goes to a temp dir that is then deleted.
-        with distributed.WriteDir(cfg.model_dir, info) as out_dir:
+        with distributed.WriteDir(cfg.runtime.model_dir, info) as out_dir:
             all_callbacks = [*_standard_callbacks(cfg, out_dir, steps, monitor, custom),
                              *callbacks]
             if info.is_chief:
-                _write_json(os.path.join(cfg.model_dir, "train_config.json"),
-                            dict(dataclasses.asdict(cfg), num_classes=num_classes,
+                _write_json(os.path.join(cfg.runtime.model_dir, "train_config.json"),
+                            dict(cfg.to_dict(), num_classes=num_classes,
                                  classes=meta["classes"], replicas=replicas,
                                  workers=info.num_workers, steps_per_epoch=steps))
             if custom:
                 history = _train_custom(cfg, model, strategy, info, meta, steps,
                                         num_classes, has_val, out_dir, all_callbacks)
             else:
-                history = model.fit(_train_dataset(cfg), epochs=cfg.epochs,
+                history = model.fit(_train_dataset(cfg), epochs=cfg.optim.epochs,
                                     steps_per_epoch=steps,
                                     validation_data=_val_dataset(cfg) if has_val else None,
-                                    callbacks=all_callbacks, verbose=cfg.verbose)
-            save_model(_float32_model(model, cfg, num_classes),
+                                    callbacks=all_callbacks, verbose=cfg.runtime.verbose)
+            save_model(_float32_model(model, cfg, num_classes, meta),
                        os.path.join(out_dir, MODEL_FILENAME))
             if distributed.is_multi_worker(strategy):
                 distributed.barrier(strategy)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     last = {k: float(v[-1]) for k, v in history.history.items() if v}
-    path = os.path.join(cfg.model_dir, MODEL_FILENAME)
+    path = os.path.join(cfg.runtime.model_dir, MODEL_FILENAME)
     summary = {"model": path if info.is_chief else None,
                "epochs_run": len(history.history.get("loss", [])),
                "final": last, "replicas": replicas, "workers": info.num_workers,
                "worker": info.name, "loop": "custom" if custom else "fit",
                "steps_per_epoch": steps}
     if info.is_chief:
-        _write_json(os.path.join(cfg.model_dir, "train_summary.json"), summary)
+        _write_json(os.path.join(cfg.runtime.model_dir, "train_summary.json"), summary)
     return summary
 
 
 def _train_dataset(cfg: TrainConfig, files=None, batch_size=None) -> tf.data.Dataset:
-    return input_pipeline.build_dataset(cfg.data_dir, "train", pipeline_config(cfg, True),
-                                        batch_size or cfg.batch_size, files=files)
+    # With a tf.data service the clips are made on its workers; validation
+    # stays local (one pass in file order, small).
+    return input_pipeline.build_dataset(cfg.data.data_dir, "train", pipeline_config(cfg, True),
+                                        batch_size or cfg.optim.batch_size, files=files,
+                                        data_service=cfg.data.data_service)
 
 
 def _val_dataset(cfg: TrainConfig, files=None, batch_size=None) -> tf.data.Dataset:
     # The test pipeline yields (B, crops=1, K, S, S, C): drop the crop axis.
     return input_pipeline.build_dataset(
-        cfg.data_dir, cfg.validation_split, pipeline_config(cfg, False),
-        batch_size or cfg.batch_size, files=files,
+        cfg.data.data_dir, cfg.data.validation_split, pipeline_config(cfg, False),
+        batch_size or cfg.optim.batch_size, files=files,
     ).map(lambda clips, labels: (clips[:, 0], labels))
 
 
@@ -377,7 +306,7 @@ def _standard_callbacks(cfg: TrainConfig, out_dir: str, steps: int, monitor: str
     if not custom:
         # The custom loop checkpoints with tf.train.Checkpoint instead.
         callbacks.append(keras.callbacks.BackupAndRestore(
-            os.path.join(cfg.model_dir, "backup"), save_freq=cfg.backup_every_steps,
+            os.path.join(cfg.runtime.model_dir, "backup"), save_freq=cfg.runtime.backup_every_steps,
             double_checkpoint=True))
     return callbacks + [
         keras.callbacks.TerminateOnNaN(),
@@ -393,33 +322,34 @@ def _standard_callbacks(cfg: TrainConfig, out_dir: str, steps: int, monitor: str
 
 def _train_custom(cfg, model, strategy, info, meta, steps, num_classes, has_val, out_dir,
                   callbacks) -> keras.callbacks.History:
-    seeded = cfg.seed is not None
+    seeded = cfg.runtime.seed is not None
     train_fn = distributed.make_dataset_fn(
         lambda files, batch: _train_dataset(cfg, files, batch),
-        records.split_files(cfg.data_dir, meta, "train"), cfg.batch_size, cfg.shard_policy,
+        records.split_files(cfg.data.data_dir, meta, "train"), cfg.optim.batch_size, cfg.runtime.shard_policy,
         training=True, seeded=seeded)
     val_fn = None
     if has_val:
         val_fn = distributed.make_dataset_fn(
             lambda files, batch: _val_dataset(cfg, files, batch),
-            records.split_files(cfg.data_dir, meta, cfg.validation_split), cfg.batch_size,
+            records.split_files(cfg.data.data_dir, meta, cfg.data.validation_split), cfg.optim.batch_size,
             "auto", training=False, seeded=seeded)
     loop = distributed.LoopConfig(
-        epochs=cfg.epochs, steps_per_epoch=steps, global_batch_size=cfg.batch_size,
-        read_dir=distributed.checkpoint_dir(cfg.model_dir),
+        epochs=cfg.optim.epochs, steps_per_epoch=steps, global_batch_size=cfg.optim.batch_size,
+        read_dir=distributed.checkpoint_dir(cfg.runtime.model_dir),
         write_dir=distributed.checkpoint_dir(out_dir),
-        backup_every_steps=cfg.backup_every_steps, jit_compile=cfg.jit_compile,
+        backup_every_steps=cfg.runtime.backup_every_steps, jit_compile=cfg.runtime.jit_compile,
         num_classes=num_classes, is_chief=info.is_chief)
     return distributed.run(model, strategy, train_fn, val_fn, callbacks, loop,
-                           verbose=cfg.verbose)
+                           verbose=cfg.runtime.verbose)
 
 
-def _float32_model(model: keras.Model, cfg: TrainConfig, num_classes: int) -> keras.Model:
+def _float32_model(model: keras.Model, cfg: TrainConfig, num_classes: int,
+                   meta: dict | None = None) -> keras.Model:
     """``model`` itself, or a float32 twin with its weights when it is mixed precision."""
     if keras.mixed_precision.global_policy().name == "float32":
         return model
     keras.mixed_precision.set_global_policy("float32")  # train() restores the caller's
-    twin = build_model(dataclasses.replace(cfg, weights=None), num_classes)
+    twin = build_model(cfg.replace(weights=None), num_classes, meta)
     compile_model(twin, cfg, num_classes)
     # Variables are float32 under mixed precision: the copy is exact.
     twin.set_weights(model.get_weights())
@@ -434,10 +364,9 @@ def _float32_model(model: keras.Model, cfg: TrainConfig, num_classes: int) -> ke
 
 def save_model(model: keras.Model, path: str) -> None:
     """``model.save`` under a temp name, then rename: never a torn .keras file."""
-    tmp = path[: -len(".keras")] + f".tmp-{os.getpid()}.keras"
-    model.save(tmp)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    with atomic.replacing(path, suffix=".keras") as tmp:
+        model.save(tmp)
 
 
 def _write_json(path: str, obj) -> None:
-    records.atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    atomic.write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
