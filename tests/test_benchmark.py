@@ -1,9 +1,13 @@
-"""mat-effnet-benchmark: the arithmetic exactly, the document's structure at tiny sizes.
+"""mat_effnet.benchmark: the arithmetic exactly, the document's structure at tiny sizes.
 
-No timing is ever a pass/fail threshold here: only that every figure exists
-and has a value, a unit, its settings and the machine.
+No timing is ever a pass/fail threshold here: only that every figure exists,
+has a value, a unit, its settings and the machine, and that figures derived
+from other figures follow from them. The Keras TV-L1 is replaced by OpenCV's
+TV-L1 behind the same contract (`batch_tvl1` with ``last_stats``), so no XLA
+compile runs here; data_prep's own tests cover the real one.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -13,15 +17,15 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import benchmark
-from mat_effnet import benchmarking as B
+from mat_effnet import config
+from mat_effnet.benchmark import flow, machine, prep, report, runner, settings, train_step
+from mat_effnet.errors import MatEffNetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------------
-# Peak FLOP/s arithmetic
-# ---------------------------------------------------------------------------
+# Peak FLOP/s arithmetic and the machine
 
 @pytest.mark.parametrize("flags, vendor, family, model, expected", [
     ({"sse2", "avx", "avx2", "fma", "avx512f"}, "GenuineIntel", 6, 85, 64),
@@ -35,16 +39,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (set(), None, None, None, 2),
 ])
 def test_cpu_flops_per_cycle_from_flags(flags, vendor, family, model, expected):
-    value, how = B.cpu_flops_per_cycle(flags, vendor, family, model)
+    value, how = machine.cpu_flops_per_cycle(flags, vendor, family, model)
     assert value == expected
     assert how
 
 
 def test_cpu_peak_flops_is_cores_times_clock_times_flops_per_cycle():
-    assert B.cpu_peak_flops(2, 2.5e9, 32) == 160e9
-    assert B.cpu_peak_flops(16, 3.0e9, 64) == 3.072e12
-    with pytest.raises(ValueError):
-        B.cpu_peak_flops(0, 2.5e9, 32)
+    assert machine.cpu_peak_flops(2, 2.5e9, 32) == 160e9
+    assert machine.cpu_peak_flops(16, 3.0e9, 64) == 3.072e12
+    with pytest.raises(MatEffNetError):
+        machine.cpu_peak_flops(0, 2.5e9, 32)
 
 
 def test_parse_cpuinfo_reads_model_flags_and_every_clock():
@@ -53,87 +57,257 @@ def test_parse_cpuinfo_reads_model_flags_and_every_clock():
             "flags\t\t: fpu sse2 avx avx2 fma avx512f\n\n"
             "processor\t: 1\nvendor_id\t: GenuineIntel\ncpu MHz\t\t: 2600.500\n"
             "flags\t\t: fpu sse2\n")
-    info = B.parse_cpuinfo(text)
+    info = machine.parse_cpuinfo(text)
     assert info["model"] == "Intel(R) Xeon(R) Gold 6248"
     assert info["vendor"] == "GenuineIntel"
     assert (info["family"], info["model_number"]) == (6, 85)
     assert info["flags"] == {"fpu", "sse2", "avx", "avx2", "fma", "avx512f"}
     assert info["mhz"] == [2500.0, 2600.5]
+    assert machine.parse_cpuinfo("")["model"] is None
 
 
 def test_device_peak_for_a_cpu_machine():
     info = {"cpu_model": "Test CPU", "cpu_vendor": "GenuineIntel", "cpu_family": 6,
             "cpu_model_number": 85, "cpu_flags": ["sse2", "avx", "avx2", "fma"],
             "cores_for_peak": 4, "clock_mhz": 3000.0, "clock_source": "test", "gpus": []}
-    peak = B.device_peak(info)
+    peak = machine.device_peak(info)
     assert peak["flops"] == 4 * 3.0e9 * 32
     assert peak["flops_per_cycle"] == 32
     assert peak["precision"] == "fp32"
     assert "4 cores" in peak["how"] and "3000 MHz" in peak["how"]
-    assert B.device_peak(dict(info, clock_mhz=None))["flops"] is None
+    assert machine.device_peak(dict(info, clock_mhz=None))["flops"] is None
+    label = machine.machine_label(dict(info, logical_cpus=8))
+    assert label == "Test CPU (4 cores, 8 logical CPUs) / no GPU"
 
 
 def test_gpu_peak_table_matches_specific_names_first():
-    assert B.gpu_peak_flops("NVIDIA H100 80GB HBM3")["fp32"] == 67.0e12
-    assert B.gpu_peak_flops("NVIDIA H100 PCIe")["fp32"] == 51.2e12
-    assert B.gpu_peak_flops("NVIDIA H200")["matched"] == "H200"
-    assert B.gpu_peak_flops("NVIDIA A100-SXM4-40GB")["tf32"] == 156.0e12
-    assert B.gpu_peak_flops("Tesla T4")["fp32"] == 8.1e12
-    assert B.gpu_peak_flops("Some Unknown Accelerator") is None
+    assert machine.gpu_peak_flops("NVIDIA H100 80GB HBM3")["fp32"] == 67.0e12
+    assert machine.gpu_peak_flops("NVIDIA H100 PCIe")["fp32"] == 51.2e12
+    assert machine.gpu_peak_flops("NVIDIA H200")["matched"] == "H200"
+    assert machine.gpu_peak_flops("NVIDIA A100-SXM4-40GB")["tf32"] == 156.0e12
+    assert machine.gpu_peak_flops("Tesla T4")["fp32"] == 8.1e12
+    assert machine.gpu_peak_flops("Some Unknown Accelerator") is None
 
 
 # ---------------------------------------------------------------------------
-# End-point error
-# ---------------------------------------------------------------------------
+# Figures and outputs
 
-def test_endpoint_error_of_identical_flows_is_zero():
-    rng = np.random.default_rng(0)
-    flow = rng.normal(size=(12, 16, 2)).astype(np.float32)
-    assert B.endpoint_error(flow, flow) == 0.0
-
-
-def test_endpoint_error_of_a_constant_offset_is_its_length():
-    rng = np.random.default_rng(1)
-    flow = rng.normal(size=(2, 12, 16, 2))
-    shifted = flow + np.array([3.0, 4.0])
-    assert B.endpoint_error(shifted, flow) == pytest.approx(5.0)
-    assert B.endpoint_error(flow, shifted) == pytest.approx(5.0)
-
-
-def test_endpoint_error_mask_and_shapes():
-    a = np.zeros((4, 4, 2))
-    b = np.zeros((4, 4, 2))
-    b[0, 0] = (6.0, 8.0)  # one pixel off by 10
-    assert B.endpoint_error(a, b) == pytest.approx(10.0 / 16)
-    mask = np.zeros((4, 4), bool)
-    mask[0, :2] = True
-    assert B.endpoint_error(a, b, mask) == pytest.approx(5.0)
-    assert math.isnan(B.endpoint_error(a, b, np.zeros((4, 4), bool)))
-    with pytest.raises(ValueError):
-        B.endpoint_error(a, np.zeros((4, 5, 2)))
-    with pytest.raises(ValueError):
-        B.endpoint_error(np.zeros((4, 4, 3)), np.zeros((4, 4, 3)))
-    assert B.flow_magnitude(np.array([[[3.0, 4.0]]]))[0, 0] == 5.0
-
-
-# ---------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------
-
-def test_figure_shape_and_validation():
-    fig = B.figure(3, "pairs/s", {"pairs": 2}, "machine x", seconds=0.5)
+def test_figure_shape_rate_and_rounding():
+    fig = report.figure(3, "pairs/s", {"pairs": 2}, "machine x", seconds=0.5)
     assert fig == {"value": 3.0, "unit": "pairs/s", "settings": {"pairs": 2},
                    "machine": "machine x", "seconds": 0.5}
-    assert B.figure(None, "s", {}, "m")["value"] is None
-    with pytest.raises(ValueError):
-        B.figure(1, "", {}, "m")
-    assert B.rate(10, 2.0) == 5.0
-    assert B.round_sig(123456, 3) == 123000
-    assert B.round_sig(0.0012345, 2) == 0.0012
+    assert report.figure(None, "s", {}, "m")["value"] is None
+    with pytest.raises(MatEffNetError):
+        report.figure(1, "", {}, "m")
+    ctx = report.Context(work_dir="", machine="box")
+    assert ctx.figure(1, "x", {"a": 1}, why="w") == {"value": 1.0, "unit": "x",
+                                                     "settings": {"a": 1}, "machine": "box",
+                                                     "why": "w"}
+    assert report.rate(10, 2.0) == 5.0
+    assert report.rate(1, 0.0) == pytest.approx(1e9)  # a zero duration is guarded, not a crash
+    assert report.round_sig(123456, 3) == 123000
+    assert report.round_sig(0.0012345, 2) == 0.0012
+    assert report.round_sig(None) is None
 
 
-def test_motion_pairs_cover_every_class_and_move():
-    pairs = B.motion_pairs(6, height=48, width=64, seed=0)
+def test_table_markdown_and_json(tmp_path):
+    doc = {"machine_label": "box", "mode": "quick", "duration_s": 12.0, "errors": {"prep": "boom"},
+           "figures": {
+               "flow.a": report.figure(1234567.0, "FLOPs", {"frame_size": "40x32",
+                                                            "implementation": "keras"}, "box"),
+               "flow.b": report.figure(None, "pairs/s", {"batch_size": 8}, "box", why="no tvl1"),
+           }}
+    table = report.format_table(doc)
+    assert "flow.a" in table and "1.230e+06" in table and "implementation=keras" in table
+    assert "n/a" in table and "not measured: no tvl1" in table
+    assert "prep: FAILED: boom" in table
+    markdown = report.format_table(doc, markdown=True).splitlines()
+    assert markdown[0] == "| figure | value | unit | settings |"
+    assert markdown[2].startswith("| `flow.a` | 1.230e+06 | FLOPs | frame_size=40x32")
+    assert len(markdown) == 4
+    path = tmp_path / "out" / "bench.json"
+    report.write_json(str(path), dict(doc, arr=np.arange(3), f=np.float32(0.5), s={"b", "a"}))
+    back = json.loads(path.read_text())
+    assert back["arr"] == [0, 1, 2] and back["f"] == 0.5 and back["s"] == ["a", "b"]
+    assert [p.name for p in path.parent.iterdir()] == ["bench.json"]  # no temp file left
+
+
+# ---------------------------------------------------------------------------
+# Settings: defined once, flags derived, quick in one place
+
+def test_setting_names_are_unique_and_every_field_has_help():
+    owner = config.flat_fields(settings.BenchmarkSettings)  # raises on a repeated name
+    assert owner["tvl1_pairs"] == "flow" and owner["image_size"] == "clip"
+    assert owner["sections"] == "run" and owner["train_steps"] == "training"
+    for section in dataclasses.fields(settings.BenchmarkSettings):
+        for f in dataclasses.fields(section.default_factory):
+            assert f.metadata.get("help"), f.name
+
+
+def test_quick_settings_keep_the_figure_definitions():
+    quick, full = settings.BenchmarkSettings.quick_run(), settings.BenchmarkSettings()
+    assert quick.run.mode == "quick" and full.run.mode == "full"
+    assert set(settings.QUICK) <= set(config.flat_fields(settings.BenchmarkSettings))
+    for name in ("flow_height", "flow_width", "keras_batches", "image_size", "num_segments",
+                 "flow_length", "test_segments", "long_seconds", "pipeline_short_side",
+                 "pipeline_batch", "predict_seconds", "backbone"):
+        assert quick.flat()[name] == full.flat()[name], name
+    assert (full.flow.flow_height, full.flow.flow_width, full.clip.image_size) == (256, 340, 224)
+    assert full.flow.keras_batches == (1, 8, 32)
+    assert full.prep.long_seconds >= 300
+    assert quick.training.train_steps < full.training.train_steps
+    # Flags given explicitly win over the quick values.
+    mixed = settings.BenchmarkSettings.quick_run(tvl1_pairs=7, seed=3)
+    assert (mixed.flow.tvl1_pairs, mixed.run.seed, mixed.flow.dis_pairs) == (7, 3, 60)
+
+
+def test_settings_validate_and_name_the_field():
+    with pytest.raises(MatEffNetError, match=r"^sections=nope: unknown; known: flow, prep"):
+        settings.BenchmarkSettings.from_flat(sections=("flow", "nope"))
+    with pytest.raises(MatEffNetError, match=r"^keras_batches=1,x: expected integers"):
+        settings.BenchmarkSettings.from_flat(keras_batches=("1", "x"))
+    with pytest.raises(MatEffNetError, match=r"^tvl1_pairs=0: must be >= 1"):
+        settings.BenchmarkSettings.from_flat(tvl1_pairs=0)
+    with pytest.raises(MatEffNetError, match=r"^predict_flow_implementation=keras"):
+        settings.BenchmarkSettings.from_flat(predict_flow="dis",
+                                             predict_flow_implementation="keras")
+    with pytest.raises(MatEffNetError, match=r"^nonsense=1: not a benchmark setting"):
+        settings.BenchmarkSettings.from_flat(nonsense=1)
+    # A list flag arrives as strings.
+    assert settings.BenchmarkSettings.from_flat(keras_batches=("2", "4")).flow.keras_batches == (2, 4)
+
+
+def test_flags_are_derived_from_the_settings():
+    from absl import flags
+
+    from experiments import flagdefs
+
+    fv = flags.FlagValues()
+    names = flagdefs.define_flags(settings.BenchmarkSettings, flag_values=fv)
+    assert set(names) == set(config.flat_fields(settings.BenchmarkSettings))
+    fv(["prog", "--sections=flow,training", "--keras_batches=1,4", "--quick", "--seed=5",
+        "--prep_flow=dis"])
+    s = flagdefs.build(settings.BenchmarkSettings, flag_values=fv)
+    assert s.run.sections == ("flow", "training") and s.run.quick and s.run.seed == 5
+    assert s.flow.keras_batches == (1, 4) and s.prep.prep_flow == "dis"
+    assert fv["output"].default == "benchmark.json"
+
+
+def test_flow_choices_match_data_prep():
+    from data_prep import flow as flow_lib
+
+    assert settings.FLOW_ALGORITHMS == flow_lib.ALGORITHMS
+    assert settings.FLOW_IMPLEMENTATIONS == flow_lib.IMPLEMENTATIONS
+    assert tuple(runner.RUNS) == settings.SECTIONS
+
+
+# ---------------------------------------------------------------------------
+# The flow section
+
+def _fake_batch_tvl1(params=None):
+    """OpenCV's TV-L1 behind batch_tvl1's contract, 7 inner iterations per warp."""
+    import cv2
+
+    from data_prep import tvl1
+
+    solver = cv2.optflow.DualTVL1OpticalFlow_create()
+
+    def fn(prev, nxt):
+        out = np.stack([solver.calc(p, n, None) for p, n in zip(prev, nxt)])
+        scales = len(tvl1.pyramid_sizes(prev.shape[1], prev.shape[2], tvl1.TVL1Params()))
+        fn.last_stats = {"iterations": np.full((len(prev), scales, 5), 7)}
+        return out.astype(np.float32)
+
+    fn.last_stats = None
+    return fn
+
+
+TINY_FLOW = dict(flow_height=32, flow_width=40, tvl1_pairs=2, dis_pairs=3, flow_workers=2,
+                 keras_batches=(1, 2), keras_pairs=2)
+
+FLOW_FIGURES = [  # issue 9, item 5
+    "flow.tvl1.pairs_per_s.1_worker", "flow.tvl1.pairs_per_s.all_cores",
+    "flow.dis.pairs_per_s.1_worker", "flow.dis.pairs_per_s.all_cores",
+    "flow.dis_over_tvl1.speed",
+    "flow.tvl1_keras.pairs_per_s.batch_1", "flow.tvl1_keras.pairs_per_s.batch_2",
+    "flow.tvl1_keras_over_opencv.speed",
+    "flow.epe.tvl1", "flow.epe.tvl1_keras", "flow.epe.dis_ultrafast", "flow.epe.dis_fast",
+    "flow.epe.dis_medium", "flow.tvl1_keras_vs_opencv.epe",
+    "flow.tvl1.roofline.flops_per_pair", "flow.tvl1.roofline.bytes_per_pair",
+    "flow.tvl1.roofline.iterations_per_warp", "flow.tvl1.roofline.h100_pairs_per_s",
+]
+
+
+def test_frames_are_the_known_flow_set_and_exact_flow_scores_zero():
+    from data_prep import known_flow
+
+    frames = flow.Frames(32, 40, seed=0)
+    assert len(frames) == len(known_flow.accuracy_set(32, 40, 0))
+    assert frames.names[0].startswith("translation@")
+    assert [len(frames.cycle(k, 7)) for k in (1, 5)] == [1, 5]
+    assert frames.cycle(3, 8)[1] is frames.pairs[0]  # wraps around
+    value, per = frames.epe_to_truth(frames.truth)
+    assert value == 0.0 and set(per) == set(frames.names)
+    shifted = [t + np.array([3.0, 4.0], np.float32) for t in frames.truth]
+    assert frames.epe_to_truth(shifted)[0] == pytest.approx(5.0)
+
+
+def test_flow_section_emits_issue_9s_figures(monkeypatch, tmp_path):
+    from data_prep import known_flow, tvl1
+
+    monkeypatch.setattr(tvl1, "batch_tvl1", _fake_batch_tvl1)
+    ctx = report.Context(work_dir=str(tmp_path), machine="box", info={"gpus": []}, seed=0)
+    s = settings.FlowSettings(**TINY_FLOW)
+    f = flow.measure(s, ctx)
+    n = len(known_flow.accuracy_set(32, 40, 0))
+    assert sorted(f) == sorted(FLOW_FIGURES)
+    for name, fig in f.items():
+        assert isinstance(fig["value"], float) and math.isfinite(fig["value"]), name
+        assert fig["machine"] == "box"
+    # Implementations are named.
+    assert f["flow.tvl1.pairs_per_s.1_worker"]["settings"]["implementation"] == "opencv"
+    keras = f["flow.tvl1_keras.pairs_per_s.batch_2"]["settings"]
+    assert keras["implementation"] == "keras" and keras["batch_size"] == 2
+    assert keras["pairs"] == 2 and keras["frame_size"] == "40x32"
+    # At least the whole accuracy set is timed on one worker.
+    assert f["flow.tvl1.pairs_per_s.1_worker"]["settings"]["pairs"] == n
+    assert f["flow.tvl1.pairs_per_s.all_cores"]["settings"]["pairs"] == 4  # 2 per worker
+    # The ratio is the best batch over OpenCV on all cores.
+    best = max(f[f"flow.tvl1_keras.pairs_per_s.batch_{b}"]["value"] for b in (1, 2))
+    assert f["flow.tvl1_keras_over_opencv.speed"]["value"] == pytest.approx(
+        best / f["flow.tvl1.pairs_per_s.all_cores"]["value"])
+    # The stand-in is OpenCV's TV-L1: the two implementations agree exactly.
+    assert f["flow.tvl1_keras_vs_opencv.epe"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert f["flow.epe.tvl1_keras"]["value"] == pytest.approx(f["flow.epe.tvl1"]["value"])
+    assert len(f["flow.epe.dis_fast"]["per_pair"]) == n
+    # Roofline: the measured 7 iterations per warp priced by cost_per_pair.
+    cost = tvl1.cost_per_pair(32, 40, iterations={
+        "mean_per_warp": [7.0] * len(tvl1.pyramid_sizes(32, 40, tvl1.TVL1Params()))})
+    assert f["flow.tvl1.roofline.iterations_per_warp"]["value"] == 7.0
+    assert f["flow.tvl1.roofline.flops_per_pair"]["value"] == pytest.approx(cost["measured"]["flops"])
+    assert f["flow.tvl1.roofline.bytes_per_pair"]["worst_case"] == pytest.approx(
+        cost["worst_case"]["bytes"])
+    bound = f["flow.tvl1.roofline.h100_pairs_per_s"]
+    assert bound["value"] == pytest.approx(1 / max(cost["measured"]["bytes"] / 3.35e12,
+                                                   cost["measured"]["flops"] / 67e12))
+    assert bound["settings"]["derived"].startswith("derived, not measured")
+
+
+def test_flow_section_without_the_keras_tvl1_says_not_available(monkeypatch, tmp_path):
+    real = flow._optional
+    monkeypatch.setattr(flow, "_optional", lambda name: (None, "data_prep.tvl1 not available (test)")
+                        if name == "tvl1" else real(name))
+    ctx = report.Context(work_dir=str(tmp_path), machine="box", info={"gpus": []})
+    f = flow.measure(settings.FlowSettings(**dict(TINY_FLOW, flow_workers=1)), ctx)
+    assert sorted(f) == sorted(FLOW_FIGURES)
+    for name in ("flow.tvl1_keras.pairs_per_s.batch_1", "flow.tvl1_keras_over_opencv.speed",
+                 "flow.epe.tvl1_keras", "flow.tvl1.roofline.h100_pairs_per_s"):
+        assert f[name]["value"] is None and "not available" in f[name]["why"], name
+    assert isinstance(f["flow.epe.dis_medium"]["value"], float)
+
+
+def test_motion_pairs_fallback_cover_every_class_and_move():
+    pairs = flow.motion_pairs(6, height=48, width=64, seed=0)
     assert len(pairs) == 6
     for prev, nxt in pairs:
         assert prev.shape == nxt.shape == (48, 64) and prev.dtype == np.uint8
@@ -141,33 +315,32 @@ def test_motion_pairs_cover_every_class_and_move():
 
 
 def test_long_video_frames_count_and_size():
-    frames = list(B.long_video_frames(2.2, fps=10, height=24, width=32, clip_seconds=1.0))
+    frames = list(prep.long_video_frames(2.2, fps=10, height=24, width=32, clip_seconds=1.0))
     assert len(frames) == 22
     assert all(f.shape == (24, 32, 3) and f.dtype == np.uint8 for f in frames)
 
 
 # ---------------------------------------------------------------------------
 # The whole document at tiny sizes
-# ---------------------------------------------------------------------------
 
 TINY = dict(
-    mode="test", flow_height=32, flow_width=40, tvl1_pairs=2, dis_pairs=3, flow_workers=2,
+    TINY_FLOW,
     prep_videos_per_class=1, prep_frames=4, prep_height=32, prep_width=40, prep_flow="tvl1",
     prep_short_side=32, prep_workers=2, long_seconds=1.0, long_height=32, long_width=40,
     short_seconds=0.4, pipeline_videos_per_class=1, pipeline_frames=6, pipeline_short_side=40,
     image_size=32, num_segments=2, flow_length=2, test_segments=3, pipeline_batch=2,
     pipeline_train_batches=1, pipeline_test_clips=2, pipeline_min_seconds=0.0,
+    pipeline_rounds=1, pipeline_levers=False, pipeline_bound_clips=2,
     backbone="resnet18", train_batch=2, train_steps=1, infer_clips=1, predict_seconds=0.4,
     predict_height=32, predict_width=40, predict_flow="dis", predict_short_side=40)
 
-EXPECTED = [
-    "flow.tvl1.pairs_per_s.1_worker", "flow.tvl1.pairs_per_s.all_cores",
-    "flow.dis.pairs_per_s.1_worker", "flow.dis.pairs_per_s.all_cores",
-    "flow.dis_vs_tvl1.epe", "flow.dis_over_tvl1.speed",
+EXPECTED = FLOW_FIGURES + [
     "prep.videos_per_s.1_worker", "prep.mb_per_video_minute", "prep.speedup_2_workers",
     "prep.long_video.peak_rss",
-    "pipeline.spatial.train.clips_per_s", "pipeline.spatial.test.clips_per_s",
-    "pipeline.temporal.train.clips_per_s", "pipeline.temporal.test.clips_per_s",
+    *[f"pipeline.{stream}.{mode}.{what}" for stream in ("spatial", "temporal")
+      for mode in ("train", "test", "test10")
+      for what in ("clips_per_s", "decode_bound_clips_per_s", "share_of_bound",
+                   "clips_per_s_per_core", "cores_per_a100", "host_bytes_per_clip", "peak_rss")],
     "device.peak_flops",
     "train_step.spatial.clips_per_s", "train_step.temporal.clips_per_s",
     "training.spatial.images_per_s", "training.temporal.images_per_s",
@@ -181,8 +354,12 @@ EXPECTED = [
 
 @pytest.fixture(scope="module")
 def tiny_doc(tmp_path_factory):
-    work = tmp_path_factory.mktemp("bench")
-    return benchmark.run_benchmark(benchmark.Settings(**TINY), str(work))
+    from data_prep import tvl1
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tvl1, "batch_tvl1", _fake_batch_tvl1)
+        work = tmp_path_factory.mktemp("bench")
+        return runner.run_benchmark(settings.BenchmarkSettings.from_flat(**TINY), str(work))
 
 
 def test_every_figure_has_value_unit_settings_and_machine(tiny_doc):
@@ -195,27 +372,27 @@ def test_every_figure_has_value_unit_settings_and_machine(tiny_doc):
         assert isinstance(fig["unit"], str) and fig["unit"], name
         assert isinstance(fig["settings"], dict) and fig["settings"], name
         assert fig["machine"] == tiny_doc["machine_label"], name
-    assert json.loads(json.dumps(tiny_doc, default=str))["figures"].keys() == figures.keys()
+    assert json.loads(report.to_json(tiny_doc))["figures"].keys() == figures.keys()
+    assert tiny_doc["schema"] == report.SCHEMA
 
 
-def test_machine_block(tiny_doc):
+def test_machine_block_and_settings(tiny_doc):
     m = tiny_doc["machine"]
     assert m["cpu_model"] and m["logical_cpus"] >= 1 and m["physical_cores"] >= 1
     assert isinstance(m["gpus"], list)
     for lib in ("tensorflow", "keras", "opencv", "python", "numpy"):
         assert m["versions"][lib], lib
     assert tiny_doc["device_peak"]["how"]
-    assert tiny_doc["settings"]["mode"] == "test"
-    assert set(tiny_doc["sections"]) == set(benchmark.SECTIONS)
+    assert tiny_doc["mode"] == "full"
+    assert tiny_doc["settings"]["flow"]["keras_batches"] == [1, 2]
+    assert tiny_doc["settings"]["clip"]["backbone"] == "resnet18"
+    assert set(tiny_doc["sections"]) == set(settings.SECTIONS)
 
 
 def test_figures_record_their_settings(tiny_doc):
     f = tiny_doc["figures"]
-    assert f["flow.tvl1.pairs_per_s.1_worker"]["settings"]["frame_size"] == "40x32"
-    assert f["flow.tvl1.pairs_per_s.all_cores"]["settings"]["workers"] == 2
-    assert f["flow.tvl1.pairs_per_s.all_cores"]["settings"]["pairs"] == 4  # 2 per worker
-    assert f["flow.dis_vs_tvl1.epe"]["settings"]["pairs"] == 2
     assert f["prep.videos_per_s.1_worker"]["settings"]["prep"]["flow"] == "tvl1"
+    assert f["prep.videos_per_s.1_worker"]["settings"]["prep"]["flow_implementation"] == "opencv"
     assert f["prep.videos_per_s.1_worker"]["settings"]["stored_size"] == "40x32"  # W x H
     assert f["pipeline.spatial.train.clips_per_s"]["settings"]["stored_size"] == "54x40"
     long = f["prep.long_video.peak_rss"]
@@ -239,38 +416,22 @@ def test_figures_record_their_settings(tiny_doc):
     assert head["settings"]["same_sizes"] is True
     predict = f["inference.predict.total_s"]["settings"]
     assert predict["video_frames"] == 10 and predict["flow"] == "dis"
+    assert predict["flow_implementation"] == "opencv"
 
 
-def test_table_and_json_output(tiny_doc, tmp_path):
-    table = benchmark.format_table(tiny_doc)
+def test_table_lists_every_figure(tiny_doc):
+    table = report.format_table(tiny_doc)
     for name in EXPECTED:
         assert name in table
-    markdown = benchmark.format_table(tiny_doc, markdown=True)
-    assert markdown.splitlines()[0].startswith("| figure |")
-    assert len(markdown.splitlines()) == len(EXPECTED) + 2
-    path = tmp_path / "out" / "bench.json"
-    benchmark.write_json(str(path), tiny_doc)
-    assert json.loads(path.read_text())["schema"] == benchmark.SCHEMA
+    assert len(report.format_table(tiny_doc, markdown=True).splitlines()) == len(EXPECTED) + 2
 
 
-def test_derive_skips_missing_figures():
-    assert benchmark.derive({}, "m") == {}
-
-
-def test_quick_settings_keep_the_figure_definitions():
-    quick, full = benchmark.quick_settings(), benchmark.Settings()
-    assert quick.mode == "quick" and full.mode == "full"
-    for name in ("flow_height", "flow_width", "image_size", "num_segments", "flow_length",
-                 "test_segments", "long_seconds", "pipeline_short_side", "predict_seconds"):
-        assert getattr(quick, name) == getattr(full, name), name
-    assert (full.flow_height, full.flow_width, full.image_size) == (256, 340, 224)
-    assert full.long_seconds >= 300
-    assert quick.train_steps < full.train_steps
-
-
-def test_run_benchmark_rejects_unknown_sections(tmp_path):
-    with pytest.raises(ValueError, match="unknown sections"):
-        benchmark.run_benchmark(benchmark.Settings(), str(tmp_path), sections=("nope",))
+def test_input_over_train_skips_missing_figures():
+    ctx = report.Context(work_dir="", machine="m")
+    assert train_step.input_over_train({}, ctx) == {}
+    figs = {"pipeline.spatial.train.clips_per_s": report.figure(30.0, "clips/s", {}, "m"),
+            "train_step.spatial.clips_per_s": report.figure(4.0, "clips/s", {}, "m")}
+    assert train_step.input_over_train(figs, ctx)["headline.spatial.input_over_train"]["value"] == 7.5
 
 
 def test_cli_rejects_unknown_sections(tmp_path):
@@ -278,5 +439,31 @@ def test_cli_rejects_unknown_sections(tmp_path):
                            f"--output={tmp_path / 'b.json'}"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2
-    assert "--sections" in proc.stderr and "nope" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "mat-effnet-benchmark: error: --sections=nope: unknown; known: flow, prep, pipeline, "
+        "training, inference")
     assert not (tmp_path / "b.json").exists()
+
+
+def test_pipeline_figures_follow_from_each_other(tiny_doc):
+    f = tiny_doc["figures"]
+    for stream in ("spatial", "temporal"):
+        for mode in ("train", "test", "test10"):
+            key = f"pipeline.{stream}.{mode}"
+            rate = f[f"{key}.clips_per_s"]
+            bound = f[f"{key}.decode_bound_clips_per_s"]["value"]
+            assert f[f"{key}.share_of_bound"]["value"] == pytest.approx(rate["value"] / bound)
+            cores = rate["settings"]["cores"]
+            per_core = f[f"{key}.clips_per_s_per_core"]["value"]
+            assert per_core == pytest.approx(rate["value"] / cores)
+            a100 = f[f"{key}.cores_per_a100"]
+            assert a100["value"] == pytest.approx(a100["a100_clips_per_s"] / per_core)
+            assert "EfficientNet" in a100["source"]
+            # Clips stay uint8 until the model: 1 byte per value.
+            crops = rate["settings"]["crops"]
+            segments = rate["settings"]["segments"]
+            channels = 3 if stream == "spatial" else 2 * 2
+            host = f[f"{key}.host_bytes_per_clip"]
+            assert host["clip_dtype"] == "uint8"
+            assert host["value"] == pytest.approx(crops * segments * 32 * 32 * channels)
+            assert host["baseline"] == pytest.approx(4 * host["value"])

@@ -1,0 +1,1 @@
+"""`mat-effnet-benchmark`'s measurements, one module per topic."""
