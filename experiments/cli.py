@@ -6,13 +6,10 @@
   file (FileNotFoundError) is reported the same way. absl's own flag-parsing
   errors keep absl's behaviour; anything else is a bug and keeps its
   traceback.
-* A quiet start: TensorFlow 2.21 prints about ten lines from C++ while it is
-  imported (CUDA probing, the oneDNN notice, absl's pre-init warning) and
-  ``TF_CPP_MIN_LOG_LEVEL=3`` does not silence them all, so unless the user
-  asks for them (``--verbosity`` >= 1, or their own ``TF_CPP_MIN_LOG_LEVEL``)
-  file descriptor 2 is pointed at a temporary file around ``import
-  tensorflow`` and the first (physical) device query. If that import fails, what it printed is replayed to the
-  real stderr before the error, so a broken install is never hidden.
+* A quiet start: unless the user asks for TensorFlow's C++ start-up lines
+  (``--verbosity`` >= 1, or their own ``TF_CPP_MIN_LOG_LEVEL``), TensorFlow
+  is imported through `mat_effnet.quiet`, which keeps them off the terminal
+  (and a broken install still in view); worker processes inherit the wish.
 """
 
 from __future__ import annotations
@@ -21,11 +18,11 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from typing import Callable
 
 from absl import app, flags
 
+from mat_effnet import quiet
 from mat_effnet.errors import MatEffNetError
 
 FLAGS = flags.FLAGS
@@ -37,35 +34,11 @@ def as_flag_message(error: BaseException) -> str:
     return f"--{text}" if re.match(r"^[a-z_]+=", text) else text
 
 
-def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with its C++ start-up chatter kept off the terminal."""
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            # The CUDA probe speaks at the first device query, not at import.
-            # Physical devices only: logical ones would start the runtime,
-            # which MultiWorkerMirroredStrategy must configure first.
-            tf.config.list_physical_devices()
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode("utf-8", "replace"))
-            sys.stderr.flush()
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def _wants_tf_logs() -> bool:
-    return "TF_CPP_MIN_LOG_LEVEL" in os.environ or FLAGS["verbosity"].value >= 1
+    if FLAGS["verbosity"].value >= 1:
+        return True
+    # A TF_CPP_MIN_LOG_LEVEL that a quiet parent set is not the user's wish.
+    return "TF_CPP_MIN_LOG_LEVEL" in os.environ and os.environ.get(quiet.ENV) != "1"
 
 
 def run(main: Callable[[list], int | None], prog: str, log_level: int = logging.INFO,
@@ -80,7 +53,9 @@ def run(main: Callable[[list], int | None], prog: str, log_level: int = logging.
         logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s",
                             datefmt="%H:%M:%S")
         if uses_tensorflow and not _wants_tf_logs():
-            import_tensorflow_quietly()
+            # Worker processes the library spawns inherit the wish (quiet.py).
+            os.environ[quiet.ENV] = "1"
+            quiet.import_tensorflow_quietly()
         try:
             return main(argv)
         except (MatEffNetError, FileNotFoundError) as e:

@@ -66,8 +66,9 @@ def main(argv):
     data = os.path.join(out, "data")
     builder.build(builder.PrepConfig(
         dataset="ucf101", data_root=videos, out_dir=data, flow=FLAGS.flow,
-        short_side=FLAGS.short_side, workers=FLAGS.workers or os.cpu_count() or 1,
-        videos_per_shard=16))
+        # As mat-effnet-prep does by default: the Keras TV-L1 for tvl1.
+        flow_implementation=builder.AUTO, short_side=FLAGS.short_side,
+        workers=FLAGS.workers or os.cpu_count() or 1, videos_per_shard=16))
     timings["prep_s"] = time.monotonic() - t
 
     score_files = []
