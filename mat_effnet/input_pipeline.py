@@ -607,7 +607,7 @@ def _options(threads: int | None) -> tf.data.Options:
 def build_dataset(data_dir: str, split: str, cfg: PipelineConfig, batch_size: int, *,
                   files: Sequence[str] | None = None, with_ids: bool = False,
                   epochs: int | None = None, data_service: str | None = None,
-                  threads: int | None = None) -> tf.data.Dataset:
+                  threads: int | None = None, meta: dict | None = None) -> tf.data.Dataset:
     """The batched dataset of one split.
 
     Training (``cfg.training``): endless (or ``epochs`` passes), shuffled;
@@ -630,6 +630,7 @@ def build_dataset(data_dir: str, split: str, cfg: PipelineConfig, batch_size: in
     epoch only, so the service delivers the clips of a local run, in another
     order.  Batches are formed on the workers.  ``threads``: a private
     tf.data thread pool of that many threads (default: TF's shared pool).
+    ``meta``: the folder's metadata when the caller has read it already.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise MatEffNetError(f"batch_size={batch_size!r}: must be an integer >= 1")
@@ -641,7 +642,7 @@ def build_dataset(data_dir: str, split: str, cfg: PipelineConfig, batch_size: in
                                      "://" not in data_service):
         raise MatEffNetError(f"data_service={data_service!r}: expected PROTOCOL://HOST:PORT, "
                              "e.g. grpc://localhost:5050")
-    meta = records.read_metadata(data_dir)
+    meta = records.read_metadata(data_dir) if meta is None else meta
     check_data(meta, cfg)
     files = list(records.split_files(data_dir, meta, split) if files is None else files)
     if not files:

@@ -262,9 +262,9 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
                 history = _train_custom(cfg, model, strategy, info, meta, steps,
                                         num_classes, has_val, out_dir, all_callbacks)
             else:
-                history = model.fit(_train_dataset(cfg), epochs=cfg.optim.epochs,
-                                    steps_per_epoch=steps,
-                                    validation_data=_val_dataset(cfg) if has_val else None,
+                val = _val_dataset(cfg, meta) if has_val else None
+                history = model.fit(_train_dataset(cfg, meta), epochs=cfg.optim.epochs,
+                                    steps_per_epoch=steps, validation_data=val,
                                     callbacks=all_callbacks, verbose=cfg.runtime.verbose)
             save_model(_float32_model(model, cfg, num_classes, meta),
                        os.path.join(out_dir, MODEL_FILENAME))
@@ -284,19 +284,21 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
     return summary
 
 
-def _train_dataset(cfg: TrainConfig, files=None, batch_size=None) -> tf.data.Dataset:
+def _train_dataset(cfg: TrainConfig, meta: dict, files=None,
+                   batch_size=None) -> tf.data.Dataset:
     # With a tf.data service the clips are made on its workers; validation
     # stays local (one pass in file order, small).
     return input_pipeline.build_dataset(cfg.data.data_dir, "train", pipeline_config(cfg, True),
                                         batch_size or cfg.optim.batch_size, files=files,
-                                        data_service=cfg.data.data_service)
+                                        data_service=cfg.data.data_service, meta=meta)
 
 
-def _val_dataset(cfg: TrainConfig, files=None, batch_size=None) -> tf.data.Dataset:
+def _val_dataset(cfg: TrainConfig, meta: dict, files=None,
+                 batch_size=None) -> tf.data.Dataset:
     # The test pipeline yields (B, crops=1, K, S, S, C): drop the crop axis.
     return input_pipeline.build_dataset(
         cfg.data.data_dir, cfg.data.validation_split, pipeline_config(cfg, False),
-        batch_size or cfg.optim.batch_size, files=files,
+        batch_size or cfg.optim.batch_size, files=files, meta=meta,
     ).map(lambda clips, labels: (clips[:, 0], labels))
 
 
@@ -323,15 +325,16 @@ def _standard_callbacks(cfg: TrainConfig, out_dir: str, steps: int, monitor: str
 def _train_custom(cfg, model, strategy, info, meta, steps, num_classes, has_val, out_dir,
                   callbacks) -> keras.callbacks.History:
     seeded = cfg.runtime.seed is not None
+    data_dir, batch_size = cfg.data.data_dir, cfg.optim.batch_size
     train_fn = distributed.make_dataset_fn(
-        lambda files, batch: _train_dataset(cfg, files, batch),
-        records.split_files(cfg.data.data_dir, meta, "train"), cfg.optim.batch_size, cfg.runtime.shard_policy,
+        lambda files, batch: _train_dataset(cfg, meta, files, batch),
+        records.split_files(data_dir, meta, "train"), batch_size, cfg.runtime.shard_policy,
         training=True, seeded=seeded)
     val_fn = None
     if has_val:
         val_fn = distributed.make_dataset_fn(
-            lambda files, batch: _val_dataset(cfg, files, batch),
-            records.split_files(cfg.data.data_dir, meta, cfg.data.validation_split), cfg.optim.batch_size,
+            lambda files, batch: _val_dataset(cfg, meta, files, batch),
+            records.split_files(data_dir, meta, cfg.data.validation_split), batch_size,
             "auto", training=False, seeded=seeded)
     loop = distributed.LoopConfig(
         epochs=cfg.optim.epochs, steps_per_epoch=steps, global_batch_size=cfg.optim.batch_size,
