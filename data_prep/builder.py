@@ -29,20 +29,16 @@ How the work is laid out so that a run killed at any moment can be re-run:
   presence means the dataset is complete.
 
 Where flow runs: OpenCV's flow (one pair at a time on one core) runs inside
-each worker, next to the decoding. The Keras TV-L1 (`data_prep.tvl1`) runs
-batched in the parent process, on the GPU when TF sees one (`_run_batched`):
-workers decode and JPEG-encode, the parent gathers frame pairs from several
-videos, grouped by exact frame size (one compiled program per size, never
-padded), computes their flow in batches, quantizes it, and hands each video
-back to a worker to JPEG its flow and write its work file and marker. With
-several GPUs there is one such parent per GPU (`_run_on_devices`). Both
-routes write the same bytes for the same flow function.
+each worker, next to the decoding (`process_video`). The Keras TV-L1
+(`data_prep.tvl1`) runs batched across videos in a flow process per GPU,
+which `data_prep.flow_batches` schedules; the workers then only decode
+(`_decode_task`) and, once a video's flow is back, JPEG it and write its
+work file and marker (`_encode_task`). Both routes write the same bytes for
+the same flow function.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -50,14 +46,10 @@ import logging
 import math
 import multiprocessing
 import os
-import queue as queue_lib
 import random
 import time
-from typing import Iterator
 
-import numpy as np
-
-from data_prep import encode, layouts
+from data_prep import encode, flow_batches, layouts
 from data_prep import flow as flow_lib
 from mat_effnet import atomic, records
 from mat_effnet.errors import MatEffNetError, bad_argument
@@ -161,33 +153,6 @@ class PrepError(MatEffNetError):
 
 
 # ---------------------------------------------------------------------------
-# One video -> records
-# ---------------------------------------------------------------------------
-
-def video_to_records(entry: layouts.VideoEntry, cfg: PrepConfig,
-                     stats: dict | None = None) -> Iterator[records.VideoRecord]:
-    """`encode.encode_video` on a layout entry with ``cfg``'s settings (kept for callers)."""
-    return encode.encode_video(entry.path, cfg.encoding, video_id=entry.video_id,
-                               label=entry.label, class_name=entry.class_name, stats=stats,
-                               flow_fn=_flow_fn(cfg))
-
-
-def _flow_fn(cfg: PrepConfig):
-    """A new batch flow function for one video with ``cfg`` (None without flow).
-
-    New per video: a video's flow must not depend on which videos the same
-    process handled before, and OpenCV's solvers keep state between calls
-    (DIS's results move in the last bits). The Keras TV-L1 keeps none, and
-    its compiled programs are shared by the whole process (see
-    `data_prep.flow`), so making its function per video costs nothing.
-    """
-    if cfg.flow == "none":
-        return None
-    batch = cfg.flow_batch if cfg.flow_implementation == "keras" else None
-    return flow_lib.create_batch_flow(cfg.flow, cfg.flow_implementation, batch)
-
-
-# ---------------------------------------------------------------------------
 # Work units
 # ---------------------------------------------------------------------------
 
@@ -273,7 +238,48 @@ def _one_core() -> None:
 def process_video(task: _Task) -> dict:
     """Worker: one video -> its TFRecord file + a marker.  Never raises for bad videos."""
     _one_core()
-    return _write_video(task, lambda stats: video_to_records(task.entry, task.cfg, stats))
+    entry = task.entry
+    return _write_video(task, lambda stats: encode.encode_video(
+        entry.path, task.cfg.encoding, video_id=entry.video_id, label=entry.label,
+        class_name=entry.class_name, stats=stats, flow_fn=_flow_fn(task.cfg)))
+
+
+def _flow_fn(cfg: PrepConfig):
+    """A new batch flow function for one video with ``cfg`` (None without flow).
+
+    New per video: a video's flow must not depend on which videos the same
+    process handled before, and OpenCV's solvers keep state between calls
+    (DIS's results move in the last bits). The Keras TV-L1 keeps none, and
+    its compiled programs are shared by the whole process (see
+    `data_prep.flow`), so making its function per video costs nothing.
+    """
+    if cfg.flow == "none":
+        return None
+    batch = cfg.flow_batch if cfg.flow_implementation == "keras" else None
+    return flow_lib.create_batch_flow(cfg.flow, cfg.flow_implementation, batch)
+
+
+# The two halves of process_video when flow is computed elsewhere, batched
+# across videos (`data_prep.flow_batches`).
+
+def _decode_task(task: _Task):
+    """Worker: decode one video for flow computed elsewhere; a failure writes its marker."""
+    _one_core()
+    start = time.perf_counter()
+    try:
+        decoded = encode.decode_video(task.entry.path, task.cfg.encoding)
+    except Exception as e:  # noqa: BLE001  # see _write_video
+        return _write_failure(task, e)
+    return task, decoded, time.perf_counter() - start
+
+
+def _encode_task(task: _Task, decoded: encode.DecodedVideo, quantized: list,
+                 seconds: float) -> dict:
+    """Worker: JPEG a decoded video's quantized flow; write its work file and marker."""
+    _one_core()
+    return _write_video(task, lambda stats: encode.assemble_records(
+        decoded, quantized, task.cfg.encoding, video_id=task.entry.video_id,
+        label=task.entry.label, class_name=task.entry.class_name, stats=stats), seconds=seconds)
 
 
 def _marker(work_dir: str, entry) -> dict | None:
@@ -531,11 +537,11 @@ def _run_tasks(tasks: list[_Task], cfg: PrepConfig):
     if not tasks:
         return
     if cfg.flow != "none" and cfg.flow_implementation == "keras":
-        devices = cfg.flow_devices or max(1, flow_lib.accelerators())
-        if devices > 1:
-            yield from _run_on_devices(tasks, cfg, devices)
-        else:
-            yield from _run_batched(tasks, cfg)
+        steps = flow_batches.Steps(_decode_task, _encode_task, _write_failure)
+        try:
+            yield from flow_batches.run(tasks, cfg, steps)
+        except flow_batches.FlowProcessError as e:
+            raise PrepError(str(e)) from None
         return
     if cfg.workers == 1:
         for t in tasks:
@@ -545,193 +551,6 @@ def _run_tasks(tasks: list[_Task], cfg: PrepConfig):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(cfg.workers) as pool:
         yield from pool.imap_unordered(process_video, tasks, chunksize=1)
-
-
-# ---------------------------------------------------------------------------
-# Batched flow in this process (the Keras TV-L1)
-# ---------------------------------------------------------------------------
-
-class _InProcess:
-    """The executor of ``--workers=1``: runs each call when it is submitted."""
-
-    def submit(self, fn, *args):
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        try:
-            future.set_result(fn(*args))
-        except Exception as e:  # noqa: BLE001  # a kill (BaseException) propagates
-            future.set_exception(e)
-        return future
-
-    def shutdown(self, wait=True, cancel_futures=False):
-        pass
-
-
-def _hide_gpus():
-    # Decoding workers never need a GPU; keep TF from claiming one there.
-    os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
-
-
-def _decode_task(task: _Task):
-    """Worker: decode one video for flow computed elsewhere; a failure writes its marker."""
-    _one_core()
-    start = time.perf_counter()
-    try:
-        decoded = encode.decode_video(task.entry.path, task.cfg.encoding)
-    except Exception as e:  # noqa: BLE001  # see _write_video
-        return _write_failure(task, e)
-    return task, decoded, time.perf_counter() - start
-
-
-def _encode_task(task: _Task, decoded: encode.DecodedVideo, quantized: list,
-                 seconds: float) -> dict:
-    """Worker: JPEG a decoded video's quantized flow; write its work file and marker."""
-    _one_core()
-    return _write_video(task, lambda stats: encode.assemble_records(
-        decoded, quantized, task.cfg.encoding, video_id=task.entry.video_id,
-        label=task.entry.label, class_name=task.entry.class_name, stats=stats), seconds=seconds)
-
-
-@dataclasses.dataclass(eq=False)
-class _Video:
-    """A decoded video whose flow is being computed: where each pair's result goes."""
-
-    task: _Task
-    decoded: encode.DecodedVideo
-    quantized: list  # per chunk: (T - 1, H, W, 2) uint8, filled as batches finish
-    left: int  # pairs still to compute
-    seconds: float
-    failed: bool = False
-
-
-def _run_batched(tasks: list[_Task], cfg: PrepConfig):
-    """Workers decode and encode; this process computes flow in batches across videos.
-
-    Pairs wait in one queue per exact frame size, so each compiled batch
-    holds frames of one size and nothing is padded. A batch runs as soon as
-    a queue holds ``flow_batch`` pairs; a smaller one only when no decoding
-    in flight could fill it (the end of the run) or too many pairs wait.
-    Each pair's flow does not depend on its batch-mates, so the records are
-    those of pairwise computation with the same flow function.
-    """
-    flow_fn = flow_lib.create_batch_flow(cfg.flow, cfg.flow_implementation, cfg.flow_batch)
-    batch = flow_fn.batch_size
-    todo = collections.deque(tasks)
-    decoding: set = set()
-    encoding: set = set()
-    queues: dict[tuple, collections.deque] = {}
-    queued = 0
-    if cfg.workers == 1:
-        executor = _InProcess()
-    else:
-        executor = concurrent.futures.ProcessPoolExecutor(
-            cfg.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_hide_gpus)
-
-    def run(queue: collections.deque, n: int):
-        nonlocal queued
-        refs = [queue.popleft() for _ in range(n)]
-        queued -= n
-        refs = [r for r in refs if not r[0].failed]
-        if not refs:
-            return
-        prev = np.stack([v.decoded.grays[c][i] for v, c, i in refs])
-        nxt = np.stack([v.decoded.grays[c][i + 1] for v, c, i in refs])
-        try:
-            fields = encode.quantize(flow_fn(prev, nxt), cfg.flow_bound)
-        except Exception as e:  # noqa: BLE001  # an unexpected flow error fails these videos only
-            for v in dict.fromkeys(v for v, _, _ in refs):
-                v.failed, v.decoded = True, None
-                yield _write_failure(v.task, e)
-            return
-        for (v, c, i), field in zip(refs, fields):
-            v.quantized[c][i] = field
-            v.left -= 1
-            if v.left == 0:
-                v.decoded.grays = []  # not needed to encode: do not ship them
-                encoding.add(executor.submit(_encode_task, v.task, v.decoded, v.quantized,
-                                             v.seconds))
-
-    try:
-        while todo or decoding or encoding or queued:
-            while todo and len(decoding) < 2 * cfg.workers and queued < 2 * batch:
-                decoding.add(executor.submit(_decode_task, todo.popleft()))
-            done = [f for f in (*decoding, *encoding) if f.done()]
-            for f in done:
-                if f in encoding:
-                    encoding.discard(f)
-                    yield f.result()
-                    continue
-                decoding.discard(f)
-                out = f.result()
-                if isinstance(out, dict):  # the video failed; its marker is written
-                    yield out
-                    continue
-                task, decoded, seconds = out
-                v = _Video(task, decoded, [np.empty((len(g) - 1, decoded.height, decoded.width, 2),
-                                                    np.uint8) for g in decoded.grays],
-                           decoded.pairs, seconds)
-                queue = queues.setdefault((decoded.height, decoded.width), collections.deque())
-                for c, g in enumerate(decoded.grays):
-                    queue.extend((v, c, i) for i in range(len(g) - 1))
-                queued += v.left
-            if done:
-                continue
-            full = [q for q in queues.values() if len(q) >= batch]
-            if full:
-                yield from run(full[0], batch)
-            elif queued and (not decoding or queued >= 2 * batch):
-                largest = max(queues.values(), key=len)
-                yield from run(largest, len(largest))
-            else:
-                concurrent.futures.wait((*decoding, *encoding),
-                                        return_when=concurrent.futures.FIRST_COMPLETED)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _run_on_devices(tasks: list[_Task], cfg: PrepConfig, devices: int):
-    """One `_run_batched` process per GPU, each seeing only its GPU; their results, merged.
-
-    Videos are dealt round-robin, so every shard's videos finish at about
-    the same pace on every device; the decoding workers are split evenly.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = visible.split(",") if visible else [str(i) for i in range(devices)]
-    count = min(devices, len(ids), len(tasks))
-    per_device = dataclasses.replace(cfg, workers=max(1, cfg.workers // count), flow_devices=1)
-    procs = [ctx.Process(target=_device_main, args=(ids[i], tasks[i::count], per_device, results))
-             for i in range(count)]
-    for p in procs:
-        p.start()
-    running = len(procs)
-    try:
-        while running:
-            try:
-                result = results.get(timeout=1.0)
-            except queue_lib.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise PrepError(f"a flow process exited with code {dead[0].exitcode}; "
-                                    "re-run to resume") from None
-                continue
-            if result is None:
-                running -= 1
-            else:
-                yield result
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-            p.join()
-
-
-def _device_main(device: str, tasks: list[_Task], cfg: PrepConfig, results) -> None:
-    # Set before this process imports TensorFlow (or JAX): it sees one GPU.
-    os.environ["CUDA_VISIBLE_DEVICES"] = device
-    for result in _run_batched(tasks, cfg):
-        results.put(result)
-    results.put(None)
 
 
 def _metadata(cfg, layout, summaries) -> dict:

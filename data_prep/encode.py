@@ -13,8 +13,8 @@ prepared exactly as the training data was.
 records, defined and validated once here; the builder's `PrepConfig`,
 ``mat-effnet-prep``'s flags and the metadata of prepared data derive from it.
 
-For the builder's batched flow (flow computed in one process for many
-videos), the same steps are also offered in two halves: `decode_video`
+For batched flow (`data_prep.flow_batches`: flow computed in one process for
+many videos), the same steps are also offered in two halves: `decode_video`
 (frames -> RGB JPEGs and grayscale frames) and `assemble_records`
 (quantized flow -> records). Both halves use the same helpers as
 `encode_video`, so either route writes the same bytes for the same flow.
@@ -207,7 +207,7 @@ def encode_video(path: str, settings: EncodeSettings, *, video_id: str | None = 
 
 
 # ---------------------------------------------------------------------------
-# Two halves, for flow computed elsewhere (the builder's batched flow)
+# Two halves, for flow computed elsewhere (`data_prep.flow_batches`)
 # ---------------------------------------------------------------------------
 
 @dataclasses.dataclass

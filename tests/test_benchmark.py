@@ -19,7 +19,7 @@ import pytest
 
 from mat_effnet import config
 from mat_effnet.benchmark import flow, machine, prep, report, runner, settings, train_step
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.errors import MatEffNetError, bad_argument
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -293,25 +293,26 @@ def test_flow_section_emits_issue_9s_figures(monkeypatch, tmp_path):
     assert bound["settings"]["derived"].startswith("derived, not measured")
 
 
-def test_flow_section_without_the_keras_tvl1_says_not_available(monkeypatch, tmp_path):
-    real = flow._optional
-    monkeypatch.setattr(flow, "_optional", lambda name: (None, "data_prep.tvl1 not available (test)")
-                        if name == "tvl1" else real(name))
+def test_flow_section_where_the_keras_tvl1_cannot_run_says_why(monkeypatch, tmp_path):
+    from data_prep import tvl1
+
+    def refused(params=None):
+        raise bad_argument("KERAS_BACKEND", "torch", "batch_tvl1 needs tensorflow or jax")
+
+    monkeypatch.setattr(tvl1, "batch_tvl1", refused)
     ctx = report.Context(work_dir=str(tmp_path), machine="box", info={"gpus": []})
     f = flow.measure(settings.FlowSettings(**dict(TINY_FLOW, flow_workers=1)), ctx)
     assert sorted(f) == sorted(FLOW_FIGURES)
     for name in ("flow.tvl1_keras.pairs_per_s.batch_1", "flow.tvl1_keras_over_opencv.speed",
-                 "flow.epe.tvl1_keras", "flow.tvl1.roofline.h100_pairs_per_s"):
-        assert f[name]["value"] is None and "not available" in f[name]["why"], name
+                 "flow.epe.tvl1_keras", "flow.tvl1_keras_vs_opencv.epe"):
+        assert f[name]["value"] is None, name
+        assert f[name]["why"] == ("data_prep.tvl1.batch_tvl1() failed: MatEffNetError: "
+                                  "KERAS_BACKEND=torch: batch_tvl1 needs tensorflow or jax"), name
+    # The roofline still prices the worst case: every iteration.
+    worst = tvl1.cost_per_pair(32, 40)["worst_case"]
+    assert f["flow.tvl1.roofline.flops_per_pair"]["value"] == pytest.approx(worst["flops"])
+    assert f["flow.tvl1.roofline.iterations_per_warp"]["value"] is None
     assert isinstance(f["flow.epe.dis_medium"]["value"], float)
-
-
-def test_motion_pairs_fallback_cover_every_class_and_move():
-    pairs = flow.motion_pairs(6, height=48, width=64, seed=0)
-    assert len(pairs) == 6
-    for prev, nxt in pairs:
-        assert prev.shape == nxt.shape == (48, 64) and prev.dtype == np.uint8
-        assert np.abs(prev.astype(int) - nxt.astype(int)).max() > 40  # an object moved
 
 
 def test_long_video_frames_count_and_size():

@@ -484,3 +484,16 @@ def test_one_flow_process_per_device_writes_the_same_bytes(tmp_path):
     two = builder.build(_cfg(tmp_path / "data", tmp_path / "two", flow_devices=2, **kw))
     assert two["splits"] == one["splits"] and not two["failures"]
     assert _shard_bytes(tmp_path / "two") == _shard_bytes(tmp_path / "one")
+
+
+def test_a_dead_flow_process_stops_the_run_with_one_line(tmp_path, monkeypatch):
+    # The flow processes are spawned: they get the builder's steps pickled,
+    # so a step that raises there (os.abort takes no task) kills them.
+    _index_video_tree(tmp_path / "data", [3])
+    monkeypatch.setattr(builder, "_decode_task", os.abort)
+    cfg = _cfg(tmp_path / "data", tmp_path / "out", flow="tvl1", flow_implementation="keras",
+               flow_devices=2, short_side=16)
+    with pytest.raises(builder.PrepError,
+                       match=r"^a flow process exited with code 1; re-run to resume$"):
+        builder.build(cfg)
+    assert not os.path.exists(os.path.join(cfg.out_dir, records.META_FILENAME))

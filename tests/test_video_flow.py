@@ -453,11 +453,19 @@ def test_encode_video_is_what_the_builder_writes_and_batching_does_not_matter(tm
         (0, 0, 5, 4), (1, 5, 3, 2)]
     assert (recs[0].video_id, recs[0].label, recs[0].height, recs[0].width) == ("c/v", 3, 32, 43)
     assert stats["frames"] == 8 and stats["records"] == 2 and stats["height"] == 32
+    # The builder's work file for the same video holds these records, byte for byte.
+    import tensorflow as tf
+
     entry = layouts.VideoEntry("c/v", path, 3, "c", "train")
-    cfg = builder.PrepConfig(dataset="folder", data_root=str(tmp_path), out_dir="",
-                             flow="dis", short_side=32, chunk_frames=5)
-    wrapped = list(builder.video_to_records(entry, cfg))
-    assert [records.serialize(r) for r in wrapped] == [records.serialize(r) for r in recs]
+    cfg = builder.PrepConfig(dataset="folder", data_root=str(tmp_path),
+                             out_dir=str(tmp_path / "out"), flow="dis", short_side=32,
+                             chunk_frames=5)
+    work_dir = builder.work_dir(cfg.out_dir, "train")
+    os.makedirs(work_dir)
+    result = builder.video_result(cfg, "train", entry)
+    assert (result["status"], result["records"], result["frames"]) == ("done", 2, 8)
+    written = tf.data.TFRecordDataset(os.path.join(work_dir, result["key"] + ".tfrecord"))
+    assert [r.numpy() for r in written] == [records.serialize(r) for r in recs]
 
     # A pair-local flow handed over 1, 3 or all pairs per call, and the
     # decode / assemble halves: the same bytes.

@@ -19,10 +19,10 @@ TV-L1 (Zach, Pock & Bischof 2007) is what the two-stream networks read
   not measured" when the machine has no GPU.
 
 Every pair of the accuracy set is timed too, so speed and accuracy come from
-the same frames. Without `data_prep.known_flow` the frames fall back to
-synthetic clips and the EPE figures say "not available"; without
-`data_prep.tvl1` the Keras figures do. Nothing here imports TensorFlow at
-module level: the pool's worker processes import this module.
+the same frames. On a Keras backend `batch_tvl1` cannot run on (it needs
+TensorFlow or JAX) the Keras figures have no value and say why, and the
+roofline prices the worst case. Nothing here imports TensorFlow at module
+level: the pool's worker processes import this module.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mat_effnet.benchmark import prep as prep_section
+from data_prep import known_flow, tvl1
 from mat_effnet.benchmark.report import Context, Stopwatch, rate
 from mat_effnet.benchmark.settings import FlowSettings
 from mat_effnet.errors import MatEffNetError
@@ -45,67 +45,24 @@ H100 = {"name": "H100 SXM", "bytes_per_s": 3.35e12, "flops": 67.0e12,
         "source": "NVIDIA H100 SXM data sheet: 3.35 TB/s HBM3, 67 TFLOP/s FP32"}
 
 
-def _optional(module: str):
-    """``data_prep.<module>``, or the reason it cannot be imported."""
-    import importlib
-
-    try:
-        return importlib.import_module(f"data_prep.{module}"), None
-    except ImportError as e:
-        return None, f"data_prep.{module} not available ({e})"
-
-
 # ---------------------------------------------------------------------------
 # Frames
 
-def motion_pairs(num_pairs: int, height: int = 256, width: int = 340, seed: int = 0,
-                 frames_per_clip: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Consecutive grayscale pairs of `data_prep.synthetic` clips (no known flow).
-
-    The frames of the flow figures when `data_prep.known_flow` is missing.
-    Clips of every synthetic class are rendered at height x width and their
-    pairs interleaved (pair 0 of every clip, then pair 1, ...), so that a
-    few pairs cover every kind of motion.
-    """
-    from data_prep import flow, synthetic
-
-    if num_pairs < 1:
-        raise MatEffNetError(f"num_pairs={num_pairs}: must be >= 1")
-    classes = synthetic.CLASSES
-    per_clip = frames_per_clip - 1
-    clips = max(min(len(classes), num_pairs), math.ceil(num_pairs / per_clip))
-    rendered = []
-    for c in range(clips):
-        frames = prep_section.render_clip(classes[c % len(classes)], (seed, c), frames_per_clip,
-                                          height, width)
-        gray = [flow.to_gray(f) for f in frames]
-        rendered.append(list(zip(gray[:-1], gray[1:])))
-    return [clip[i] for i in range(per_clip) for clip in rendered][:num_pairs]
-
-
 class Frames:
-    """The pairs every flow figure runs on, with their exact flow when known."""
+    """The pairs every flow figure runs on: `data_prep.known_flow.accuracy_set`, exact flow known.
+
+    Masks (``masks[i]``) leave out pixels whose exact flow cannot be seen in both frames.
+    """
+
+    source = ("data_prep.known_flow.accuracy_set: textured translation, rotation, "
+              "zoom and two objects, 0.4 to 14.5 px, exact flow")
 
     def __init__(self, height: int, width: int, seed: int):
-        known_flow, why = _optional("known_flow")
-        self.known_flow, self.why_no_truth = known_flow, why
-        self.truth = self.masks = None
-        if known_flow is not None:
-            try:
-                items = known_flow.accuracy_set(height, width, seed, with_masks=True)
-                self.masks = [item[4] for item in items]
-            except TypeError:  # the contract's signature: no masks
-                items = known_flow.accuracy_set(height, width, seed)
-            self.names = [item[0] for item in items]
-            self.pairs = [(item[1], item[2]) for item in items]
-            self.truth = [np.asarray(item[3], np.float32) for item in items]
-            self.source = ("data_prep.known_flow.accuracy_set: textured translation, rotation, "
-                           "zoom and two objects, 0.4 to 14.5 px, exact flow")
-        else:
-            self.pairs = motion_pairs(9, height, width, seed)
-            self.names = [f"synthetic_{i}" for i in range(len(self.pairs))]
-            self.source = ("data_prep.synthetic clips (moving squares, growing/spinning cross), "
-                           f"grayscale; no exact flow: {why}")
+        items = known_flow.accuracy_set(height, width, seed, with_masks=True)
+        self.names = [item[0] for item in items]
+        self.pairs = [(item[1], item[2]) for item in items]
+        self.truth = [np.asarray(item[3], np.float32) for item in items]
+        self.masks = [item[4] for item in items]
 
     def __len__(self):
         return len(self.pairs)
@@ -115,19 +72,12 @@ class Frames:
 
     def epe(self, flow_a, flow_b, mask=None) -> float:
         """Mean end-point error (px) of two fields."""
-        if self.known_flow is not None:
-            return self.known_flow.endpoint_error(flow_a, flow_b, mask)
-        diff = np.asarray(flow_a, np.float64) - np.asarray(flow_b, np.float64)
-        return float(np.sqrt(np.sum(diff ** 2, axis=-1)).mean())
+        return known_flow.endpoint_error(flow_a, flow_b, mask)
 
-    def epe_to_truth(self, flows: Sequence) -> tuple[float | None, dict]:
+    def epe_to_truth(self, flows: Sequence) -> tuple[float, dict]:
         """Mean over pairs of each pair's EPE to the exact flow (on its mask), and per pair."""
-        if self.truth is None:
-            return None, {}
-        per = {}
-        for i, name in enumerate(self.names):
-            mask = None if self.masks is None else self.masks[i]
-            per[name] = self.epe(flows[i], self.truth[i], mask)
+        per = {name: self.epe(flows[i], self.truth[i], self.masks[i])
+               for i, name in enumerate(self.names)}
         return float(np.mean(list(per.values()))), per
 
 
@@ -260,9 +210,7 @@ def keras_throughput(fn, frames: Frames, batch: int, pairs: int, flows: dict,
         with Stopwatch() as sw:
             out = fn(prev, nxt)
         seconds += sw.seconds
-        stats = getattr(fn, "last_stats", None)
-        if stats is not None and stats.get("iterations") is not None:
-            iterations.append(np.asarray(stats["iterations"], np.float64))
+        iterations.append(np.asarray(fn.last_stats["iterations"], np.float64))
         for b in range(batch):
             flows.setdefault((start + b) % len(frames), out[b])
     timed = calls * batch
@@ -333,21 +281,26 @@ def measure(s: FlowSettings, ctx: Context) -> dict:
         flows[f"dis_{preset}"] = run["flows"]
         flows[f"dis_{preset}_pairs_per_s"] = run["pairs_per_s"]
 
-    figures.update(_keras_figures(s, ctx, frames, base, figures, flows))
-    figures.update(_accuracy_figures(ctx, frames, base, flows))
+    fn, why = _keras_flow()
+    figures.update(_keras_figures(s, ctx, frames, base, figures, flows, fn, why))
+    figures.update(_accuracy_figures(ctx, frames, base, flows, why))
     return figures
 
 
+def _keras_flow():
+    """(`data_prep.tvl1.batch_tvl1()`, None), or (None, why it cannot run here)."""
+    try:
+        return tvl1.batch_tvl1(), None
+    except Exception as e:  # noqa: BLE001 -- e.g. a Keras backend it cannot compile on
+        return None, f"data_prep.tvl1.batch_tvl1() failed: {type(e).__name__}: {e}"
+
+
 def _keras_figures(s: FlowSettings, ctx: Context, frames: Frames, base: dict, figures: dict,
-                   flows: dict) -> dict:
-    """Keras TV-L1 pairs/s per batch size, its ratio to OpenCV, and the roofline."""
-    tvl1, why = _optional("tvl1")
-    fn = None
-    if tvl1 is not None:
-        try:
-            fn = tvl1.batch_tvl1()
-        except Exception as e:  # noqa: BLE001 -- e.g. a Keras backend it cannot compile on
-            why = f"data_prep.tvl1.batch_tvl1() failed: {type(e).__name__}: {e}"
+                   flows: dict, fn, why: str | None) -> dict:
+    """Keras TV-L1 pairs/s per batch size, its ratio to OpenCV, and the roofline.
+
+    ``fn`` is `_keras_flow`'s: without it, ``why`` stands in for every measured value.
+    """
     import keras
 
     keras_base = dict(base, algorithm="tvl1", implementation="keras",
@@ -387,11 +340,11 @@ def _keras_figures(s: FlowSettings, ctx: Context, frames: Frames, base: dict, fi
         out["flow.tvl1_keras_over_opencv.speed"] = ctx.figure(
             best / opencv["value"], "x", ratio, per_batch=per_batch,
             over_opencv_1_worker=best / figures["flow.tvl1.pairs_per_s.1_worker"]["value"])
-    out.update(_roofline_figures(s, ctx, tvl1, why, _mean_iterations(iterations)))
+    out.update(_roofline_figures(s, ctx, _mean_iterations(iterations)))
     return out
 
 
-def _roofline_figures(s: FlowSettings, ctx: Context, tvl1, why, per_scale) -> dict:
+def _roofline_figures(s: FlowSettings, ctx: Context, per_scale: list | None) -> dict:
     """FLOPs, bytes and iterations per pair, and the H100 bound they give."""
     derived = ("derived, not measured: no GPU on this machine" if not ctx.gpus else
                f"derived (roofline); measured on {ctx.gpus[0]['name']}: "
@@ -401,10 +354,6 @@ def _roofline_figures(s: FlowSettings, ctx: Context, tvl1, why, per_scale) -> di
             "count": "data_prep.tvl1.cost_per_pair (float32, fully fused iterations)"}
     names = ("flow.tvl1.roofline.flops_per_pair", "flow.tvl1.roofline.bytes_per_pair",
              "flow.tvl1.roofline.iterations_per_warp", "flow.tvl1.roofline.h100_pairs_per_s")
-    if tvl1 is None or not hasattr(tvl1, "cost_per_pair"):
-        why = why or "data_prep.tvl1.cost_per_pair not available"
-        units = ("FLOPs", "bytes", "inner iterations per warp", "pairs/s")
-        return {n: ctx.figure(None, u, base, why=why) for n, u in zip(names, units)}
     iterations = None if per_scale is None else {"mean_per_warp": per_scale}
     cost = tvl1.cost_per_pair(s.flow_height, s.flow_width, iterations=iterations)
     worst = cost["worst_case"]
@@ -413,12 +362,10 @@ def _roofline_figures(s: FlowSettings, ctx: Context, tvl1, why, per_scale) -> di
              else "worst case: every iteration (no Keras TV-L1 run to measure)")
 
     def bound(c):
-        return 1.0 / max(c["bytes"] / H100["bytes_per_s"], c["flops"] / H100["flops"])
+        return tvl1.roofline_pairs_per_s(c, H100["bytes_per_s"], H100["flops"])
 
-    worst_iters = None
-    if hasattr(tvl1, "TVL1Params"):
-        p = tvl1.TVL1Params()
-        worst_iters = p.inner_iterations * p.outer_iterations
+    p = tvl1.TVL1Params()
+    worst_iters = p.inner_iterations * p.outer_iterations
     return {
         names[0]: ctx.figure(used["flops"], "FLOPs", dict(base, iterations=which),
                              worst_case=worst["flops"]),
@@ -436,12 +383,16 @@ def _roofline_figures(s: FlowSettings, ctx: Context, tvl1, why, per_scale) -> di
                                   peak_flops=H100["flops"], peak_source=H100["source"],
                                   derived=derived,
                                   definition="1 / max(bytes / bandwidth, FLOPs / peak)"),
-                             worst_case=bound(worst), levels=cost.get("levels")),
+                             worst_case=bound(worst), levels=cost["levels"]),
     }
 
 
-def _accuracy_figures(ctx: Context, frames: Frames, base: dict, flows: dict) -> dict:
-    """EPE to the exact flow per algorithm and implementation, and between the TV-L1s."""
+def _accuracy_figures(ctx: Context, frames: Frames, base: dict, flows: dict,
+                      keras_why: str | None) -> dict:
+    """EPE to the exact flow per algorithm and implementation, and between the TV-L1s.
+
+    Without Keras TV-L1 fields (``keras_why`` says why) its figures have no value.
+    """
     runs = [("flow.epe.tvl1", "tvl1", "opencv", None),
             ("flow.epe.tvl1_keras", "tvl1_keras", "keras", None)]
     runs += [(f"flow.epe.dis_{p}", f"dis_{p}", "opencv", p) for p in DIS_PRESETS]
@@ -452,10 +403,8 @@ def _accuracy_figures(ctx: Context, frames: Frames, base: dict, flows: dict) -> 
     for name, key, implementation, preset in runs:
         settings = dict(base, algorithm="dis" if preset else "tvl1", implementation=implementation,
                         preset=preset, pairs=len(frames), definition=definition)
-        why = frames.why_no_truth if frames.truth is None else (
-            None if key in flows else "data_prep.tvl1 not available")
-        if why:
-            out[name] = ctx.figure(None, "px", settings, why=why)
+        if key not in flows:
+            out[name] = ctx.figure(None, "px", settings, why=keras_why)
             continue
         value, per = frames.epe_to_truth(flows[key])
         extra = {"per_pair": per}
@@ -472,5 +421,5 @@ def _accuracy_figures(ctx: Context, frames: Frames, base: dict, flows: dict) -> 
             per_pair=per)
     else:
         out["flow.tvl1_keras_vs_opencv.epe"] = ctx.figure(
-            None, "px", dict(base, pairs=len(frames)), why="data_prep.tvl1 not available")
+            None, "px", dict(base, pairs=len(frames)), why=keras_why)
     return out
