@@ -51,7 +51,7 @@ import time
 
 from data_prep import encode, flow_batches, layouts
 from data_prep import flow as flow_lib
-from mat_effnet import atomic, records
+from mat_effnet import atomic, quiet, records
 from mat_effnet.errors import MatEffNetError, bad_argument
 
 log = logging.getLogger("mat_effnet.prep")
@@ -549,7 +549,7 @@ def _run_tasks(tasks: list[_Task], cfg: PrepConfig):
         return
     # spawn, not fork: the parent may already hold TensorFlow's threads.
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(cfg.workers) as pool:
+    with ctx.Pool(cfg.workers, initializer=quiet.import_tensorflow_if_quiet) as pool:
         yield from pool.imap_unordered(process_video, tasks, chunksize=1)
 
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from data_prep import encode
 from data_prep import flow as flow_lib
+from mat_effnet import quiet
 from mat_effnet.errors import MatEffNetError
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class _InProcess:
 def _hide_gpus():
     # Decoding workers never need a GPU; keep TF from claiming one there.
     os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    quiet.import_tensorflow_if_quiet()
 
 
 @dataclasses.dataclass(eq=False)
@@ -261,6 +263,7 @@ def run_on_devices(tasks: list, cfg: PrepConfig, steps: Steps, devices: int) -> 
 def _device_main(device: str, tasks: list, cfg: PrepConfig, steps: Steps, results) -> None:
     # Set before this process imports TensorFlow (or JAX): it sees one GPU.
     os.environ["CUDA_VISIBLE_DEVICES"] = device
+    quiet.import_tensorflow_if_quiet()
     for result in run_batched(tasks, cfg, steps):
         results.put(result)
     results.put(None)
