@@ -35,6 +35,7 @@ from mat_effnet.checks import check_choice, is_int
 from mat_effnet.errors import MatEffNetError
 
 __all__ = [
+    "STREAMS",
     "BackboneSpec",
     "BACKBONE_SPECS",
     "BACKBONES",
@@ -45,6 +46,9 @@ __all__ = [
     "check_image_size",
 ]
 
+#: The two inputs the table normalises: RGB frames (spatial stream) and
+#: stacks of optical flow (temporal stream).
+STREAMS = ("spatial", "temporal")
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 #: keras.applications.resnet50.preprocess_input ("caffe"): BGR means.

@@ -34,7 +34,7 @@ from typing import Any
 from mat_effnet import backbones
 from mat_effnet.errors import bad_argument
 
-STREAMS = ("spatial", "temporal")
+STREAMS = backbones.STREAMS
 BACKBONES = backbones.BACKBONES
 SCHEDULES = ("cosine", "step", "constant")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")

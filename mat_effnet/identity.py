@@ -50,8 +50,10 @@ BACKBONE_LAYER = "backbone"
 IDENTITY_VERSION = 1
 #: Keys of ``preparation``: the settings of the training data's preparation
 #: (mat-effnet-prep) that a video must be prepared with to be scored alike.
-PREPARATION_KEYS = ("short_side", "flow", "flow_implementation", "flow_bound",
-                    "jpeg_quality", "schema_version")
+#: Each with the type it is stored as.
+_PREPARATION_TYPES = {"short_side": int, "flow": str, "flow_implementation": str,
+                      "flow_bound": float, "jpeg_quality": int, "schema_version": int}
+PREPARATION_KEYS = tuple(_PREPARATION_TYPES)
 #: The preparation keys that change what a stream sees (not just how fast it
 #: was computed): a mismatch with the evaluated data is an error. Another
 #: ``flow_implementation`` of the same algorithm only gets a note.
@@ -98,9 +100,7 @@ def _check_preparation(preparation):
             f"preparation={preparation!r}: must be a dict with keys "
             f"{', '.join(PREPARATION_KEYS)}")
     out = {}
-    for key, kind in (("short_side", int), ("flow", str), ("flow_implementation", str),
-                      ("flow_bound", float), ("jpeg_quality", int),
-                      ("schema_version", int)):
+    for key, kind in _PREPARATION_TYPES.items():
         value = preparation.get(key)
         if value is None:
             continue

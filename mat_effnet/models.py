@@ -60,6 +60,7 @@ from keras import layers
 from mat_effnet.backbones import (
     BACKBONE_SPECS,
     BACKBONES,
+    STREAMS,
     backbone_spec,
     check_image_size,
     input_statistics,
@@ -86,7 +87,6 @@ from mat_effnet.layers import (
 from mat_effnet.resnet import resnet_features
 
 __all__ = [
-    "STREAMS",
     "ATTENTION_TOKENS",
     "input_channels",
     "build_backbone",
@@ -99,11 +99,9 @@ __all__ = [
     "set_bn_momentum",
 ]
 
-#: Accepted ``stream`` values.
-STREAMS = ("spatial", "temporal")
 #: Accepted ``attention_tokens`` values.
 ATTENTION_TOKENS = ("segment", "spatial")
-# Input normalisation layers (never copied between backbones).
+# Input normalisation layers: never copied between backbones.
 _PREPROCESSING_TYPES = (layers.Normalization, ChannelStandardization)
 
 
@@ -480,8 +478,7 @@ def build_stream(
     if num_segments is not None:  # None: any number of segments per clip
         num_segments = check_int("num_segments", num_segments, 1)
     channels = input_channels(stream, flow_length)
-    check_choice("backbone", backbone, BACKBONES)
-    height, width = check_image_size(image_size, backbone)
+    height, width = check_image_size(image_size, backbone)  # checks backbone too
     if not isinstance(attention, bool):
         raise MatEffNetError(f"attention must be True or False, got {attention!r}")
     check_choice("attention_tokens", attention_tokens, ATTENTION_TOKENS)

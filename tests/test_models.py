@@ -188,7 +188,7 @@ def test_golden_counts_follow_from_arithmetic():
 
 
 @pytest.mark.parametrize("attention", [True, False])
-@pytest.mark.parametrize("stream", M.STREAMS)
+@pytest.mark.parametrize("stream", B.STREAMS)
 @pytest.mark.parametrize("backbone", B.BACKBONES)
 def test_stream_parameter_counts(backbone, stream, attention):
     model = stream_101(backbone, stream, attention)
@@ -229,7 +229,7 @@ def test_resnet18_34_match_he_et_al_with_top():
 # ---------------------------------------------------------------------------
 # input normalisation (raw 0..255 in)
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("stream", M.STREAMS)
+@pytest.mark.parametrize("stream", B.STREAMS)
 @pytest.mark.parametrize("backbone", ["efficientnet_b0", "resnet50", "resnet18"])
 def test_input_normalisation_values(backbone, stream):
     bb = stream_101(backbone, stream, True).get_layer("backbone")
