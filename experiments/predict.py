@@ -64,7 +64,8 @@ def main(argv):
     weights = _weights()
 
     from data_prep import video
-    from mat_effnet import evaluation, inference, models
+    from mat_effnet import evaluation, inference
+    from mat_effnet.identity import identity
 
     default = inference.PrepSettings(short_side=FLAGS.short_side, flow=FLAGS.flow,
                                      flow_bound=FLAGS.flow_bound)
@@ -104,7 +105,7 @@ def main(argv):
                           "seconds": timing, "attention": picture,
                           "preparation": preparation,
                           "class_names_source": resolved.class_names_source,
-                          "models": {s: models.identity(m).to_dict()
+                          "models": {s: identity(m).to_dict()
                                      for s, (_, m) in streams.items()}}))
     else:
         print(f"{FLAGS.video}: {result['frames']} frames")

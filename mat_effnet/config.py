@@ -31,10 +31,11 @@ import dataclasses
 import typing
 from typing import Any
 
+from mat_effnet import backbones
 from mat_effnet.errors import bad_argument
 
-STREAMS = ("spatial", "temporal")
-BACKBONES = ("efficientnet_b0", "resnet50", "resnet18", "resnet34")
+STREAMS = backbones.STREAMS
+BACKBONES = backbones.BACKBONES
 SCHEDULES = ("cosine", "step", "constant")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 LOOPS = ("auto", "fit", "custom")
@@ -247,9 +248,7 @@ class TrainConfig:
         """The crop size: the flag, or the paper's size for the backbone."""
         if self.data.image_size is not None:
             return self.data.image_size
-        from mat_effnet import models  # the backbone table lives with the models
-
-        return int(models.PAPER_INPUT_SIZE[self.model.backbone])
+        return backbones.backbone_spec(self.model.backbone).paper_input_size
 
     def uses_custom_loop(self, replicas: int = 1) -> bool:
         """The custom loop for multi_worker, and for XLA over several replicas.

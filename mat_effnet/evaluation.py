@@ -7,7 +7,7 @@ the crops are averaged, and the records of a video that was cut into chunks
 are averaged too, giving one score vector per video.  Those are what late
 fusion (`mat_effnet.fusion`) averages across streams.
 
-What the model expects comes from its identity (`mat_effnet.models.identity`);
+What the model expects comes from its identity (`mat_effnet.identity.identity`);
 data prepared differently from the model's training data (another flow
 algorithm or bound, other class names) is refused, naming both values.
 Another implementation of the same flow algorithm is allowed and noted.
@@ -46,7 +46,7 @@ def load_model(path: str):
     import keras
     import tensorflow as tf
 
-    from mat_effnet import layers, models  # noqa: F401  (registers custom layers)
+    from mat_effnet import identity, layers  # noqa: F401  (registers the model classes)
 
     if not tf.io.gfile.exists(path):
         raise EvalError(f"model file {path} does not exist")
@@ -58,11 +58,11 @@ def load_model(path: str):
 
 
 def stream_spec(model) -> StreamSpec:
-    from mat_effnet import models
+    from mat_effnet.identity import identity
 
     if len(model.inputs) != 1 or len(model.inputs[0].shape) != 5:
         raise EvalError(f"{model.name} is not a one-stream model (inputs {model.inputs})")
-    ident = models.identity(model)
+    ident = identity(model)
     return StreamSpec(stream=ident.stream, image_size=int(ident.image_size[0]),
                       flow_length=ident.flow_length or 0, num_classes=ident.num_classes,
                       num_segments=ident.num_segments)
@@ -77,16 +77,16 @@ _NOTED = ("flow_implementation", "short_side", "jpeg_quality")
 def check_data(ident, meta: dict, data_dir: str) -> list[str]:
     """Refuses data the model cannot be evaluated on; returns notes on allowed differences.
 
-    ``ident`` is the model's :class:`mat_effnet.models.ModelIdentity`, ``meta``
+    ``ident`` is the model's :class:`mat_effnet.identity.ModelIdentity`, ``meta``
     the data's metadata. Unknown values (models saved before identities) are
     not compared. Flow settings matter to temporal streams only.
     """
-    from mat_effnet import models
+    from mat_effnet.identity import PREPARATION_MUST_MATCH, data_identity
 
     if ident.num_classes != int(meta["num_classes"]):
         raise EvalError(f"the model has {ident.num_classes} classes but {data_dir} has "
                         f"{meta['num_classes']}: wrong model or wrong --data_dir")
-    data = models.data_identity(meta)
+    data = data_identity(meta)
     ours, theirs = ident.class_names, data["class_names"]
     if ours is not None and theirs is not None and list(ours) != list(theirs):
         i = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
@@ -96,13 +96,13 @@ def check_data(ident, meta: dict, data_dir: str) -> list[str]:
     flow_keys = ("flow", "flow_bound", "flow_implementation")
     mine, data_prep = ident.preparation or {}, data["preparation"] or {}
     notes = []
-    for key in models.PREPARATION_MUST_MATCH + _NOTED:
+    for key in PREPARATION_MUST_MATCH + _NOTED:
         if ident.stream != "temporal" and key in flow_keys:
             continue
         a, b = mine.get(key), data_prep.get(key)
         if a is None or b is None or a == b:
             continue
-        if key in models.PREPARATION_MUST_MATCH:
+        if key in PREPARATION_MUST_MATCH:
             raise EvalError(f"{data_dir}: prepared with {key}={b!r} but the model was trained "
                             f"on data prepared with {key}={a!r}; prepare the data with "
                             f"--{key}={a}")
@@ -126,11 +126,11 @@ def evaluate(model, data_dir: str, split: str = "test", num_segments: int = 25,
 
     from mat_effnet import input_pipeline, metrics, records
 
-    from mat_effnet import models
+    from mat_effnet.identity import identity
 
     meta = records.read_metadata(data_dir)
     spec = stream_spec(model)
-    ident = models.identity(model)
+    ident = identity(model)
     notes = check_data(ident, meta, data_dir)
     if spec.num_segments is not None and spec.num_segments != num_segments:
         raise EvalError(f"the model takes exactly {spec.num_segments} segments; "

@@ -21,7 +21,7 @@ key                 dtype / shape             meaning
 ``dataset``         unicode, ()               e.g. ``ucf101``
 ``stream``          unicode, ()               e.g. ``spatial``, ``temporal``
 ``model_identity``  unicode, () (optional)    JSON of the scoring model's identity
-                                              (:func:`mat_effnet.models.identity`)
+                                              (:func:`mat_effnet.identity.identity`)
 ==================  ========================  ==================================
 
 Files without ``model_identity`` (written before models carried one) still
@@ -147,7 +147,7 @@ def save_scores(path: str, video_ids: Sequence[str], labels, scores, class_names
       split, dataset, stream: what the scores are of (e.g. "test", "ucf101",
         "spatial"); :func:`fuse` refuses to mix splits or datasets.
       model_identity: the scoring model's identity (JSON-native dict, e.g.
-        ``models.identity(model).to_dict()``); :func:`fuse` checks the
+        ``identity.identity(model).to_dict()``); :func:`fuse` checks the
         streams' identities agree.
     Raises:
       ScoresError: the arrays do not fit together.

@@ -8,7 +8,7 @@ average fusion (`mat_effnet.fusion.normalize_weights`).
 
 The preparation settings (short side, flow algorithm, implementation and
 bound, JPEG quality) and the class names come from the models themselves
-(`mat_effnet.models.identity`), so the ``.keras`` files alone are enough.
+(`mat_effnet.identity.identity`), so the ``.keras`` files alone are enough.
 For models saved before they carried that, the older chain is followed,
 ``train_config.json`` beside the model -> the training data's metadata,
 and failing that the caller's defaults; each fallback is said once on
@@ -95,11 +95,11 @@ def resolve(streams: dict, default: PrepSettings) -> Resolved:
     once on stderr, in one line per model). Two streams that name different
     classes are refused.
     """
-    from mat_effnet import models
+    from mat_effnet.identity import identity
 
     settings, sources, names = {}, {}, {}
     for stream, (path, model) in streams.items():
-        ident = models.identity(model)
+        ident = identity(model)
         legacy = None
         if ident.preparation is None or ident.class_names is None:
             legacy = settings_for(path, default)

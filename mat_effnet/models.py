@@ -21,18 +21,11 @@ EfficientNet for video action recognition", Multimedia Systems 2022.
 * Fig. 9 -- attention scores for visualisation (:func:`build_attention_model`,
   ``attention_tokens="spatial"``).
 * The paper's per-backbone facts (input size, feature size, input
-  normalisation) are one table, :data:`BACKBONE_SPECS`.
+  normalisation) are one table, `mat_effnet.backbones`.
 
-A saved model says what it is. :class:`StreamModel` and
-:class:`TwoStreamModel` are Functional models whose Keras config carries an
-``identity`` entry: the architecture (stream, backbone, attention, flow
-length, image size, segments) and what training knew (class names, dataset,
-the preparation settings of the training data, training segments); see
-:func:`identity` and :func:`with_identity`. It is stored the way keras-hub's
-task models store their constructor arguments in ``get_config``, but kept
-out of the constructor's named arguments: Keras saves a Functional subclass
-as a graph only while its constructor looks like Functional's. Models saved
-before are read as before, off shapes and layer names, with one warning.
+The models carry their identity (`mat_effnet.identity`): :func:`build_stream`
+returns a :class:`~mat_effnet.identity.StreamModel`, :func:`build_two_stream`
+a :class:`~mat_effnet.identity.TwoStreamModel`.
 
 Decisions the paper leaves open (all documented where they are made):
 
@@ -45,22 +38,8 @@ Decisions the paper leaves open (all documented where they are made):
   token mean is permutation-invariant); without attention the same holds
   trivially.
 * Inputs are raw 0..255 values for every backbone; the normalisation lives
-  inside the backbone sub-model (see ``build_backbone``):
-
-  ============  =============================  ==============================
-  backbone      RGB (spatial stream)           flow (temporal stream)
-  ============  =============================  ==============================
-  EfficientNet  (x/255 - mean_in) / std_in     (x - 127.5) / 127.5
-  ResNet-50     BGR order, x - (103.939,       x - 127.5  (caffe: centred,
-                116.779, 123.68)  (caffe)      not scaled, like its RGB input)
-  ResNet-18/34  (x/255 - mean_in) / std_in     (x - 127.5) / 127.5
-  ============  =============================  ==============================
-
-  with ImageNet ``mean_in = (0.485, 0.456, 0.406)``,
-  ``std_in = (0.229, 0.224, 0.225)``. Flow fields are assumed quantised to
-  0..255 with zero motion at 127.5 (the TSN/denseflow convention), so the
-  temporal input is centred at 0 with the same scale family as the RGB input
-  the copied filters were trained on.
+  inside the backbone sub-model (see ``build_backbone``), set from the table
+  of `mat_effnet.backbones` (its docstring lists it per backbone).
 * ``weights=None`` is the default (no silent download); the paper's UCF101 /
   HMDB51 rows use ``weights="imagenet"``, its Kinetics rows ``None``.
   ``image_size=None`` means the paper's size per backbone (Sect. 4.2).
@@ -71,18 +50,34 @@ Decisions the paper leaves open (all documented where they are made):
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import numbers
 import os
-import sys
 import warnings
 
 import numpy as np
 import keras
 from keras import layers
 
+from mat_effnet.backbones import (
+    BACKBONE_SPECS,
+    BACKBONES,
+    STREAMS,
+    backbone_spec,
+    check_image_size,
+    input_statistics,
+)
+from mat_effnet.checks import check_choice, check_fraction, check_int
 from mat_effnet.errors import MatEffNetError
+from mat_effnet.identity import (
+    BACKBONE_LAYER,
+    StreamModel,
+    TwoStreamModel,
+    find_backbone,
+    identity,
+    infer_backbone,
+    stream_identity_config,
+    two_stream_identity_config,
+    with_identity,
+)
 from mat_effnet.layers import (
     ChannelStandardization,
     FoldSegments,
@@ -92,11 +87,7 @@ from mat_effnet.layers import (
 from mat_effnet.resnet import resnet_features
 
 __all__ = [
-    "BACKBONES",
-    "STREAMS",
     "ATTENTION_TOKENS",
-    "PAPER_INPUT_SIZE",
-    "FEATURE_DIM",
     "input_channels",
     "build_backbone",
     "cross_modality_init",
@@ -106,151 +97,12 @@ __all__ = [
     "build_attention_model",
     "attention_token_grid",
     "set_bn_momentum",
-    "BackboneSpec",
-    "BACKBONE_SPECS",
-    "backbone_spec",
-    "StreamModel",
-    "TwoStreamModel",
-    "ModelIdentity",
-    "identity",
-    "with_identity",
-    "data_identity",
-    "PREPARATION_KEYS",
 ]
 
-#: Accepted ``stream`` values.
-STREAMS = ("spatial", "temporal")
 #: Accepted ``attention_tokens`` values.
 ATTENTION_TOKENS = ("segment", "spatial")
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
-#: keras.applications.resnet50.preprocess_input ("caffe"): BGR means.
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-#: Quantised flow: 0..255 with zero displacement at the centre.
-FLOW_CENTER = 127.5
-FLOW_SCALE = 127.5
-
-
-@dataclasses.dataclass(frozen=True)
-class BackboneSpec:
-    """The paper's facts about one backbone, and how it takes raw 0..255 input.
-
-    ``rgb_mean`` / ``rgb_std`` / ``flow_mean`` / ``flow_std`` are in units of
-    the raw input (0..255), per channel for RGB and one value for every flow
-    channel: the backbone's first layer computes ``(x - mean) / std``
-    (``rgb_reverse_channels``: on BGR, the caffe convention of ResNet-50).
-    """
-
-    name: str
-    #: Input resolution the paper used (Sect. 4.2): ``image_size=None``.
-    paper_input_size: int
-    #: Channels of the last feature map (= pooled feature size).
-    feature_dim: int
-    rgb_mean: tuple
-    rgb_std: tuple
-    flow_mean: float
-    flow_std: float
-    rgb_reverse_channels: bool = False
-    #: Every backbone has stride 32 (and 32 px is the smallest input
-    #: keras.applications accepts): smaller inputs leave no feature map.
-    min_image_size: int = 32
-    #: The ``keras.applications`` builder (None: :mod:`mat_effnet.resnet`);
-    #: Keras ships ImageNet weights for exactly these (``weights="imagenet"``).
-    keras_application: str | None = None
-    #: The Keras builder normalises its input itself (Rescaling +
-    #: Normalization layers, set from this table) instead of a
-    #: ChannelStandardization in front.
-    builtin_normalization: bool = False
-
-
-_IMAGENET_RGB_255 = dict(rgb_mean=tuple(255.0 * m for m in IMAGENET_MEAN_RGB),
-                         rgb_std=tuple(255.0 * s for s in IMAGENET_STD_RGB),
-                         flow_mean=FLOW_CENTER, flow_std=FLOW_SCALE)
-
-#: One row per backbone of Sect. 4.3 (Tables 2-3), in the paper's order.
-BACKBONE_SPECS = {
-    spec.name: spec for spec in (
-        BackboneSpec("efficientnet_b0", 224, 1280, keras_application="EfficientNetB0",
-                     builtin_normalization=True, **_IMAGENET_RGB_255),
-        # Caffe-style input: BGR, centred, not scaled; flow likewise centred only.
-        BackboneSpec("resnet50", 224, 2048, rgb_mean=CAFFE_MEAN_BGR,
-                     rgb_std=(1.0, 1.0, 1.0), rgb_reverse_channels=True,
-                     flow_mean=FLOW_CENTER, flow_std=1.0, keras_application="ResNet50"),
-        BackboneSpec("resnet18", 112, 512, **_IMAGENET_RGB_255),
-        BackboneSpec("resnet34", 168, 512, **_IMAGENET_RGB_255),
-    )
-}
-
-
-def backbone_spec(backbone) -> BackboneSpec:
-    """The :class:`BackboneSpec` of ``backbone``; ValueError naming the choices."""
-    return BACKBONE_SPECS[_check_choice("backbone", backbone, BACKBONES)]
-
-
-#: Accepted ``backbone`` values (Sect. 4.3, Tables 2-3).
-BACKBONES = tuple(BACKBONE_SPECS)
-#: Derived views of the table, for readers of the older names.
-PAPER_INPUT_SIZE = {n: s.paper_input_size for n, s in BACKBONE_SPECS.items()}
-FEATURE_DIM = {n: s.feature_dim for n, s in BACKBONE_SPECS.items()}
-
-# Names of the layers the helpers below look up in a stream model.
-_BACKBONE_LAYER = "backbone"
+# Input normalisation layers: never copied between backbones.
 _PREPROCESSING_TYPES = (layers.Normalization, ChannelStandardization)
-
-
-# --------------------------------------------------------------------------
-# argument checking
-# --------------------------------------------------------------------------
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_int(name, value, minimum):
-    if not _is_int(value) or value < minimum:
-        raise MatEffNetError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise MatEffNetError(
-            f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
-        )
-    return value
-
-
-def _check_fraction(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-        0.0 <= float(value) < 1.0
-    ):
-        accepted = "None or " if allow_none else ""
-        raise MatEffNetError(f"{name} must be {accepted}a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _check_image_size(image_size, backbone):
-    spec = backbone_spec(backbone)
-    if image_size is None:
-        image_size = spec.paper_input_size
-    if _is_int(image_size):
-        size = (int(image_size), int(image_size))
-    elif (
-        isinstance(image_size, (tuple, list))
-        and len(image_size) == 2
-        and all(_is_int(s) for s in image_size)
-    ):
-        size = (int(image_size[0]), int(image_size[1]))
-    else:
-        size = None
-    least = spec.min_image_size
-    if size is None or min(size) < least:
-        raise MatEffNetError(
-            f"image_size must be None (paper size), an integer >= {least} or a pair "
-            f"(height, width) of integers >= {least}; got {image_size!r}"
-        )
-    return size
 
 
 def input_channels(stream, flow_length=10):
@@ -259,8 +111,8 @@ def input_channels(stream, flow_length=10):
     Temporal channels are interleaved: channel ``2i`` is the horizontal and
     ``2i + 1`` the vertical flow of frame ``i`` of the stack.
     """
-    _check_choice("stream", stream, STREAMS)
-    flow_length = _check_int("flow_length", flow_length, 1)
+    check_choice("stream", stream, STREAMS)
+    flow_length = check_int("flow_length", flow_length, 1)
     return 3 if stream == "spatial" else 2 * flow_length
 
 
@@ -282,7 +134,7 @@ def set_bn_momentum(model, momentum):
     network is trained from scratch for few steps (the demo), so the stream
     builder can override it. Returns the number of layers changed.
     """
-    momentum = _check_fraction("bn_momentum", momentum)
+    momentum = check_fraction("bn_momentum", momentum)
     changed = 0
     for layer in _all_layers(model):
         if isinstance(layer, layers.BatchNormalization):
@@ -321,21 +173,13 @@ def _set_builtin_normalization(model, backbone, channels):
     rescaling[0].name = "input_rescaling"
     norm[0].name = "input_normalization"
     # The table is in raw 0..255 units; Keras's layer runs after its x / 255.
-    mean, std, _ = _input_statistics(backbone, channels)
+    mean, std, _ = input_statistics(backbone, channels)
     _set_keras_normalization(norm[0], [m / 255.0 for m in mean],
                              [(s / 255.0) ** 2 for s in std])
 
 
-def _input_statistics(backbone, channels):
-    """Per-channel (mean, std, reverse_channels) of raw input, from the table."""
-    spec = backbone_spec(backbone)
-    if channels == 3:
-        return list(spec.rgb_mean), list(spec.rgb_std), spec.rgb_reverse_channels
-    return [spec.flow_mean] * channels, [spec.flow_std] * channels, False
-
-
 def _standardization(backbone, channels):
-    mean, std, reverse = _input_statistics(backbone, channels)
+    mean, std, reverse = input_statistics(backbone, channels)
     return ChannelStandardization(mean, std, reverse_channels=reverse,
                                   name="input_standardization")
 
@@ -377,36 +221,6 @@ def _imagenet_backbone(backbone, height, width):
     )
 
 
-def _infer_backbone(model):
-    names = {l.name for l in model.layers}
-    if "stem_conv" in names and "top_conv" in names:
-        return "efficientnet_b0"
-    if "conv2_block1_3_conv" in names:
-        return "resnet50"
-    if "conv4_block6_2_conv" in names:
-        return "resnet34"
-    if "conv2_block1_2_conv" in names:
-        return "resnet18"
-    raise MatEffNetError(
-        f"model {model.name!r} is not one of the backbones {BACKBONES}"
-    )
-
-
-def _find_backbone(model, stream="spatial"):
-    """The backbone sub-model of a stream model, of the ``stream`` branch of a
-    two-stream model, or ``model`` itself (a bare backbone)."""
-    if isinstance(model, TwoStreamModel):
-        return _find_backbone(_stream_layers(model)[stream])
-    names = {l.name for l in model.layers}
-    if _BACKBONE_LAYER in names and isinstance(
-        model.get_layer(_BACKBONE_LAYER), keras.Model
-    ):
-        return model.get_layer(_BACKBONE_LAYER)
-    if f"{stream}_stream" in names:
-        return _find_backbone(model.get_layer(f"{stream}_stream"))
-    return model
-
-
 def _weighted_layers(model):
     # Input normalisation is not learned and differs between RGB and flow (and
     # Keras's ImageNet EfficientNet stores a quirky variance), so it is never
@@ -438,7 +252,7 @@ def _copy_backbone_weights(target, source, what="weights"):
     if missing or extra:
         raise MatEffNetError(
             f"{what}: the source model {source.name!r} is not a "
-            f"{_infer_backbone_name_or(target)} backbone (layers missing from "
+            f"{_backbone_name_or(target)} backbone (layers missing from "
             f"it: {missing[:5]}{'...' if len(missing) > 5 else ''}; unexpected "
             f"layers: {extra[:5]}{'...' if len(extra) > 5 else ''}). Accepted: "
             "weights of the same backbone, RGB or with the same channel count."
@@ -475,9 +289,9 @@ def _copy_backbone_weights(target, source, what="weights"):
     return target
 
 
-def _infer_backbone_name_or(model):
+def _backbone_name_or(model):
     try:
-        return repr(_infer_backbone(model))
+        return repr(infer_backbone(model))
     except ValueError:
         return "matching"
 
@@ -491,7 +305,7 @@ def _cross_modality_kernel(kernel, channels):
 def _source_backbone(source, backbone, height, width, target_channels, what):
     """Turn a weights source ("imagenet", a path or a model) into a backbone."""
     if isinstance(source, keras.Model):
-        return _find_backbone(source)
+        return find_backbone(source)
     if isinstance(source, str) and source == "imagenet":
         return _imagenet_backbone(backbone, height, width)
     if not isinstance(source, (str, os.PathLike)):
@@ -510,7 +324,7 @@ def _source_backbone(source, backbone, height, width, target_channels, what):
             loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as err:  # noqa: BLE001 -- re-raised as ValueError
             raise MatEffNetError(f"{what}: could not load {path!r}: {err}") from err
-        return _find_backbone(loaded)
+        return find_backbone(loaded)
     if path.endswith(".h5"):
         # A weights-only file carries no architecture: load it into a fresh
         # RGB backbone (or one with the target's channels, to resume a
@@ -546,7 +360,7 @@ def build_backbone(
     image_size=None,
     weights=None,
     bn_momentum=None,
-    name=_BACKBONE_LAYER,
+    name=BACKBONE_LAYER,
 ):
     """One backbone: ``(H, W, channels)`` raw 0..255 -> last feature map.
 
@@ -558,10 +372,10 @@ def build_backbone(
     ``keras.Model``. With ``channels != 3`` RGB weights are transferred by
     cross-modality initialisation.
     """
-    _check_choice("backbone", backbone, BACKBONES)
-    channels = _check_int("channels", channels, 1)
-    height, width = _check_image_size(image_size, backbone)
-    bn_momentum = _check_fraction("bn_momentum", bn_momentum, allow_none=True)
+    check_choice("backbone", backbone, BACKBONES)
+    channels = check_int("channels", channels, 1)
+    height, width = check_image_size(image_size, backbone)
+    bn_momentum = check_fraction("bn_momentum", bn_momentum, allow_none=True)
     model = _bare_backbone(backbone, height, width, channels, name)
     if weights is not None:
         source = _source_backbone(weights, backbone, height, width, channels,
@@ -586,12 +400,12 @@ def cross_modality_init(temporal_model_or_backbone, rgb_weights_source):
     stream, ``.weights.h5`` / ``.h5`` RGB backbone weights) or a
     ``keras.Model``. Returns ``temporal_model_or_backbone``.
     """
-    target = _find_backbone(temporal_model_or_backbone, stream="temporal")
-    if isinstance(temporal_model_or_backbone, _IdentifiedModel):
+    target = find_backbone(temporal_model_or_backbone, stream="temporal")
+    if isinstance(temporal_model_or_backbone, (StreamModel, TwoStreamModel)):
         backbone = identity(temporal_model_or_backbone)
         backbone = (backbone.streams["temporal"] if backbone.streams else backbone).backbone
     else:  # a bare backbone says what it is only through its layer names
-        backbone = _infer_backbone(target)
+        backbone = infer_backbone(target)
     _, height, width, channels = target.input_shape
     source = _source_backbone(rgb_weights_source, backbone, height, width, 3,
                               "rgb_weights_source")
@@ -603,315 +417,6 @@ def cross_modality_init(temporal_model_or_backbone, rgb_weights_source):
         )
     _copy_backbone_weights(target, source, "rgb_weights_source")
     return temporal_model_or_backbone
-
-
-# --------------------------------------------------------------------------
-# identity: what a saved model is, carried in its own config
-# --------------------------------------------------------------------------
-#: Version of the ``identity`` entry of a model's config.
-IDENTITY_VERSION = 1
-#: Keys of ``preparation``: the settings of the training data's preparation
-#: (mat-effnet-prep) that a video must be prepared with to be scored alike.
-PREPARATION_KEYS = ("short_side", "flow", "flow_implementation", "flow_bound",
-                    "jpeg_quality", "schema_version")
-#: The preparation keys that change what a stream sees (not just how fast it
-#: was computed): a mismatch with the evaluated data is an error. Another
-#: ``flow_implementation`` of the same algorithm only gets a note.
-PREPARATION_MUST_MATCH = ("flow", "flow_bound")
-#: Every preparation before issue 11 computed flow with OpenCV.
-DEFAULT_FLOW_IMPLEMENTATION = "opencv"
-
-_warned_models = set()
-
-
-def _warn_once(key, message):
-    """One line on stderr per model (models saved before this identity)."""
-    if key in _warned_models:
-        return
-    _warned_models.add(key)
-    print(f"mat-effnet: warning: {message}", file=sys.stderr, flush=True)
-
-
-def _check_class_names(class_names, num_classes):
-    if class_names is None:
-        return None
-    if isinstance(class_names, str) or not all(
-            isinstance(c, str) and c for c in class_names):
-        raise MatEffNetError(
-            f"class_names={class_names!r}: must be a list of non-empty strings")
-    names = [str(c) for c in class_names]
-    if len(names) != num_classes:
-        raise MatEffNetError(
-            f"class_names={names[:3]}{'...' if len(names) > 3 else ''}: "
-            f"{len(names)} names for a model of {num_classes} classes")
-    if len(set(names)) != len(names):
-        raise MatEffNetError(f"class_names={names}: a name appears twice")
-    return names
-
-
-def _check_preparation(preparation):
-    """The known keys of ``preparation`` as JSON-native values (others dropped)."""
-    if preparation is None:
-        return None
-    if dataclasses.is_dataclass(preparation):
-        preparation = dataclasses.asdict(preparation)
-    if not isinstance(preparation, dict):
-        raise MatEffNetError(
-            f"preparation={preparation!r}: must be a dict with keys "
-            f"{', '.join(PREPARATION_KEYS)}")
-    out = {}
-    for key, kind in (("short_side", int), ("flow", str), ("flow_implementation", str),
-                      ("flow_bound", float), ("jpeg_quality", int),
-                      ("schema_version", int)):
-        value = preparation.get(key)
-        if value is None:
-            continue
-        try:
-            if kind is str:
-                if not isinstance(value, str):
-                    raise TypeError
-                out[key] = value
-            elif kind is int:
-                if isinstance(value, bool) or int(value) != value:
-                    raise TypeError
-                out[key] = int(value)
-            else:
-                out[key] = float(value)
-        except (TypeError, ValueError):
-            raise MatEffNetError(
-                f"preparation[{key!r}]={value!r}: must be {kind.__name__}") from None
-    return out
-
-
-def data_identity(meta):
-    """``class_names``, ``dataset`` and ``preparation`` of prepared data.
-
-    ``meta`` is :func:`mat_effnet.records.read_metadata`'s dict; the result
-    is meant to be splatted into :func:`build_stream` or
-    :func:`with_identity`.
-    """
-    settings = dict(meta.get("settings") or {})
-    preparation = {k: settings[k] for k in PREPARATION_KEYS if k in settings}
-    if "flow_implementation" not in preparation and settings.get("flow", "none") != "none":
-        preparation["flow_implementation"] = DEFAULT_FLOW_IMPLEMENTATION
-    if meta.get("schema_version") is not None:
-        preparation["schema_version"] = meta["schema_version"]
-    dataset = meta.get("name") or settings.get("name") or meta.get("dataset") or \
-        settings.get("dataset")
-    return {"class_names": list(meta["classes"]) if meta.get("classes") else None,
-            "dataset": str(dataset) if dataset else None,
-            "preparation": preparation or None}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelIdentity:
-    """What a stream or two-stream model is (see :func:`identity`).
-
-    ``inferred`` names the fields read off shapes and layer names because
-    the model was saved before models carried their identity; None fields
-    are unknown.
-    """
-
-    kind: str                        # "stream" or "two_stream"
-    num_classes: int
-    class_names: tuple | None = None
-    dataset: str | None = None
-    preparation: dict | None = None  # keys PREPARATION_KEYS (some may be missing)
-    stream: str | None = None        # stream models: "spatial" / "temporal"
-    backbone: str | None = None
-    attention: bool | None = None
-    attention_tokens: str | None = None
-    flow_length: int | None = None   # temporal streams only
-    image_size: tuple | None = None  # (height, width)
-    num_segments: int | None = None  # of the input; None = any number
-    train_segments: int | None = None
-    streams: dict | None = None      # two_stream: {"spatial": ModelIdentity, ...}
-    fusion_weights: tuple | None = None  # two_stream, normalised
-    inferred: tuple = ()
-
-    def to_dict(self) -> dict:
-        """JSON-native form (what score files and ``predict --json`` carry)."""
-        out = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name == "streams" and value is not None:
-                value = {k: v.to_dict() for k, v in value.items()}
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, dict):
-                value = dict(value)
-            out[field.name] = value
-        return out
-
-    def training_kwargs(self) -> dict:
-        """The arguments of :func:`with_identity` that reproduce this identity."""
-        return {"class_names": None if self.class_names is None else list(self.class_names),
-                "dataset": self.dataset,
-                "preparation": None if self.preparation is None else dict(self.preparation),
-                "train_segments": self.train_segments}
-
-
-class _IdentifiedModel(keras.Model):
-    """A Functional model whose config carries an ``identity`` dict.
-
-    The constructor keeps Functional's signature ``(inputs, outputs, name)``
-    (the identity travels in ``**kwargs``): Keras serialises such a subclass
-    as a graph and revives it through that same constructor, while a
-    Functional subclass with extra named arguments would be saved without
-    its graph.
-    """
-
-    def __init__(self, inputs, outputs, name=None, **kwargs):
-        identity_config = kwargs.pop("identity", None)
-        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
-        self._identity_config = json.loads(json.dumps(identity_config or {}))
-
-    def get_config(self):
-        config = super().get_config()
-        config["identity"] = json.loads(json.dumps(self._identity_config))
-        return config
-
-
-@keras.saving.register_keras_serializable(package="mat_effnet")
-class StreamModel(_IdentifiedModel):
-    """One stream (see :func:`build_stream`), carrying its identity."""
-
-
-@keras.saving.register_keras_serializable(package="mat_effnet")
-class TwoStreamModel(_IdentifiedModel):
-    """Two fused streams (see :func:`build_two_stream`), carrying their identity."""
-
-
-def with_identity(model, *, class_names=..., dataset=..., preparation=...,
-                  train_segments=...):
-    """Sets what training knows about a stream model (in place; returns it).
-
-    Only the arguments given change; None clears one. ``class_names``: one
-    name per class index. ``dataset``: e.g. ``"ucf101"``. ``preparation``: a
-    dict (or dataclass) with :data:`PREPARATION_KEYS`, other keys dropped.
-    ``train_segments``: the K segments per clip the stream was trained on.
-    See :func:`data_identity` for the first three from prepared data.
-    """
-    if not isinstance(model, StreamModel):
-        raise MatEffNetError(
-            f"model={getattr(model, 'name', model)!r}: not a stream model built by "
-            "mat_effnet.models.build_stream")
-    config = dict(model._identity_config)
-    if class_names is not ...:
-        config["class_names"] = _check_class_names(class_names, config["num_classes"])
-    if dataset is not ...:
-        if dataset is not None and not (isinstance(dataset, str) and dataset):
-            raise MatEffNetError(f"dataset={dataset!r}: must be a non-empty string")
-        config["dataset"] = dataset
-    if preparation is not ...:
-        config["preparation"] = _check_preparation(preparation)
-    if train_segments is not ...:
-        if train_segments is not None:
-            train_segments = _check_int("train_segments", train_segments, 1)
-        config["train_segments"] = train_segments
-    model._identity_config = config
-    return model
-
-
-def _stream_identity_config(*, stream, backbone, attention, attention_tokens, flow_length,
-                            image_size, num_segments, num_classes):
-    return {
-        "version": IDENTITY_VERSION, "kind": "stream", "stream": stream,
-        "backbone": backbone, "attention": attention,
-        "attention_tokens": attention_tokens,
-        "flow_length": flow_length if stream == "temporal" else None,
-        "image_size": list(image_size), "num_segments": num_segments,
-        "num_classes": num_classes, "train_segments": None, "class_names": None,
-        "dataset": None, "preparation": None,
-    }
-
-
-def _stream_identity_from_config(config):
-    return ModelIdentity(
-        kind="stream", num_classes=int(config["num_classes"]),
-        class_names=None if config.get("class_names") is None
-        else tuple(config["class_names"]),
-        dataset=config.get("dataset"),
-        preparation=None if config.get("preparation") is None
-        else dict(config["preparation"]),
-        stream=config["stream"], backbone=config["backbone"],
-        attention=bool(config["attention"]),
-        attention_tokens=config.get("attention_tokens", "segment"),
-        flow_length=config.get("flow_length"),
-        image_size=tuple(config["image_size"]),
-        num_segments=config.get("num_segments"),
-        train_segments=config.get("train_segments"))
-
-
-def _legacy_stream_identity(model):
-    """Today's inference from shapes and layer names (models saved before)."""
-    shape = model.inputs[0].shape  # (batch, segments, H, W, C)
-    channels = int(shape[-1])
-    stream = "spatial" if channels == 3 else "temporal"
-    names = {l.name for l in model.layers}
-    try:
-        backbone = _infer_backbone(_find_backbone(model))
-    except ValueError:
-        backbone = None
-    _warn_once(
-        ("legacy", id(model)),
-        f"model {model.name!r} was saved without its identity (before mat-effnet "
-        f"issue 11): stream ({stream}), backbone and image size are read off its shapes "
-        "and layer names; its class names, dataset and preparation settings are not in it")
-    return ModelIdentity(
-        kind="stream", num_classes=int(model.outputs[0].shape[-1]), stream=stream,
-        backbone=backbone, attention="attention" in names,
-        attention_tokens="segment" if "avg_pool" in names else "spatial",
-        flow_length=channels // 2 if stream == "temporal" else None,
-        image_size=(int(shape[2]), int(shape[3])),
-        num_segments=None if shape[1] is None else int(shape[1]),
-        inferred=("stream", "backbone", "attention", "attention_tokens", "flow_length",
-                  "image_size", "num_segments", "num_classes"))
-
-
-def _stream_layers(model):
-    """``{"spatial": stream model, "temporal": ...}`` of a two-stream model."""
-    config = getattr(model, "_identity_config", {})
-    if config.get("kind") == "two_stream":
-        return {s: model.get_layer(n) for s, n in config["streams"].items()}
-    found = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) and len(layer.inputs) == 1:
-            found[identity(layer).stream] = layer
-    return found
-
-
-def identity(model) -> ModelIdentity:
-    """What ``model`` (a stream or two-stream model) is, read from its config.
-
-    Models saved before models carried their identity are read as before,
-    off shapes and layer names (``inferred`` lists those fields), with one
-    warning on stderr per model.
-    """
-    config = getattr(model, "_identity_config", None) or {}
-    if config.get("kind") == "stream":
-        return _stream_identity_from_config(config)
-    if config.get("kind") == "two_stream" or len(getattr(model, "inputs", ()) or ()) == 2:
-        streams = {s: identity(m) for s, m in _stream_layers(model).items()}
-        first = next(iter(streams.values()))
-        known = [i for i in streams.values() if i.class_names is not None] or [first]
-        if config.get("kind") == "two_stream":
-            weights, inferred = tuple(config["fusion_weights"]), ()
-        else:
-            fusion = [l for l in model.layers if isinstance(l, LateFusion)]
-            weights = tuple(fusion[0].fusion_weights) if fusion else None
-            inferred = ("fusion_weights",)
-        return ModelIdentity(
-            kind="two_stream", num_classes=first.num_classes,
-            class_names=known[0].class_names,
-            dataset=next((i.dataset for i in streams.values() if i.dataset), None),
-            streams=streams, fusion_weights=weights, inferred=inferred)
-    if not isinstance(model, keras.Model) or len(model.inputs) != 1 or \
-            len(model.inputs[0].shape) != 5:
-        raise MatEffNetError(
-            f"model={getattr(model, 'name', model)!r}: not a stream or two-stream "
-            "model (a stream takes (batch, segments, height, width, channels))")
-    return _legacy_stream_identity(model)
 
 
 # --------------------------------------------------------------------------
@@ -968,20 +473,19 @@ def build_stream(
     ``train_segments`` (see :func:`with_identity`). ``weights`` is not part of
     it: the saved weights are the model's own.
     """
-    num_classes = _check_int("num_classes", num_classes, 2)
-    _check_choice("stream", stream, STREAMS)
+    num_classes = check_int("num_classes", num_classes, 2)
+    check_choice("stream", stream, STREAMS)
     if num_segments is not None:  # None: any number of segments per clip
-        num_segments = _check_int("num_segments", num_segments, 1)
+        num_segments = check_int("num_segments", num_segments, 1)
     channels = input_channels(stream, flow_length)
-    _check_choice("backbone", backbone, BACKBONES)
-    height, width = _check_image_size(image_size, backbone)
+    height, width = check_image_size(image_size, backbone)  # checks backbone too
     if not isinstance(attention, bool):
         raise MatEffNetError(f"attention must be True or False, got {attention!r}")
-    _check_choice("attention_tokens", attention_tokens, ATTENTION_TOKENS)
-    dropout = _check_fraction("dropout", dropout)
-    num_heads = _check_int("num_heads", num_heads, 1)
-    key_dim = _check_int("key_dim", key_dim, 1)
-    fc_units = _check_int("fc_units", fc_units, 1)
+    check_choice("attention_tokens", attention_tokens, ATTENTION_TOKENS)
+    dropout = check_fraction("dropout", dropout)
+    num_heads = check_int("num_heads", num_heads, 1)
+    key_dim = check_int("key_dim", key_dim, 1)
+    fc_units = check_int("fc_units", fc_units, 1)
 
     backbone_model = build_backbone(
         backbone, channels, (height, width), weights=weights,
@@ -1016,7 +520,7 @@ def build_stream(
     # float32 softmax: stays numerically sound under mixed_float16.
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     model = StreamModel(inputs, outputs, name=name or f"{stream}_stream",
-                        identity=_stream_identity_config(
+                        identity=stream_identity_config(
                             stream=stream, backbone=backbone, attention=attention,
                             attention_tokens=attention_tokens, flow_length=flow_length,
                             image_size=(height, width), num_segments=num_segments,
@@ -1076,10 +580,9 @@ def build_two_stream(spatial_model, temporal_model, fusion_weights=(1.0, 1.0),
     fused = fusion([spatial_model(rgb), temporal_model(flow)])
     return TwoStreamModel(
         [rgb, flow], fused, name=name,
-        identity={"version": IDENTITY_VERSION, "kind": "two_stream",
-                  "streams": {"spatial": spatial_model.name,
-                              "temporal": temporal_model.name},
-                  "fusion_weights": list(fusion.fusion_weights)})
+        identity=two_stream_identity_config(
+            spatial_name=spatial_model.name, temporal_name=temporal_model.name,
+            fusion_weights=fusion.fusion_weights))
 
 
 def _short(value):
@@ -1141,5 +644,5 @@ def attention_token_grid(stream_model):
     segments = stream_model.input_shape[1]
     if identity(stream_model).attention_tokens == "segment":
         return (segments, 1, 1)
-    _, h, w, _ = stream_model.get_layer(_BACKBONE_LAYER).output_shape
+    _, h, w, _ = stream_model.get_layer(BACKBONE_LAYER).output_shape
     return (segments, h, w)

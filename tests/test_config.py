@@ -2,6 +2,9 @@
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -9,6 +12,8 @@ from absl import flags
 from experiments import flagdefs
 from mat_effnet import config
 from mat_effnet.errors import MatEffNetError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cfg(**kw):
@@ -60,6 +65,17 @@ def test_image_size_defaults_to_the_papers_size_per_backbone():
     assert _cfg(backbone="resnet18").image_size() == 112
     assert _cfg(backbone="resnet34").image_size() == 168
     assert _cfg().image_size() == 224
+
+
+def test_config_reads_the_backbone_table_without_starting_keras():
+    code = ("import sys; from mat_effnet import config; "
+            "c = config.TrainConfig.from_flat(stream='spatial', data_dir='d', model_dir='m', "
+            "backbone='resnet34'); "
+            "print(c.image_size(), config.BACKBONES == config.backbones.BACKBONES, "
+            "sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout.split()
+    assert out == ["168", "True", "[]"]
     assert _cfg(backbone="resnet18", image_size=64).image_size() == 64
 
 

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from data_prep import synthetic
-from mat_effnet import evaluation, fusion, inference, models as M, records, training
+from mat_effnet import evaluation, fusion, inference, records, training
+from mat_effnet import identity as I
 
 IMAGE = 32
 
@@ -118,7 +119,7 @@ def test_eval_fuse_and_predict(trained, data_dir, tmp_path):
     # computed through the library on the same video.
     spatial = evaluation.load_model(models["spatial"])
     temporal = evaluation.load_model(models["temporal"])
-    ident = M.identity(spatial)
+    ident = I.identity(spatial)
     assert ident.class_names == tuple(synthetic.CLASSES) and ident.train_segments == 3
     assert (ident.preparation["flow"], ident.preparation["short_side"]) == ("dis", 40)
     # The older route (train_config.json -> the data's metadata) agrees.

@@ -21,7 +21,7 @@ SCRIPT = r"""
 import json, os, sys
 import numpy as np
 import keras
-from mat_effnet import models as M
+from mat_effnet import identity as I, models as M
 
 path = sys.argv[1]
 keras.utils.set_random_seed(0)
@@ -46,7 +46,7 @@ got = np.asarray(loaded.predict(x, verbose=0))
 out["max_abs_diff"] = float(np.abs(got - expected).max())
 out["row_sums"] = expected.sum(axis=1).tolist()
 out["type"] = type(loaded).__name__
-out["identity"] = M.identity(loaded).to_dict()
+out["identity"] = I.identity(loaded).to_dict()
 print(json.dumps(out))
 """
 

@@ -21,6 +21,8 @@ import pytest
 
 from data_prep import synthetic
 from mat_effnet import evaluation, fusion, inference
+from mat_effnet import backbones as B
+from mat_effnet import identity as I
 from mat_effnet import models as M
 from mat_effnet.errors import MatEffNetError
 
@@ -48,6 +50,17 @@ def _config(path):
         return json.loads(z.read("config.json"))
 
 
+def _with_module(path, module, out):
+    """A copy of the .keras file at ``path`` whose config names ``module``."""
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                data = json.dumps(dict(json.loads(data), module=module)).encode()
+            dst.writestr(item, data)
+    return str(out)
+
+
 @pytest.fixture(scope="module")
 def pair():
     keras.utils.set_random_seed(5)
@@ -59,7 +72,7 @@ def pair():
 # ---------------------------------------------------------------------------
 def test_stream_identity_survives_save_and_safe_load(pair, tmp_path):
     spatial, _ = pair
-    ident = M.identity(spatial)
+    ident = I.identity(spatial)
     assert ident.kind == "stream" and ident.stream == "spatial"
     assert (ident.backbone, ident.attention, ident.attention_tokens) == ("resnet18", True,
                                                                           "segment")
@@ -77,8 +90,14 @@ def test_stream_identity_survives_save_and_safe_load(pair, tmp_path):
     assert "layers" in config["config"]
     assert '"weights"' not in json.dumps(config)  # never "imagenet" (a download on load)
     loaded = keras.models.load_model(path, safe_mode=True)
-    assert type(loaded) is M.StreamModel
-    assert M.identity(loaded) == ident
+    assert type(loaded) is I.StreamModel
+    assert I.identity(loaded) == ident
+    # Files saved before the split name the module mat_effnet.models; they load
+    # through the registered name, which therefore must never change.
+    assert config["registered_name"] == "mat_effnet>StreamModel"
+    old = keras.models.load_model(_with_module(path, "mat_effnet.models", tmp_path / "old.keras"),
+                                  safe_mode=True)
+    assert type(old) is I.StreamModel and I.identity(old) == ident
     x = _clip(spatial)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), spatial.predict(x, verbose=0),
                                atol=1e-6)
@@ -89,12 +108,12 @@ def test_temporal_identity_and_imagenet_weights_not_saved(tmp_path, monkeypatch)
     source = str(tmp_path / "rgb.weights.h5")
     M.build_backbone("resnet18", 3, 32).save_weights(source)
     temporal = _stream("temporal", weights=source, flow_length=3)
-    ident = M.identity(temporal)
+    ident = I.identity(temporal)
     assert (ident.stream, ident.flow_length) == ("temporal", 3)
     path = str(tmp_path / "t.keras")
     temporal.save(path)
     assert "rgb.weights.h5" not in json.dumps(_config(path))
-    assert M.identity(keras.models.load_model(path, safe_mode=True)) == ident
+    assert I.identity(keras.models.load_model(path, safe_mode=True)) == ident
 
 
 def test_two_stream_identity(pair, tmp_path):
@@ -103,11 +122,11 @@ def test_two_stream_identity(pair, tmp_path):
     path = str(tmp_path / "two.keras")
     two.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
-    assert type(loaded) is M.TwoStreamModel
-    ident = M.identity(loaded)
+    assert type(loaded) is I.TwoStreamModel
+    ident = I.identity(loaded)
     assert ident.kind == "two_stream" and ident.fusion_weights == (0.25, 0.75)
     assert ident.class_names == tuple(CLASSES) and ident.dataset == "ucf101"
-    assert ident.streams["spatial"] == M.identity(spatial)
+    assert ident.streams["spatial"] == I.identity(spatial)
     assert ident.streams["temporal"].flow_length == 2
     rgb, flow = _clip(spatial, 1), _clip(temporal, 2)
     expected = 0.25 * spatial.predict(rgb, verbose=0) + 0.75 * temporal.predict(flow, verbose=0)
@@ -130,57 +149,57 @@ def test_two_stream_refuses_streams_that_disagree(pair):
 
 def test_with_identity_sets_only_what_is_given_and_checks_it(pair):
     model = M.build_stream(3, "spatial", **SMALL)
-    ident = M.identity(model)
+    ident = I.identity(model)
     assert (ident.class_names, ident.dataset, ident.preparation) == (None, None, None)
-    M.with_identity(model, dataset="hmdb51")
-    assert M.identity(model).dataset == "hmdb51" and M.identity(model).class_names is None
+    I.with_identity(model, dataset="hmdb51")
+    assert I.identity(model).dataset == "hmdb51" and I.identity(model).class_names is None
     # Unknown preparation keys (other settings of a prep run) are dropped.
-    M.with_identity(model, preparation=dict(PREP, chunk_frames=1000, videos_per_shard=6))
-    assert M.identity(model).preparation == PREP
+    I.with_identity(model, preparation=dict(PREP, chunk_frames=1000, videos_per_shard=6))
+    assert I.identity(model).preparation == PREP
     with pytest.raises(MatEffNetError, match=r"class_names=\['a', 'b'\]: 2 names for a model "
                                              "of 3 classes"):
-        M.with_identity(model, class_names=["a", "b"])
+        I.with_identity(model, class_names=["a", "b"])
     with pytest.raises(MatEffNetError, match="a name appears twice"):
-        M.with_identity(model, class_names=["a", "b", "a"])
+        I.with_identity(model, class_names=["a", "b", "a"])
     with pytest.raises(MatEffNetError, match=r"preparation\['short_side'\]='big': must be int"):
-        M.with_identity(model, preparation={"short_side": "big"})
+        I.with_identity(model, preparation={"short_side": "big"})
     with pytest.raises(MatEffNetError, match="train_segments must be an integer >= 1"):
-        M.with_identity(model, train_segments=0)
+        I.with_identity(model, train_segments=0)
     with pytest.raises(MatEffNetError, match="not a stream model built by"):
-        M.with_identity(keras.Sequential([keras.layers.Dense(2)]), dataset="x")
+        I.with_identity(keras.Sequential([keras.layers.Dense(2)]), dataset="x")
     # training_kwargs() reproduces an identity on a twin (e.g. a float32 copy).
     twin = M.build_stream(3, "spatial", **SMALL)
-    M.with_identity(twin, **M.identity(model).training_kwargs())
-    assert M.identity(twin) == M.identity(model)
+    I.with_identity(twin, **I.identity(model).training_kwargs())
+    assert I.identity(twin) == I.identity(model)
 
 
 def test_data_identity_from_metadata():
     meta = {"classes": CLASSES, "name": "ucf101", "schema_version": 1, "num_classes": 3,
             "settings": {"flow": "tvl1", "flow_bound": 15.0, "short_side": 128,
                          "jpeg_quality": 80, "chunk_frames": 1000, "dataset": "ucf101"}}
-    got = M.data_identity(meta)
+    got = I.data_identity(meta)
     # Metadata from before flow_implementation existed: OpenCV computed all flow.
     assert got == {"class_names": CLASSES, "dataset": "ucf101",
                    "preparation": {"flow": "tvl1", "flow_bound": 15.0, "short_side": 128,
                                    "jpeg_quality": 80, "flow_implementation": "opencv",
                                    "schema_version": 1}}
     meta["settings"]["flow_implementation"] = "keras"
-    assert M.data_identity(meta)["preparation"]["flow_implementation"] == "keras"
+    assert I.data_identity(meta)["preparation"]["flow_implementation"] == "keras"
 
 
 def test_backbone_table_is_the_one_source():
-    assert M.BACKBONES == ("efficientnet_b0", "resnet50", "resnet18", "resnet34")
-    assert M.PAPER_INPUT_SIZE == {"efficientnet_b0": 224, "resnet50": 224, "resnet18": 112,
+    assert B.BACKBONES == ("efficientnet_b0", "resnet50", "resnet18", "resnet34")
+    assert B.PAPER_INPUT_SIZE == {"efficientnet_b0": 224, "resnet50": 224, "resnet18": 112,
                                   "resnet34": 168}
-    assert M.FEATURE_DIM == {"efficientnet_b0": 1280, "resnet50": 2048, "resnet18": 512,
+    assert B.FEATURE_DIM == {"efficientnet_b0": 1280, "resnet50": 2048, "resnet18": 512,
                              "resnet34": 512}
-    spec = M.backbone_spec("resnet50")
+    spec = B.backbone_spec("resnet50")
     assert spec.rgb_reverse_channels and spec.flow_std == 1.0
     with pytest.raises(ValueError, match="backbone must be one of"):
-        M.backbone_spec("vgg16")
+        B.backbone_spec("vgg16")
     # image_size=None is the table's paper size.
     model = M.build_stream(3, "spatial", backbone="resnet18", num_segments=1)
-    assert M.identity(model).image_size == (112, 112)
+    assert I.identity(model).image_size == (112, 112)
 
 
 # ---------------------------------------------------------------------------
@@ -198,8 +217,8 @@ def test_models_saved_before_still_load_and_say_so_once(pair, tmp_path, capsys):
     assert _config(path)["class_name"] == "Functional"
     loaded = keras.models.load_model(path, safe_mode=True)
     capsys.readouterr()
-    ident = M.identity(loaded)
-    ident_again = M.identity(loaded)
+    ident = I.identity(loaded)
+    ident_again = I.identity(loaded)
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "saved without its identity" in err
     assert ident == ident_again
@@ -228,7 +247,7 @@ def _meta(**settings):
 
 def test_eval_refuses_data_prepared_differently(pair):
     spatial, temporal = pair
-    t = M.identity(temporal)
+    t = I.identity(temporal)
     assert evaluation.check_data(t, _meta(), "/d") == []
     with pytest.raises(evaluation.EvalError,
                        match=r"/d: prepared with flow='tvl1' but the model was trained on data "
@@ -240,14 +259,14 @@ def test_eval_refuses_data_prepared_differently(pair):
     other["classes"] = ["ApplyEyeMakeup", "Basketball", "Archery"]
     with pytest.raises(evaluation.EvalError,
                        match=r"/d: class 1 is 'Basketball' but the model's class 1 is 'Archery'"):
-        evaluation.check_data(M.identity(spatial), other, "/d")
+        evaluation.check_data(I.identity(spatial), other, "/d")
     # The spatial stream does not see the flow: another flow is no reason to refuse.
-    assert evaluation.check_data(M.identity(spatial), _meta(flow="tvl1"), "/d") == []
+    assert evaluation.check_data(I.identity(spatial), _meta(flow="tvl1"), "/d") == []
 
 
 def test_eval_notes_another_implementation_of_the_same_flow():
     model = M.build_stream(3, "temporal", **SMALL, preparation=dict(PREP, flow="tvl1"))
-    notes = evaluation.check_data(M.identity(model),
+    notes = evaluation.check_data(I.identity(model),
                                   _meta(flow="tvl1", flow_implementation="keras"), "/d")
     assert notes == ["flow_implementation: /d was prepared with 'keras', the model's "
                      "training data with 'opencv' (allowed)"]
@@ -258,7 +277,7 @@ def test_eval_writes_the_identity_into_the_scores(data_dir, tmp_path):
 
     meta = records.read_metadata(data_dir)
     model = M.build_stream(meta["num_classes"], "temporal", backbone="resnet18", image_size=32,
-                           num_segments=None, flow_length=2, **M.data_identity(meta))
+                           num_segments=None, flow_length=2, **I.data_identity(meta))
     path = str(tmp_path / "temporal.keras")
     model.save(path)
     out = tmp_path / "t.npz"
@@ -267,13 +286,13 @@ def test_eval_writes_the_identity_into_the_scores(data_dir, tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     scores = fusion.load_scores(str(out))
-    assert scores.model_identity == M.identity(model).to_dict()
+    assert scores.model_identity == I.identity(model).to_dict()
     assert scores.model_identity["class_names"] == list(scores.class_names)
 
     # Data prepared with another flow algorithm: one clear line naming both.
     other = M.build_stream(meta["num_classes"], "temporal", backbone="resnet18", image_size=32,
                            num_segments=None, flow_length=2,
-                           **dict(M.data_identity(meta),
+                           **dict(I.data_identity(meta),
                                   preparation=dict(PREP, flow="tvl1")))
     path = str(tmp_path / "tvl1.keras")
     other.save(path)

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from mat_effnet import backbones as B  # noqa: E402
 from mat_effnet import layers as mlayers  # noqa: E402
 from mat_effnet import models as M  # noqa: E402
 from mat_effnet import resnet as R  # noqa: E402
@@ -183,19 +184,19 @@ def test_golden_counts_follow_from_arithmetic():
     for (backbone, stream, attention), count in STREAM_PARAMS.items():
         channels = 3 if stream == "spatial" else 2 * FLOW_L
         assert count == BACKBONE_PARAMS[(backbone, channels)] + head_params(
-            M.FEATURE_DIM[backbone], CLASSES, attention)
+            B.FEATURE_DIM[backbone], CLASSES, attention)
 
 
 @pytest.mark.parametrize("attention", [True, False])
-@pytest.mark.parametrize("stream", M.STREAMS)
-@pytest.mark.parametrize("backbone", M.BACKBONES)
+@pytest.mark.parametrize("stream", B.STREAMS)
+@pytest.mark.parametrize("backbone", B.BACKBONES)
 def test_stream_parameter_counts(backbone, stream, attention):
     model = stream_101(backbone, stream, attention)
     channels = 3 if stream == "spatial" else 2 * FLOW_L
     assert model.count_params() == STREAM_PARAMS[(backbone, stream, attention)]
     assert model.get_layer("backbone").count_params() == BACKBONE_PARAMS[
         (backbone, channels)]
-    assert model.get_layer("fc").count_params() == M.FEATURE_DIM[backbone] * 512 + 512
+    assert model.get_layer("fc").count_params() == B.FEATURE_DIM[backbone] * 512 + 512
     assert model.get_layer("logits").count_params() == 512 * CLASSES + CLASSES
     if attention:
         assert model.get_layer("attention").count_params() == MHA_PARAMS
@@ -228,7 +229,7 @@ def test_resnet18_34_match_he_et_al_with_top():
 # ---------------------------------------------------------------------------
 # input normalisation (raw 0..255 in)
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("stream", M.STREAMS)
+@pytest.mark.parametrize("stream", B.STREAMS)
 @pytest.mark.parametrize("backbone", ["efficientnet_b0", "resnet50", "resnet18"])
 def test_input_normalisation_values(backbone, stream):
     bb = stream_101(backbone, stream, True).get_layer("backbone")
