@@ -26,9 +26,11 @@ What the loop keeps from ``fit``
   is reduced over all replicas of all workers, so every worker sees the same
   values and takes the same decisions (a worker that stopped alone would
   leave the others waiting in a collective forever).
-* The loss: per-example cross-entropy summed and divided by the *global*
-  batch (``tf.nn.compute_average_loss``), because the optimizer sums the
-  replicas' gradients; that is fit's batch mean over the global batch.
+* The step: the loss, the metric objects and the replica step's pieces are
+  those of `mat_effnet.task.StreamTask`, whose loss and metrics ``fit`` gets
+  through ``compile``; `StreamTrainer` drives them in the shape of orbit's
+  ``StandardTrainer`` (``train_loop_begin`` / ``train_step`` /
+  ``train_loop_end``).
 * BatchNormalization's moving statistics, which each replica updates from
   its own batch, are averaged over all replicas after every step, so every
   worker holds the same model at all times (and saves the same one).
@@ -89,7 +91,6 @@ import tempfile
 from typing import Callable, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 log = logging.getLogger("mat_effnet.distributed")
@@ -365,183 +366,184 @@ class LoopConfig:
     write_dir: str           # checkpoints saved here (a temp dir off the chief)
     backup_every_steps: int = 100
     jit_compile: bool = False
-    num_classes: int = 2
     is_chief: bool = True
     max_to_keep: int = 2
 
 
-class _Sums:
-    """Running sums of (loss, top-1 hits, top-5 hits, examples)."""
+def _skip_together(grads: list) -> list:
+    """Makes every replica's gradients non-finite when any replica's are.
 
-    def __init__(self):
-        self.values = np.zeros(4, np.float64)
-
-    def add(self, reduced) -> None:
-        self.values += np.asarray([float(t) for t in reduced], np.float64)
-
-    def logs(self, prefix: str = "") -> dict:
-        loss, top1, top5, count = self.values
-        n = max(count, 1.0)
-        return {f"{prefix}loss": loss / n, f"{prefix}accuracy": top1 / n,
-                f"{prefix}top5": top5 / n}
-
-
-def _batch_stats(labels, probs, per_example_loss, k: int):
-    labels = tf.cast(labels, tf.int32)
-    probs = tf.cast(probs, tf.float32)
-    top1 = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), labels),
-                   tf.float32)
-    top5 = tf.cast(tf.math.in_top_k(labels, probs, k), tf.float32)
-    return [tf.reduce_sum(per_example_loss), tf.reduce_sum(top1), tf.reduce_sum(top5),
-            tf.cast(tf.size(labels), tf.float32)]
+    The loss-scale optimizer skips a step whose gradients are not finite,
+    judged on each replica's own gradients; judged apart, some replicas
+    would enter the gradient all-reduce and others not, and the step would
+    hang.  Call in replica context.
+    """
+    bad = tf.cast(tf.logical_not(tf.reduce_all(
+        [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])), tf.float32)
+    bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, bad)
+    poison = tf.where(bad > 0, float("nan"), 0.0)
+    return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
 
 
-def _sum_over_replicas(strategy, per_replica):
-    return [strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in per_replica]
+class StreamTrainer:
+    """One global step at a time, in the shape of orbit's ``StandardTrainer``.
+
+    `train_loop_begin` resets the task's metrics, `train_step` runs the
+    task's replica step on every replica and returns the running metric
+    values, `train_loop_end` returns them at the end of the epoch.  The loss
+    and the metrics are the task's (`mat_effnet.task`), the ones ``fit`` uses.
+    """
+
+    def __init__(self, model: keras.Model, task, strategy: tf.distribute.Strategy,
+                 global_batch_size: int, jit_compile: bool = False):
+        self.model, self.task, self.strategy = model, task, strategy
+
+        def forward_backward(clips, labels):
+            return task.forward_backward(model, clips, labels, global_batch_size)
+
+        if jit_compile:
+            # XLA compiles the forward and backward pass; the gradient
+            # all-reduce and the update stay outside (collectives are not
+            # XLA-compiled here).
+            forward_backward = tf.function(forward_backward, jit_compile=True,
+                                           reduce_retracing=True)
+        self._forward_backward = forward_backward
+        self._agree_on_skips = (isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+                                and strategy.num_replicas_in_sync > 1)
+        self._bn_statistics = (batch_norm_statistics(model)
+                               if strategy.num_replicas_in_sync > 1 else [])
+        self._train = tf.function(self._global_train_step)
+        self._eval = tf.function(self._global_eval_step, reduce_retracing=True)
+        self._results = tf.function(task.results)
+
+    def _replica_train_step(self, clips, labels):
+        grads, probs, mean_loss = self._forward_backward(clips, labels)
+        if self._agree_on_skips:
+            grads = _skip_together(grads)
+        self.task.apply(self.model, grads)
+        self.task.update_metrics(labels, probs, mean_loss)
+
+    def _global_train_step(self, iterator):
+        clips, labels = next(iterator)
+        self.strategy.run(self._replica_train_step, args=(clips, labels))
+        average_over_replicas(self.strategy, self._bn_statistics)
+        return self.task.results()
+
+    def _global_eval_step(self, clips, labels):
+        self.strategy.run(lambda c, l: self.task.evaluate_batch(self.model, c, l),
+                          args=(clips, labels))
+        return self.task.results()
+
+    def train_loop_begin(self) -> None:
+        self.task.reset()
+
+    def train_step(self, iterator) -> dict:
+        return _floats(self._train(iterator))
+
+    def train_loop_end(self) -> dict:
+        return _floats(self._results())
+
+    def evaluate(self, dataset, cb: keras.callbacks.CallbackList) -> dict:
+        """One pass over a distributed dataset; the metrics as ``fit`` logs them."""
+        self.task.reset()
+        cb.on_test_begin()
+        logs: dict = {}
+        for i, (clips, labels) in enumerate(dataset):
+            cb.on_test_batch_begin(i)
+            logs = _floats(self._eval(clips, labels))
+            cb.on_test_batch_end(i, logs)
+        logs = _floats(self._results())
+        cb.on_test_end(logs)
+        return {f"val_{k}": v for k, v in logs.items()}
 
 
-def _checkpoint_number(epoch: int, step: int, steps_per_epoch: int) -> int:
-    return epoch * steps_per_epoch + step
+def _floats(results: dict) -> dict:
+    return {k: float(v) for k, v in results.items()}
 
 
-def run(model: keras.Model, strategy: tf.distribute.Strategy, train_dataset_fn: Callable,
+class Checkpoints:
+    """Resume state: model, optimizer and (epoch, step in epoch).
+
+    Only the chief restores; the others then receive its values (see the
+    module docstring).  Off the chief a save only takes part in the save's
+    collectives and is deleted.
+    """
+
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy, cfg: LoopConfig):
+        self.cfg = cfg
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+        # Plain (not mirrored) variables: every worker sets them from the host.
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                         epoch=self.epoch, step_in_epoch=self.step)
+        if cfg.is_chief:
+            latest = tf.train.latest_checkpoint(cfg.read_dir)
+            if latest:
+                checkpoint.restore(latest).assert_existing_objects_matched()
+                log.info("restored %s: epoch %d, step %d", latest, int(self.epoch.numpy()),
+                         int(self.step.numpy()))
+        if is_multi_worker(strategy) and strategy_worker_info(strategy).num_workers > 1:
+            broadcast_from_chief(strategy, [*model.weights, *model.optimizer.variables,
+                                            self.epoch, self.step])
+        self.manager = tf.train.CheckpointManager(
+            checkpoint, cfg.write_dir, max_to_keep=cfg.max_to_keep if cfg.is_chief else 1)
+
+    def start(self) -> tuple[int, int]:
+        """(epoch, step) to continue from."""
+        epoch, step = int(self.epoch.numpy()), int(self.step.numpy())
+        if step >= self.cfg.steps_per_epoch:  # steps_per_epoch shrank since the save
+            return epoch + 1, 0
+        return epoch, step
+
+    def save(self, epoch: int, step: int) -> None:
+        self.epoch.assign(epoch)
+        self.step.assign(step)
+        self.manager.save(checkpoint_number=epoch * self.cfg.steps_per_epoch + step)
+        if not self.cfg.is_chief:
+            tf.io.gfile.rmtree(self.cfg.write_dir)
+
+
+def run(model: keras.Model, task, strategy: tf.distribute.Strategy, train_dataset_fn: Callable,
         val_dataset_fn: Callable | None, callbacks: Sequence[keras.callbacks.Callback],
         cfg: LoopConfig, verbose: int = 0) -> keras.callbacks.History:
     """Trains ``model`` (compiled under ``strategy``) with ``fit``'s semantics.
 
-    Returns the History callback.  The model's optimizer and loss come from
-    ``model.compile`` (the loss must be sparse categorical cross-entropy on
-    probabilities, which is what ``training.compile_model`` sets).
+    Returns the History callback.  The optimizer is the model's; the loss and
+    the metrics are ``task``'s (`mat_effnet.task.StreamTask`).
     """
-    optimizer = model.optimizer
-    with strategy.scope():
-        optimizer.build(model.trainable_variables)
-    # Plain (not mirrored) variables: every worker sets them from the host.
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var,
-                                     step_in_epoch=step_var)
-    if cfg.is_chief:
-        latest = tf.train.latest_checkpoint(cfg.read_dir)
-        if latest:
-            checkpoint.restore(latest).assert_existing_objects_matched()
-            log.info("restored %s: epoch %d, step %d", latest, int(epoch_var.numpy()),
-                     int(step_var.numpy()))
-    if is_multi_worker(strategy) and strategy_worker_info(strategy).num_workers > 1:
-        broadcast_from_chief(strategy, [*model.weights, *optimizer.variables, epoch_var,
-                                        step_var])
-    manager = tf.train.CheckpointManager(checkpoint, cfg.write_dir,
-                                         max_to_keep=cfg.max_to_keep if cfg.is_chief else 1)
-
-    def save(epoch: int, step: int) -> None:
-        epoch_var.assign(epoch)
-        step_var.assign(step)
-        manager.save(checkpoint_number=_checkpoint_number(epoch, step, cfg.steps_per_epoch))
-        if not cfg.is_chief:
-            # Saved only to take part in the save's collectives: not kept.
-            tf.io.gfile.rmtree(cfg.write_dir)
-
-    k = min(5, cfg.num_classes)
-    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-    def forward_backward(clips, labels):
-        with tf.GradientTape() as tape:
-            probs = model(clips, training=True)
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
-            loss = tf.nn.compute_average_loss(per_example,
-                                              global_batch_size=cfg.global_batch_size)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            scaled = optimizer.scale_loss(loss) if loss_scaled else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        return grads, _batch_stats(labels, probs, per_example, k)
-
-    if cfg.jit_compile:
-        # XLA compiles the forward and backward pass; the gradient all-reduce
-        # and the update stay outside (collectives are not XLA-compiled here).
-        forward_backward = tf.function(forward_backward, jit_compile=True,
-                                       reduce_retracing=True)
-
-    def replica_train_step(clips, labels):
-        grads, stats = forward_backward(clips, labels)
-        if loss_scaled and strategy.num_replicas_in_sync > 1:
-            # The loss-scale optimizer skips a step whose gradients are not
-            # finite, judged on each replica's own gradients; make every
-            # replica judge alike, or some would enter the gradient all-reduce
-            # and others not, and the step would hang.
-            bad = tf.cast(tf.logical_not(tf.reduce_all(
-                [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])),
-                tf.float32)
-            bad = tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.SUM, bad)
-            poison = tf.where(bad > 0, float("nan"), 0.0)
-            grads = [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return stats
-
-    bn_statistics = batch_norm_statistics(model) if strategy.num_replicas_in_sync > 1 else []
-
-    @tf.function
-    def train_step(iterator):
-        clips, labels = next(iterator)
-        stats = _sum_over_replicas(strategy, strategy.run(replica_train_step,
-                                                          args=(clips, labels)))
-        average_over_replicas(strategy, bn_statistics)
-        return stats
-
-    def replica_eval_step(clips, labels):
-        probs = model(clips, training=False)
-        per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
-        return _batch_stats(labels, probs, per_example, k)
-
-    @tf.function(reduce_retracing=True)
-    def eval_step(clips, labels):
-        return _sum_over_replicas(strategy, strategy.run(replica_eval_step,
-                                                         args=(clips, labels)))
-
-    train_data = strategy.distribute_datasets_from_function(train_dataset_fn)
-    iterator = iter(train_data)
+    checkpoints = Checkpoints(model, strategy, cfg)
+    trainer = StreamTrainer(model, task, strategy, cfg.global_batch_size, cfg.jit_compile)
+    iterator = iter(strategy.distribute_datasets_from_function(train_dataset_fn))
     cb = keras.callbacks.CallbackList(
         list(callbacks), add_history=True, add_progbar=verbose != 0 and cfg.is_chief,
         model=model, verbose=verbose, epochs=cfg.epochs, steps=cfg.steps_per_epoch)
-    start_epoch, start_step = int(epoch_var.numpy()), int(step_var.numpy())
-    if start_step >= cfg.steps_per_epoch:  # steps_per_epoch shrank since the save
-        start_epoch, start_step = start_epoch + 1, 0
-
+    start_epoch, start_step = checkpoints.start()
     model.stop_training = False
     cb.on_train_begin()
     logs: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         cb.on_epoch_begin(epoch)
-        sums = _Sums()
-        first = start_step if epoch == start_epoch else 0
-        for step in range(first, cfg.steps_per_epoch):
+        trainer.train_loop_begin()
+        for step in range(start_step if epoch == start_epoch else 0, cfg.steps_per_epoch):
             cb.on_train_batch_begin(step)
-            sums.add(train_step(iterator))
-            logs = sums.logs()
-            cb.on_train_batch_end(step, logs)
+            cb.on_train_batch_end(step, trainer.train_step(iterator))
             if model.stop_training:
                 break
             done = step + 1
             # The epoch's last step is saved by the epoch end, after its
             # callbacks, so a resume never skips an epoch's CSV row or models.
             if done % cfg.backup_every_steps == 0 and done < cfg.steps_per_epoch:
-                save(epoch, done)
-        epoch_logs = dict(logs)
+                checkpoints.save(epoch, done)
+        logs = trainer.train_loop_end()
         if val_dataset_fn is not None:
-            cb.on_test_begin()
-            val = _Sums()
-            for i, (clips, labels) in enumerate(
-                    strategy.distribute_datasets_from_function(val_dataset_fn)):
-                cb.on_test_batch_begin(i)
-                val.add(eval_step(clips, labels))
-                cb.on_test_batch_end(i, val.logs())
-            cb.on_test_end(val.logs())
-            epoch_logs.update(val.logs("val_"))
-        cb.on_epoch_end(epoch, epoch_logs)
+            logs = {**logs, **trainer.evaluate(
+                strategy.distribute_datasets_from_function(val_dataset_fn), cb)}
+        cb.on_epoch_end(epoch, logs)
         if model.stop_training:
             break  # not saved: a restart resumes from the last good state
-        save(epoch + 1, 0)
+        checkpoints.save(epoch + 1, 0)
     cb.on_train_end(logs)
     return model.history
 

@@ -18,9 +18,10 @@ Training across machines (``strategy="multi_worker"``,
 ``tf.distribute.MultiWorkerMirroredStrategy`` over the cluster in
 ``TF_CONFIG``) runs the custom loop of `mat_effnet.distributed` instead of
 ``fit``, which fails under that strategy with TF 2.21 / Keras 3.15; it
-drives the same callbacks and resumes from ``tf.train.Checkpoint``s (see
-that module for the design).  Single-machine runs keep ``fit``, Keras's
-well-trodden path.
+takes the same step (the loss and metrics of `mat_effnet.task`, which
+``fit`` gets through ``compile``), drives the same callbacks and resumes
+from ``tf.train.Checkpoint``s (see that module for the design).
+Single-machine runs keep ``fit``, Keras's well-trodden path.
 
 Two switches for accelerators, both off by default:
 
@@ -54,7 +55,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from mat_effnet import atomic, config, distributed, identity, input_pipeline, models, records
+from mat_effnet import (atomic, config, distributed, identity, input_pipeline, models, records,
+                        task)
 from mat_effnet.errors import bad_argument
 
 log = logging.getLogger("mat_effnet.train")
@@ -180,23 +182,19 @@ def build_model(cfg: TrainConfig, num_classes: int, meta: dict | None = None) ->
         bn_momentum=cfg.model.bn_momentum, train_segments=cfg.data.num_segments, **known)
 
 
-def compile_model(model: keras.Model, cfg: TrainConfig, num_classes: int) -> None:
-    """SGD + sparse cross-entropy + accuracy/top-5.
+def compile_model(model: keras.Model, cfg: TrainConfig, num_classes: int) -> task.StreamTask:
+    """SGD + the stream task's loss and metrics (`mat_effnet.task`); returns the task.
 
-    Under the ``mixed_float16`` policy Keras wraps the optimizer in a
-    LossScaleOptimizer.
+    Call under the strategy's scope.  Under the ``mixed_float16`` policy
+    Keras wraps the optimizer in a LossScaleOptimizer.
     """
     optim = cfg.optim
     optimizer = keras.optimizers.SGD(learning_rate=optim.learning_rate, momentum=optim.momentum,
                                      weight_decay=optim.weight_decay or None,
                                      global_clipnorm=optim.clip_norm)
-    # Labels are integer class indices: sparse categorical cross-entropy is
-    # the paper's categorical cross-entropy without materialising one-hots.
-    model.compile(
-        optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                 keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5")],
-        jit_compile=bool(cfg.runtime.jit_compile))
+    stream_task = task.StreamTask(num_classes)
+    stream_task.compile(model, optimizer, jit_compile=cfg.runtime.jit_compile)
+    return stream_task
 
 
 def _split_records(meta: dict, split: str) -> int:
@@ -247,7 +245,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
     try:
         with strategy.scope():
             model = build_model(cfg, num_classes, meta)
-            compile_model(model, cfg, num_classes)
+            stream_task = compile_model(model, cfg, num_classes)
         monitor = "val_accuracy" if has_val else "accuracy"
         # Off the chief everything goes to a temp dir that is then deleted.
         with distributed.WriteDir(cfg.runtime.model_dir, info) as out_dir:
@@ -259,8 +257,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
                                  classes=meta["classes"], replicas=replicas,
                                  workers=info.num_workers, steps_per_epoch=steps))
             if custom:
-                history = _train_custom(cfg, model, strategy, info, meta, steps,
-                                        num_classes, has_val, out_dir, all_callbacks)
+                history = _train_custom(cfg, model, stream_task, strategy, info, meta,
+                                        steps, has_val, out_dir, all_callbacks)
             else:
                 val = _val_dataset(cfg, meta) if has_val else None
                 history = model.fit(_train_dataset(cfg, meta), epochs=cfg.optim.epochs,
@@ -322,7 +320,7 @@ def _standard_callbacks(cfg: TrainConfig, out_dir: str, steps: int, monitor: str
     ]
 
 
-def _train_custom(cfg, model, strategy, info, meta, steps, num_classes, has_val, out_dir,
+def _train_custom(cfg, model, stream_task, strategy, info, meta, steps, has_val, out_dir,
                   callbacks) -> keras.callbacks.History:
     seeded = cfg.runtime.seed is not None
     data_dir, batch_size = cfg.data.data_dir, cfg.optim.batch_size
@@ -341,8 +339,8 @@ def _train_custom(cfg, model, strategy, info, meta, steps, num_classes, has_val,
         read_dir=distributed.checkpoint_dir(cfg.runtime.model_dir),
         write_dir=distributed.checkpoint_dir(out_dir),
         backup_every_steps=cfg.runtime.backup_every_steps, jit_compile=cfg.runtime.jit_compile,
-        num_classes=num_classes, is_chief=info.is_chief)
-    return distributed.run(model, strategy, train_fn, val_fn, callbacks, loop,
+        is_chief=info.is_chief)
+    return distributed.run(model, stream_task, strategy, train_fn, val_fn, callbacks, loop,
                            verbose=cfg.runtime.verbose)
 
 
