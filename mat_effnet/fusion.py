@@ -36,7 +36,7 @@ import dataclasses
 import json
 import os
 import zipfile
-from typing import Callable, IO, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -84,13 +84,6 @@ class Scores:
     @property
     def num_classes(self) -> int:
         return int(self.scores.shape[1])
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Calls ``write(f)`` on a temporary file next to ``path``, then renames it
-    (:func:`mat_effnet.atomic.write_with`): a reader sees the old file or the
-    complete new one, never a half-written one."""
-    atomic.write_with(path, write)
 
 
 def _validate(where: str, video_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray,
@@ -174,7 +167,7 @@ def save_scores(path: str, video_ids: Sequence[str], labels, scores, class_names
         except (TypeError, ValueError) as e:
             raise ScoresError(f"{where}: model_identity is not JSON-serialisable ({e})") from None
     # Writing through a file object stops np.savez from appending ".npz".
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic.write_with(path, lambda f: np.savez(f, **arrays))
 
 
 def load_scores(path: str) -> Scores:

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from mat_effnet import fusion, metrics
+from mat_effnet import atomic, fusion, metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,7 +154,7 @@ def test_save_and_load_round_trip(tmp_path):
 def test_save_keeps_the_old_file_when_the_write_fails(tmp_path):
     path = _save(tmp_path, "s.npz", "spatial", SPATIAL)
     with pytest.raises(ZeroDivisionError):
-        fusion.atomic_write(path, lambda f: (f.write(b"partial"), 1 / 0))
+        atomic.write_with(path, lambda f: (f.write(b"partial"), 1 / 0))
     assert fusion.load_scores(path).stream == "spatial"
     assert os.listdir(tmp_path) == ["s.npz"]
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import sys
 
+from mat_effnet import atomic
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 STREAMS = ("spatial", "temporal")
@@ -157,10 +159,7 @@ def main(argv: list[str]) -> int:
             continue
         stale.append(name)
         if not check:
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            atomic.write_text(path, text)
     if check and stale:
         print(f"generate.py: {len(stale)} stale config(s), e.g. {stale[0]}; re-run "
               "python experiments/configs/generate.py", file=sys.stderr)
