@@ -15,6 +15,7 @@ from absl import flags
 from data_prep import builder, encode, layouts
 from data_prep import flow as flow_lib
 from experiments import cli, flagdefs
+from mat_effnet import records
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, list(layouts.DATASETS), "Layout of --data_root.")
@@ -32,6 +33,12 @@ flags.DEFINE_integer("flow_batch", None, "Frame pairs per call of the keras TV-L
 flags.DEFINE_integer("workers", 1, "Worker processes (one core each).")
 flags.DEFINE_integer("videos_per_shard", 32, "Videos per TFRecord shard.")
 flags.DEFINE_string("name", None, "Dataset name in shard file names (default: --dataset).")
+flags.DEFINE_enum("schema_version", str(records.SCHEMA_VERSION),
+                  [str(v) for v in records.SCHEMA_VERSIONS],
+                  "Record layout. 2: frame-addressable groups plus an index per shard, so "
+                  "training reads only the frames a clip uses (for local or network disks). "
+                  "1: one Example per video, read whole (suits object stores, where every seek "
+                  "is a request; TFDS's builder_from_directory reads it).")
 flags.DEFINE_string("runner", None,
                     "Run as an Apache Beam pipeline on this runner (DirectRunner, DataflowRunner, "
                     "FlinkRunner, SparkRunner...; needs mat-effnet[beam]); Beam's own pipeline "
@@ -50,7 +57,8 @@ def main(argv):
         split=FLAGS.split, split_file=FLAGS.split_file,
         **flagdefs.flat_values(encode.EncodeSettings, exclude=("flow_implementation",)),
         flow_implementation=FLAGS.flow_implementation, flow_batch=FLAGS.flow_batch,
-        workers=FLAGS.workers, videos_per_shard=FLAGS.videos_per_shard, name=FLAGS.name)
+        workers=FLAGS.workers, videos_per_shard=FLAGS.videos_per_shard, name=FLAGS.name,
+        schema_version=int(FLAGS.schema_version))
     if FLAGS.runner:
         from data_prep import beam_pipeline
 

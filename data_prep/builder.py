@@ -75,6 +75,10 @@ class PrepConfig:
     with `auto_flow_implementation`'s choice before any work.
     flow_batch: pairs per call of the Keras TV-L1 (None: its default).
     flow_devices: flow processes for the Keras TV-L1 (None: one per GPU).
+    schema_version: the record layout (`mat_effnet.records`): 2, frame-
+        addressable groups with an index per shard (clips read only their
+        frames), or 1, one Example per video (streams whole records; the
+        layout TFDS reads).
     """
 
     dataset: str
@@ -94,6 +98,7 @@ class PrepConfig:
     flow_implementation: str = _DEFAULT.flow_implementation
     flow_batch: int | None = None
     flow_devices: int | None = None
+    schema_version: int = records.SCHEMA_VERSION
 
     @property
     def encoding(self) -> encode.EncodeSettings:
@@ -116,6 +121,9 @@ class PrepConfig:
             raise bad_argument("flow_batch", self.flow_batch, "must be >= 1")
         if self.flow_devices is not None and self.flow_devices < 1:
             raise bad_argument("flow_devices", self.flow_devices, "must be >= 1")
+        if self.schema_version not in records.SCHEMA_VERSIONS:
+            raise bad_argument("schema_version", self.schema_version,
+                               f"must be one of {records.SCHEMA_VERSIONS}")
 
     @property
     def dataset_name(self) -> str:
@@ -126,7 +134,7 @@ class PrepConfig:
         return {
             "dataset": self.dataset, "split": self.split, "split_file": self.split_file,
             **self.encoding.to_dict(), "videos_per_shard": self.videos_per_shard,
-            "name": self.dataset_name,
+            "name": self.dataset_name, "schema_version": self.schema_version,
         }
 
 
@@ -196,11 +204,22 @@ def _write_video(task: _Task, produce, result: dict | None = None,
     start = time.perf_counter()
     stats: dict = {}
     result = result if result is not None else _result(task)
+    groups = []  # version 2: (offset in the work file, header length) of each group
     try:
         with atomic.replacing(f"{base}.tfrecord") as tmp:
             with tf.io.TFRecordWriter(tmp) as writer:
+                offset = 0
                 for rec in produce(stats):
-                    writer.write(records.serialize(rec))
+                    if task.cfg.schema_version == 1:
+                        writer.write(records.serialize(rec))
+                        continue
+                    payloads = records.serialize_group(rec)
+                    groups.append([offset, len(payloads[0])])
+                    offset += records.framed_size(payloads)
+                    for payload in payloads:
+                        writer.write(payload)
+        if task.cfg.schema_version != 1:
+            stats["groups"] = groups
         result.update(stats, status="done", seconds=seconds + time.perf_counter() - start)
         atomic.write_text(f"{base}.done.json", json.dumps(result))
     except Exception as e:  # noqa: BLE001
@@ -334,8 +353,9 @@ def _fmt_seconds(s: float) -> str:
 # ---------------------------------------------------------------------------
 
 def _stored_settings(old: dict) -> dict:
-    # Runs from before flow implementations existed used OpenCV's.
-    return {"flow_implementation": "opencv", **old}
+    # Runs from before flow implementations existed used OpenCV's; runs from
+    # before the frame-addressable layout wrote version 1.
+    return {"flow_implementation": "opencv", "schema_version": 1, **old}
 
 
 def _check_settings(out_dir: str, cfg: PrepConfig) -> None:
@@ -348,8 +368,12 @@ def _check_settings(out_dir: str, cfg: PrepConfig) -> None:
         if old != new:
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items()
                              if old.get(k) != v)
+            hint = ""
+            if old.get("schema_version") != new["schema_version"]:
+                # One folder never mixes record layouts: a reader reads one.
+                hint = f", or finish it with --schema_version={old.get('schema_version')}"
             raise PrepError(f"{out_dir}: holds a run with other settings ({diff}); "
-                            "use another --out_dir or delete it")
+                            f"use another --out_dir or delete it{hint}")
     elif gfile.exists(meta_path):
         old = _read_json(meta_path).get("settings")
         if old is not None and _stored_settings(old) != new:
@@ -360,22 +384,34 @@ def _check_settings(out_dir: str, cfg: PrepConfig) -> None:
 
 
 def _assemble_shard(out_dir: str, work_dir: str, name: str, split: str, index: int,
-                    count: int, entries: list) -> dict:
+                    count: int, entries: list, version: int) -> dict:
     """Concatenates finished per-video files into one shard (atomically)."""
     gfile = _gfile()
     filename = records.shard_filename(name, split, index, count)
     final = os.path.join(out_dir, filename)
     videos = [_marker(work_dir, entry) for entry in entries]
 
-    def write(out):
-        for marker in videos:
-            if marker["status"] == "done":
-                with gfile.GFile(os.path.join(work_dir, marker["key"] + ".tfrecord"), "rb") as f:
-                    while chunk := f.read(1 << 22):
-                        out.write(chunk)
+    done = [m for m in videos if m["status"] == "done"]
+    work_files = [os.path.join(work_dir, m["key"] + ".tfrecord") for m in done]
 
+    def write(out):
+        for path in work_files:
+            with gfile.GFile(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    out.write(chunk)
+
+    if version != 1:
+        # The shard's index: each group's offset in its video's work file
+        # moved by the bytes of the work files before it.  Written before the
+        # shard, so a shard file never exists without the index that reads it.
+        groups, base = [], 0
+        for marker, path in zip(done, work_files):
+            groups += [[base + offset, header] for offset, header in marker["groups"]]
+            base += gfile.stat(path).length
+        records.write_index(final, groups)
     atomic.write_with(final, write)
     summary = {"file": filename, "num_bytes": gfile.stat(final).length,
+               "index": None if version == 1 else filename + records.INDEX_SUFFIX,
                "records": sum(v.get("records", 0) for v in videos), "videos": videos}
     atomic.write_text(os.path.join(work_dir, f"shard-{index:05d}.json"), json.dumps(summary))
     for v in videos:  # the shard summary now holds everything these said
@@ -391,7 +427,9 @@ def _shard_summary(work_dir: str, out_dir: str, index: int) -> dict | None:
     if not _gfile().exists(path):
         return None
     summary = _read_json(path)
-    return summary if _gfile().exists(os.path.join(out_dir, summary["file"])) else None
+    shard = os.path.join(out_dir, summary["file"])
+    needed = [shard] + ([records.index_path(shard)] if summary.get("index") else [])
+    return summary if all(_gfile().exists(p) for p in needed) else None
 
 
 def build(cfg: PrepConfig) -> dict:
@@ -510,7 +548,7 @@ def assemble_shard(cfg: PrepConfig, split: str, index: int, count: int,
     """
     return finished_shard(cfg, split, index) or _assemble_shard(
         cfg.out_dir, work_dir(cfg.out_dir, split), cfg.dataset_name, split, index, count,
-        entries)
+        entries, cfg.schema_version)
 
 
 def finish(cfg: PrepConfig, layout: layouts.Layout, summaries: dict[str, list]) -> dict:
@@ -522,13 +560,14 @@ def finish(cfg: PrepConfig, layout: layouts.Layout, summaries: dict[str, list]) 
     means the dataset is complete.
     """
     meta = _metadata(cfg, layout, summaries)
-    records.write_tfds_metadata(
-        cfg.out_dir, cfg.dataset_name, layout.classes,
-        {split: [s["records"] for s in summaries[split]] for split in summaries},
-        {split: sum(s["num_bytes"] for s in summaries[split]) for split in summaries},
-        description=f"mat-effnet prepared {cfg.dataset} (split {cfg.split}), flow={cfg.flow} "
-                    f"({cfg.flow_implementation})")
-    records.write_metadata(cfg.out_dir, meta)
+    if cfg.schema_version == 1:  # TFDS reads one Example per video only
+        records.write_tfds_metadata(
+            cfg.out_dir, cfg.dataset_name, layout.classes,
+            {split: [s["records"] for s in summaries[split]] for split in summaries},
+            {split: sum(s["num_bytes"] for s in summaries[split]) for split in summaries},
+            description=f"mat-effnet prepared {cfg.dataset} (split {cfg.split}), "
+                        f"flow={cfg.flow} ({cfg.flow_implementation})")
+    records.write_metadata(cfg.out_dir, meta, cfg.schema_version)
     return meta
 
 

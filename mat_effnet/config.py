@@ -73,7 +73,9 @@ class DataConfig:
         None, "Crop size; default: the paper's for --backbone "
         "(224; 112 ResNet-18, 168 ResNet-34).")
     multiscale: bool = setting(False, "TSN multi-scale crop instead of a plain random crop.")
-    shuffle_buffer: int = setting(64, "Shuffle buffer, in records.")
+    shuffle_buffer: int = setting(
+        64, "Shuffle buffer, in records (version-1 data only: version 2 reads each epoch "
+        "in a full permutation).")
     validation_split: str | None = setting(
         "test", "Split evaluated after each epoch ('' for none).")
     data_service: str | None = setting(

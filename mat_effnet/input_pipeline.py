@@ -50,6 +50,12 @@ the model: the models normalize inside (Keras' EfficientNet expects 0..255
 pixels) and Keras casts inputs on entry; a resize (multi-scale crop, upscaling,
 3 crops) is rounded back to uint8.  ``PipelineConfig.clip_dtype="float32"``
 restores float clips.
+
+What a clip reads (`mat_effnet.records`): from version-2 data, its group's
+header and then only the frame records it uses (`make_clip_from_group`):
+one read per spatial frame, one run of consecutive flow fields per temporal
+segment.  A version-1 record is read and parsed whole, which for a 3-frame
+spatial clip of a 90-frame video costs more CPU than its three decodes.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ import random
 import sys
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from mat_effnet import records
@@ -95,7 +102,8 @@ class PipelineConfig:
     crops: test-time views per position: 1 (centre), 3 or 10.
     multiscale: TSN's multi-scale crop in training (else plain random crop).
     flip: random horizontal flip with p = 0.5 in training.
-    shuffle_buffer: record shuffle buffer, in clips (never the whole set).
+    shuffle_buffer: record shuffle buffer, in clips (never the whole set);
+        version-1 data only (version 2 reads a full permutation per epoch).
     seed: makes file order, record order and the clips' random draws
         reproducible; None draws fresh randomness.
     scales, max_distort, fixed_offsets: the multi-scale crop's parameters
@@ -250,14 +258,17 @@ def _num_frames(parsed: dict):
     return tf.cast(parsed[records.NUM_FRAMES], tf.int32)
 
 
-def _frame_indices(parsed: dict, positions, cfg: PipelineConfig):
-    """The frames a clip needs: RGB (P,) or flow (P, L) indices, checked and clamped."""
+def _frame_indices(count, positions, cfg: PipelineConfig):
+    """The frames a clip needs: RGB (P,) or flow (P, L) indices, checked and clamped.
+
+    ``count``: the video's RGB frames (spatial) or flow fields (temporal).
+    """
     if cfg.stream == "spatial":
-        t = tf.size(parsed[records.RGB])
+        t = count
         with tf.control_dependencies([tf.debugging.assert_positive(
                 t, message="record has no RGB frames")]):
             return tf.minimum(positions, t - 1)
-    num_flow = tf.size(parsed[records.FLOW_X])
+    num_flow = count
     with tf.control_dependencies([tf.debugging.assert_positive(
             num_flow, message="temporal stream: record has no flow frames "
                               "(prepared with --flow=none, or a 1-frame video)")]):
@@ -508,6 +519,18 @@ def _test_views(parsed, indices, cfg: PipelineConfig):
 # Clips and seeds
 # ---------------------------------------------------------------------------
 
+def _clip_of(frames: dict, indices, cfg: PipelineConfig, seed):
+    """The clip of the frames at ``indices`` of ``frames`` (the stream's JPEG lists)."""
+    size, c = cfg.image_size, cfg.channels
+    if cfg.training:
+        clip = tf.ensure_shape(_train_clip(frames, indices, cfg, seed),
+                               [cfg.num_segments, size, size, c])
+    else:
+        clip = tf.ensure_shape(_test_views(frames, indices, cfg),
+                               [cfg.crops, cfg.test_segments, size, size, c])
+    return tf.cast(clip, cfg.clip_dtype)
+
+
 def make_clip(parsed: dict, cfg: PipelineConfig, seed=None):
     """One parsed record -> (clip uint8 (or ``cfg.clip_dtype``) in 0..255, label int32).
 
@@ -520,15 +543,51 @@ def make_clip(parsed: dict, cfg: PipelineConfig, seed=None):
     seed = _as_seed(seed)
     s_pos, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     positions = sample_positions(_num_frames(parsed), cfg, cfg.training, s_pos)
-    indices = _frame_indices(parsed, positions, cfg)
-    size, c = cfg.image_size, cfg.channels
+    key = records.RGB if cfg.stream == "spatial" else records.FLOW_X
+    indices = _frame_indices(tf.size(parsed[key]), positions, cfg)
+    return (_clip_of(parsed, indices, cfg, s_aug),
+            tf.cast(parsed[records.LABEL], tf.int32))
+
+
+def _read_frames(group: records.Group, indices, cfg: PipelineConfig):
+    """Reads only the JPEGs at ``indices``: (the stream's JPEG lists, indices into them).
+
+    Spatial: one record read per distinct frame.  Temporal: training reads
+    each segment's L consecutive fields as one run; testing reads the one
+    run from the first to the last field any position needs.  The indices
+    come back with their static shape, so training clips keep one decode op
+    per frame.
+    """
+    if cfg.stream == "spatial":
+        if cfg.training:  # K distinct-or-not frames: K single reads
+            return {records.RGB: group.rgb(indices)}, tf.range(cfg.num_segments)
+        unique, inverse = tf.unique(indices)
+        return {records.RGB: group.rgb(unique)}, inverse
     if cfg.training:
-        clip = tf.ensure_shape(_train_clip(parsed, indices, cfg, s_aug),
-                               [cfg.num_segments, size, size, c])
-    else:
-        clip = tf.ensure_shape(_test_views(parsed, indices, cfg),
-                               [cfg.crops, cfg.test_segments, size, size, c])
-    return tf.cast(clip, cfg.clip_dtype), tf.cast(parsed[records.LABEL], tf.int32)
+        first, last = indices[:, 0], indices[:, -1]
+        counts = last - first + 1  # < L where the clamp repeats the last field
+        fx, fy = group.flow(first, counts)
+        base = tf.cumsum(counts, exclusive=True)
+        return ({records.FLOW_X: fx, records.FLOW_Y: fy},
+                base[:, None] + (indices - first[:, None]))
+    lo, hi = tf.reduce_min(indices), tf.reduce_max(indices)
+    fx, fy = group.flow(lo[None], (hi - lo + 1)[None])
+    return {records.FLOW_X: fx, records.FLOW_Y: fy}, indices - lo
+
+
+def make_clip_from_group(group: records.Group, cfg: PipelineConfig, seed=None):
+    """`make_clip` for a version-2 record group: reads only the frames the clip uses.
+
+    The same positions, crop, flip and pixels as `make_clip` on the same
+    video's version-1 record with the same seed.
+    """
+    seed = _as_seed(seed)
+    s_pos, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    positions = sample_positions(group.num_frames, cfg, cfg.training, s_pos)
+    count = group.num_frames if cfg.stream == "spatial" else group.num_flow
+    frames, local = _read_frames(group, _frame_indices(count, positions, cfg), cfg)
+    return (_clip_of(frames, local, cfg, s_aug),
+            tf.cast(group.header[records.LABEL], tf.int32))
 
 
 def clip_seed(video_id, chunk_index, epoch, seed: int):
@@ -594,6 +653,43 @@ def _training_files(files: Sequence[str], seed: int, epochs: int | None):
     return tf.data.Dataset.range(total).map(pick)
 
 
+def _group_table(files: Sequence[str]):
+    """(n, 3) int64 rows (file number, byte offset, header length) of every group.
+
+    Reads the shards' index files on a few threads: on a network file system
+    each is a round trip.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(16, len(files))) as pool:
+        indexes = list(pool.map(records.read_index, files))
+    rows = [np.concatenate([np.full((len(ix), 1), i, np.int64), ix], axis=1)
+            for i, ix in enumerate(indexes)]
+    return np.concatenate(rows, axis=0) if rows else np.zeros((0, 3), np.int64)
+
+
+def _training_groups(table, seed: int, epochs: int | None):
+    """Dataset of (row, epoch): every epoch visits every group once, in its own order.
+
+    A version-2 group can be read wherever it lies, so the order is a full
+    permutation of (seed, epoch) (`tf.random.experimental.index_shuffle`, a
+    stateless bijection computed per element), not a file order plus a
+    shuffle buffer.  The source is a plain range, which the tf.data service
+    hands out to workers dynamically, as for version 1.
+    """
+    n = len(table)
+    rows = tf.constant(table)
+    total = sys.maxsize if epochs is None else epochs * n
+
+    def pick(i):
+        epoch = i // n
+        key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 2], tf.int64), epoch)
+        j = tf.random.experimental.index_shuffle(i % n, key, n - 1)
+        return tf.gather(rows, j), epoch
+
+    return tf.data.Dataset.range(total).map(pick)
+
+
 def _options(threads: int | None) -> tf.data.Options:
     options = tf.data.Options()
     # One op thread per element: parallelism comes from many elements at once,
@@ -612,7 +708,11 @@ def build_dataset(data_dir: str, split: str, cfg: PipelineConfig, batch_size: in
 
     Training (``cfg.training``): endless (or ``epochs`` passes), shuffled;
     elements ``(clips (B, K, S, S, C), labels (B,) int32)``, full batches
-    only.  Testing: one pass in file order; elements
+    only.  Version-2 data (`mat_effnet.records`) is read group by group,
+    each clip reading its header and its frames only, in a full permutation
+    per epoch (``shuffle_buffer`` is not used); version-1 records are read
+    whole, files in a per-epoch order, through the shuffle buffer.  Testing:
+    one pass in file order; elements
     ``(clips (B, crops, N, S, S, C), labels (B,) int32)``, the last batch may
     be smaller.  Clips are ``cfg.clip_dtype`` (uint8 by default).
     ``with_ids`` appends ``video_ids (B,) string`` (chunks of one long video
@@ -622,8 +722,9 @@ def build_dataset(data_dir: str, split: str, cfg: PipelineConfig, batch_size: in
     ``data_service`` (e.g. ``"grpc://host:5050"``): the pipeline runs on the
     tf.data service workers of that dispatcher (the record files must be
     readable there, e.g. on a shared file system or GCS) with sharding policy
-    DYNAMIC: the dispatcher hands each worker (epoch, file) splits on demand,
-    so every file of an epoch is read once by whichever worker is free
+    DYNAMIC: the dispatcher hands each worker splits of the source range
+    (version 2: (epoch, video); version 1: (epoch, file)) on demand, so every
+    video of an epoch is read once by whichever worker is free
     (OFF would make every worker run every epoch, i.e. repeat each clip once
     per worker; the static FILE/DATA policies fix the worker count and let
     the slowest worker set the pace).  Clip seeds depend on the video and the
@@ -650,10 +751,55 @@ def build_dataset(data_dir: str, split: str, cfg: PipelineConfig, batch_size: in
     autotune = tf.data.AUTOTUNE
     # Unordered parallelism is faster; a seed asks for reproducible batches.
     deterministic = not cfg.training or cfg.seed is not None
-    parse = _parse_for(cfg)
+    if meta.get("schema_version", 1) == 1:
+        ds = _version1_clips(files, cfg, epochs, with_ids, deterministic)
+    else:
+        ds = _version2_clips(files, cfg, epochs, with_ids, deterministic)
+    ds = ds.batch(batch_size, drop_remainder=cfg.training)
+    ds = ds.with_options(_options(threads))
+    if data_service is not None:
+        ds = ds.apply(tf.data.experimental.service.distribute(
+            processing_mode=getattr(tf.data.experimental.service.ShardingPolicy, SHARDING_POLICY),
+            service=data_service))
+    return ds.prefetch(autotune)
 
+
+def _global_seed(cfg: PipelineConfig) -> int:
+    if not cfg.training:
+        return 0
+    return random.SystemRandom().randrange(2**31) if cfg.seed is None else cfg.seed
+
+
+def _version2_clips(files, cfg: PipelineConfig, epochs, with_ids: bool, deterministic: bool):
+    """Unbatched clips from version-2 shards: each reads its header and its frames only."""
+    table = _group_table(files)
+    if not len(table):
+        raise MatEffNetError(f"{files[0]}...: the split's shard indexes list no videos")
+    seed = _global_seed(cfg)
     if cfg.training:
-        seed = random.SystemRandom().randrange(2**31) if cfg.seed is None else cfg.seed
+        ds = _training_groups(table, seed, epochs)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(table).map(
+            lambda row: (row, tf.constant(0, tf.int64)))
+    names = tf.constant(list(files))
+
+    def to_example(row, epoch):
+        group = records.Group.read(tf.gather(names, row[0]), row[1], row[2])
+        header = group.header
+        key = clip_seed(header[records.VIDEO_ID], header[records.CHUNK_INDEX], epoch, seed)
+        clip, label = make_clip_from_group(group, cfg, key)
+        return (clip, label, header[records.VIDEO_ID]) if with_ids else (clip, label)
+
+    return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=deterministic)
+
+
+def _version1_clips(files, cfg: PipelineConfig, epochs, with_ids: bool, deterministic: bool):
+    """Unbatched clips from version-1 shards: whole records, streamed and shuffled."""
+    autotune = tf.data.AUTOTUNE
+    parse = _parse_for(cfg)
+    seed = _global_seed(cfg)
+    if cfg.training:
         ds = _training_files(files, seed, epochs)
         ds = ds.interleave(
             lambda name, epoch: tf.data.TFRecordDataset(name).map(lambda s: (s, epoch)),
@@ -662,7 +808,6 @@ def build_dataset(data_dir: str, split: str, cfg: PipelineConfig, batch_size: in
         # The buffer holds serialized records (undecoded JPEGs), never the whole set.
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed)
     else:
-        seed = 0
         ds = tf.data.TFRecordDataset(files).map(lambda s: (s, tf.constant(0, tf.int64)))
 
     def to_example(serialized, epoch):
@@ -673,11 +818,4 @@ def build_dataset(data_dir: str, split: str, cfg: PipelineConfig, batch_size: in
             return clip, label, parsed[records.VIDEO_ID]
         return clip, label
 
-    ds = ds.map(to_example, num_parallel_calls=autotune, deterministic=deterministic)
-    ds = ds.batch(batch_size, drop_remainder=cfg.training)
-    ds = ds.with_options(_options(threads))
-    if data_service is not None:
-        ds = ds.apply(tf.data.experimental.service.distribute(
-            processing_mode=getattr(tf.data.experimental.service.ShardingPolicy, SHARDING_POLICY),
-            service=data_service))
-    return ds.prefetch(autotune)
+    return ds.map(to_example, num_parallel_calls=autotune, deterministic=deterministic)

@@ -51,16 +51,19 @@ def test_beam_writes_the_builders_bytes_metadata_and_failures(tmp_path):
     assert sum(s["videos"] for s in got["splits"].values()) == 6
     shards = _shard_bytes(tmp_path / "beam")
     assert shards == _shard_bytes(tmp_path / "pool")
-    assert sorted(shards) == sorted(n for names in got["shards"].values() for n in names)
+    # Each shard and its index (version 2).
+    assert sorted(shards) == sorted(n + suffix for names in got["shards"].values()
+                                    for n in names for suffix in ("", records.INDEX_SUFFIX))
     # 8 videos, 2 a shard: 6 train (one failed) and 2 test (one failed).
     assert {s: (v["videos"], v["failed"]) for s, v in got["splits"].items()} == {
         "train": (5, 1), "test": (1, 1)}
     assert {s: len(names) for s, names in got["shards"].items()} == {"train": 3, "test": 1}
     assert all(shards.values())
-    # Shards, mat_effnet_meta.json and TFDS's files: the same names, the same bytes.
+    # Shards, indexes and mat_effnet_meta.json: the same names, the same bytes
+    # (TFDS's files belong to version 1, which TFDS can read).
     files = _output_files(tmp_path / "beam")
     assert files == _output_files(tmp_path / "pool")
-    assert {records.META_FILENAME, "dataset_info.json", "features.json"} <= set(files)
+    assert records.META_FILENAME in files and "dataset_info.json" not in files
 
 
 def test_beam_resumes_a_killed_run_without_redoing_work(tmp_path, monkeypatch):

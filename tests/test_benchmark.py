@@ -342,6 +342,7 @@ EXPECTED = FLOW_FIGURES + [
       for mode in ("train", "test", "test10")
       for what in ("clips_per_s", "decode_bound_clips_per_s", "share_of_bound",
                    "clips_per_s_per_core", "cores_per_a100", "host_bytes_per_clip", "peak_rss")],
+    "pipeline.spatial.train.read_bytes_per_clip", "pipeline.temporal.train.read_bytes_per_clip",
     "device.peak_flops",
     "train_step.spatial.clips_per_s", "train_step.temporal.clips_per_s",
     "training.spatial.images_per_s", "training.temporal.images_per_s",
@@ -468,3 +469,7 @@ def test_pipeline_figures_follow_from_each_other(tiny_doc):
             assert host["clip_dtype"] == "uint8"
             assert host["value"] == pytest.approx(crops * segments * 32 * 32 * channels)
             assert host["baseline"] == pytest.approx(4 * host["value"])
+        # Version 2 reads a header and the clip's frames, version 1 the whole record.
+        read = f[f"pipeline.{stream}.train.read_bytes_per_clip"]
+        assert read["settings"]["schema_version"] == 2
+        assert 0 < read["value"] < read["version1"]

@@ -426,26 +426,29 @@ def test_three_crops_along_the_long_side():
 # Datasets
 # ---------------------------------------------------------------------------
 
-def _write_dataset(root, flow="tvl1", n_train=5, n_test=5):
+def _write_dataset(root, flow="tvl1", n_train=5, n_test=5, version=records.SCHEMA_VERSION):
     os.makedirs(root, exist_ok=True)
     shards = {}
     for split, n in (("train", n_train), ("test", n_test)):
         names = []
         for s, ids in enumerate((range(0, n, 2), range(1, n, 2))):
             name = records.shard_filename("toy", split, s, 2)
-            with tf.io.TFRecordWriter(os.path.join(root, name)) as w:
-                for i in ids:
-                    rec = _record(6 + i, video_id=f"{split}{i}", label=i % 3, flow=flow != "none")
-                    w.write(records.serialize(rec))
+            records.write_shard(os.path.join(root, name), [
+                _record(6 + i, video_id=f"{split}{i}", label=i % 3, flow=flow != "none")
+                for i in ids], version)
             names.append(name)
         shards[split] = names
     records.write_metadata(root, {"classes": ["a", "b", "c"], "shards": shards,
-                                  "flow": {"algorithm": flow, "bound": 20.0}})
+                                  "flow": {"algorithm": flow, "bound": 20.0}}, version)
     return str(root)
 
 
-def test_training_dataset_batches(tmp_path):
-    root = _write_dataset(tmp_path / "d")
+VERSIONS = pytest.mark.parametrize("version", records.SCHEMA_VERSIONS)
+
+
+@VERSIONS
+def test_training_dataset_batches(tmp_path, version):
+    root = _write_dataset(tmp_path / "d", version=version)
     cfg = PipelineConfig("spatial", image_size=S, seed=0, shuffle_buffer=4)
     ds = build_dataset(root, "train", cfg, 2, with_ids=True)
     clips_spec, labels_spec, _ = ds.element_spec
@@ -474,16 +477,18 @@ def test_training_dataset_batches(tmp_path):
     assert any(not np.array_equal(a, b.numpy()) for (a, _, _), (b, _) in zip(first, other.take(8)))
 
 
-def test_temporal_training_dataset_shape(tmp_path):
-    root = _write_dataset(tmp_path / "d", n_train=3, n_test=1)
+@VERSIONS
+def test_temporal_training_dataset_shape(tmp_path, version):
+    root = _write_dataset(tmp_path / "d", n_train=3, n_test=1, version=version)
     cfg = PipelineConfig("temporal", image_size=S, flow_length=2, num_segments=2, multiscale=True)
     clips, labels = next(iter(build_dataset(root, "train", cfg, 3)))
     assert clips.shape == (3, 2, S, S, 4) and labels.shape == (3,)
     assert float(clips.numpy().min()) >= 0.0 and float(clips.numpy().max()) <= 255.0
 
 
-def test_test_dataset_is_one_ordered_pass_with_a_short_last_batch(tmp_path):
-    root = _write_dataset(tmp_path / "d")
+@VERSIONS
+def test_test_dataset_is_one_ordered_pass_with_a_short_last_batch(tmp_path, version):
+    root = _write_dataset(tmp_path / "d", version=version)
     cfg = PipelineConfig("spatial", image_size=S, training=False, test_segments=2, crops=3)
     batches = list(build_dataset(root, "test", cfg, 2, with_ids=True))
     assert [b[0].shape[0] for b in batches] == [2, 2, 1]
@@ -497,10 +502,11 @@ def test_test_dataset_is_one_ordered_pass_with_a_short_last_batch(tmp_path):
     assert [_flat_index(first[1, k], _rgb_level) for k in range(2)] == [1, 4]
 
 
-def test_dataset_errors(tmp_path):
+@VERSIONS
+def test_dataset_errors(tmp_path, version):
     with pytest.raises(records.MetadataError):
         build_dataset(str(tmp_path), "train", PipelineConfig("spatial"), 2)
-    root = _write_dataset(tmp_path / "noflow", flow="none", n_train=1, n_test=1)
+    root = _write_dataset(tmp_path / "noflow", flow="none", n_train=1, n_test=1, version=version)
     with pytest.raises(ValueError, match="flow=none"):
         build_dataset(root, "train", PipelineConfig("temporal"), 2)
     assert build_dataset(root, "train", PipelineConfig("spatial", image_size=S), 1) is not None
@@ -554,6 +560,51 @@ def test_clips_equal_the_frozen_baseline(stream, h, w):
             assert int(label) == 0
 
 
+def _group_clip_fn(path, offset, header, cfg):
+    """make_clip_from_group on one stored group, traced as a graph as tf.data runs it."""
+
+    @tf.function
+    def fn(seed):
+        group = records.Group.read(tf.constant(path), offset, header)
+        return input_pipeline.make_clip_from_group(group, cfg, seed)
+
+    return fn
+
+
+@pytest.mark.parametrize("t,h,w", [(12, 72, 96), (12, 24, 30), (3, 72, 96)])
+@pytest.mark.parametrize("stream", ["spatial", "temporal"])
+def test_version2_groups_give_the_clips_of_version1_records(tmp_path, stream, t, h, w):
+    """A clip read from a frame-addressable group equals the one from the whole record.
+
+    Same positions, crop, flip and bytes, for every mode: windowed and
+    upscaled frames, and a video shorter than L (flow indices clamped,
+    so a run is shorter than L and repeats its last field).
+    """
+    rgb = [_jpeg(_smooth_noise(h, w, 3, i)) for i in range(t)]
+    fx = [_jpeg(_smooth_noise(h, w, 1, 100 + i)) for i in range(t - 1)]
+    fy = [_jpeg(_smooth_noise(h, w, 1, 200 + i)) for i in range(t - 1)]
+    other = _record(5, h=h, w=w, video_id="before", label=2)  # the group is not first
+    rec = _record(t, h=h, w=w, rgb=rgb, fx=fx, fy=fy, label=1)
+    path = str(tmp_path / "shard")
+    records.write_shard(path, [other, rec], version=2)
+    offset, header = records.read_index(path)[1]
+    parsed = _parse(rec)
+    common = dict(stream=stream, image_size=S, flow_length=4, test_segments=5)
+    modes = [dict(), dict(multiscale=True), dict(training=False, crops=1),
+             dict(training=False, crops=3), dict(training=False, crops=10)]
+    for kwargs in modes:
+        cfg = PipelineConfig(**common, **kwargs)
+
+        from_group = _group_clip_fn(path, offset, header, cfg)
+
+        for seed in (range(5) if cfg.training else range(1)):
+            key = tf.constant([seed, 3], tf.int64)
+            want, want_label = make_clip(parsed, cfg, key)
+            got, label = from_group(key)
+            assert int(label) == int(want_label) == 1
+            np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=str((kwargs, seed)))
+
+
 def test_float32_clips_on_request():
     rec = _record(6, rgb=_noise_frames(6))
     cfg = PipelineConfig("spatial", image_size=S)
@@ -587,8 +638,9 @@ def _epoch_clips(root, cfg, files=None, epochs=1):
                   for clip, vid in zip(clips.numpy(), ids.numpy()))
 
 
-def test_an_epoch_is_each_record_once_whatever_the_file_order(tmp_path):
-    root = _write_dataset(tmp_path / "d", n_train=6)
+@VERSIONS
+def test_an_epoch_is_each_record_once_whatever_the_file_order(tmp_path, version):
+    root = _write_dataset(tmp_path / "d", n_train=6, version=version)
     cfg = PipelineConfig("temporal", image_size=S, flow_length=2, seed=4, shuffle_buffer=2)
     files = records.split_files(root, records.read_metadata(root), "train")
     one = _epoch_clips(root, cfg)
@@ -604,8 +656,9 @@ def test_an_epoch_is_each_record_once_whatever_the_file_order(tmp_path):
 # The benchmark's measurement functions (mat_effnet.benchmark.pipeline)
 # ---------------------------------------------------------------------------
 
-def test_bound_counts_the_distinct_jpegs_a_clip_needs(tmp_path):
-    root = _write_dataset(tmp_path / "d", n_train=2, n_test=1)
+@VERSIONS
+def test_bound_counts_the_distinct_jpegs_a_clip_needs(tmp_path, version):
+    root = _write_dataset(tmp_path / "d", n_train=2, n_test=1, version=version)
     # Test time, T = 6 (video train0), L = 4: V = 2, 3 centres 0, 1, 1 -> flow 0..4, 5 fields.
     cfg = PipelineConfig("temporal", image_size=S, flow_length=4, training=False,
                          test_segments=3)
@@ -621,10 +674,11 @@ def test_bound_counts_the_distinct_jpegs_a_clip_needs(tmp_path):
 
 def test_pipeline_rate_and_summary(tmp_path):
     root = _write_dataset(tmp_path / "d", n_train=3, n_test=1)
+    old_root = _write_dataset(tmp_path / "v1", n_train=3, n_test=1, version=1)
     cfg = PipelineConfig("spatial", image_size=S, num_segments=2)
     rate = bench.pipeline_rate(input_pipeline, root, cfg, 2, min_seconds=0.0, min_batches=2)
     assert rate["clip_dtype"] == "uint8" and rate["host_bytes_per_clip"] == 2 * S * S * 3
-    old = bench.pipeline_rate(baseline_pipeline, root, bench._baseline_config(cfg), 2,
+    old = bench.pipeline_rate(baseline_pipeline, old_root, bench._baseline_config(cfg), 2,
                               min_seconds=0.0, min_batches=2)
     assert old["host_bytes_per_clip"] == 4 * 2 * S * S * 3  # float32 before issue 10
     bound = {"clips_per_s": 2 * rate["clips_per_s"], "cpu_ms_per_clip": 1.0,
@@ -633,3 +687,20 @@ def test_pipeline_rate_and_summary(tmp_path):
     assert out["share_of_bound"] == pytest.approx(0.5)
     assert bench.a100_clips_per_s(3) == pytest.approx(1150.0)
     assert out["cores_per_a100"] == pytest.approx(1150.0 / (rate["clips_per_s"] / 4))
+
+
+def test_read_rate_counts_what_a_clip_reads(tmp_path):
+    """Version 2 reads a header and the clip's frames; version 1 the whole record."""
+    t = 6  # video train0: 6 frames of flat levels, 2 segments -> 2 RGB frames read
+    rec = _record(t, video_id="train0")
+    v2 = bench.read_parse_rate(_write_dataset(tmp_path / "v2", n_train=1, n_test=1),
+                               PipelineConfig("spatial", image_size=S, num_segments=2), 0.0)
+    payloads = records.serialize_group(rec)
+    frames = sorted(len(p) for p in payloads[1:1 + t])  # the flat levels differ in size
+    assert v2["schema_version"] == 2
+    assert len(payloads[0]) + 3 * records.FRAMING_BYTES + 2 * frames[0] <= \
+        v2["read_bytes_per_clip"] <= len(payloads[0]) + 3 * records.FRAMING_BYTES + 2 * frames[-1]
+    v1 = bench.read_parse_rate(_write_dataset(tmp_path / "v1", n_train=1, n_test=1, version=1),
+                               PipelineConfig("spatial", image_size=S, num_segments=2), 0.0)
+    assert v1["read_bytes_per_clip"] == len(records.serialize(rec)) + records.FRAMING_BYTES
+    assert v1["clips_per_s"] > 0 and v2["clips_per_s"] > 0

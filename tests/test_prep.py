@@ -4,6 +4,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ def _read_all(out_dir, split):
     if split not in meta["shards"]:
         return out
     for path in records.split_files(out_dir, meta, split):
-        out += [records.parse_numpy(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+        out += list(records.read_shard(path, meta["schema_version"]))
     return out
 
 
@@ -196,9 +197,11 @@ def test_two_workers_write_the_same_bytes(tmp_path):
     assert _shard_bytes(tmp_path / "one") == _shard_bytes(tmp_path / "two")
 
 
-def test_tfds_reads_a_prepared_dataset(tmp_path):
+def test_tfds_reads_a_version1_dataset(tmp_path):
     _index_video_tree(tmp_path / "data", [5, 6])
-    meta = builder.build(_cfg(tmp_path / "data", tmp_path / "out", flow="none"))
+    meta = builder.build(_cfg(tmp_path / "data", tmp_path / "out", flow="none",
+                              schema_version=1))
+    assert records.read_metadata(str(tmp_path / "out"))["schema_version"] == 1
     b = tfds.builder_from_directory(str(tmp_path / "out"))
     assert b.info.features["label"].names == ["a", "b"]
     examples = list(b.as_dataset(split="train"))
@@ -278,7 +281,7 @@ def _pairwise_records(cfg, paths_by_id, fake):
 
     out = {}
     for vid, path in paths_by_id.items():
-        out[vid] = [records.serialize(r) for r in encode.encode_video(
+        out[vid] = [records.parse_numpy(records.serialize(r)) for r in encode.encode_video(
             path, dataclasses.replace(cfg, flow_implementation="keras").encoding,
             video_id=vid, label=0 if vid.startswith("a/") else 1, class_name=vid[0],
             flow_fn=pairwise)]
@@ -290,8 +293,8 @@ def _records_by_video(out_dir):
     for split in ("train", "test"):
         meta = records.read_metadata(str(out_dir))
         for path in records.split_files(str(out_dir), meta, split) if split in meta["shards"] else []:
-            for r in tf.data.TFRecordDataset(path):
-                out.setdefault(records.parse_numpy(r.numpy())["video_id"], []).append(r.numpy())
+            for video in records.read_shard(path, meta["schema_version"]):
+                out.setdefault(video["video_id"], []).append(video)
     return out
 
 
@@ -403,7 +406,7 @@ def test_real_keras_tvl1_end_to_end_with_resume(tmp_path):
     diffs = []
     for vid in want:
         for a, b in zip(got[vid], want[vid]):
-            ra, rb = records.parse_numpy(a), records.parse_numpy(b)
+            ra, rb = a, b
             assert ra["rgb"] == rb["rgb"]
             for key in ("flow_x", "flow_y"):
                 for ja, jb in zip(ra[key], rb[key]):
@@ -429,6 +432,45 @@ def test_flow_implementation_changes_are_refused_on_resume(tmp_path):
     del old["flow_implementation"]
     path.write_text(json.dumps(old))
     assert builder.build(cfg)["settings"]["flow_implementation"] == "opencv"
+
+
+def test_a_folder_never_mixes_record_versions(tmp_path):
+    _index_video_tree(tmp_path / "data", [4, 5])
+    v1 = _cfg(tmp_path / "data", tmp_path / "out", schema_version=1)
+    first = builder.build(v1)
+    assert records.read_metadata(v1.out_dir)["schema_version"] == 1
+    assert not glob.glob(os.path.join(v1.out_dir, "*" + records.INDEX_SUFFIX))
+    with pytest.raises(builder.PrepError,
+                       match=r"schema_version: 1 -> 2.*finish it with --schema_version=1"):
+        builder.build(dataclasses.replace(v1, schema_version=2))
+    # A run from before version 2 (its settings lack the key) wrote version 1.
+    path = tmp_path / "out" / ".work" / "settings.json"
+    old = json.loads(path.read_text())
+    del old["schema_version"]
+    path.write_text(json.dumps(old))
+    with pytest.raises(builder.PrepError, match="schema_version: 1 -> 2"):
+        builder.build(dataclasses.replace(v1, schema_version=2))
+    assert builder.build(v1)["splits"] == first["splits"]
+    with pytest.raises(ValueError, match="schema_version=3: "):
+        builder.build(dataclasses.replace(v1, schema_version=3))
+
+
+def test_a_lost_index_is_named_and_rebuilt(tmp_path):
+    from mat_effnet import input_pipeline
+
+    _index_video_tree(tmp_path / "data", [4, 5])
+    cfg = _cfg(tmp_path / "data", tmp_path / "out")
+    builder.build(cfg)
+    shard = records.split_files(cfg.out_dir, records.read_metadata(cfg.out_dir), "train")[0]
+    before = open(records.index_path(shard), "rb").read()
+    os.remove(records.index_path(shard))
+    with pytest.raises(records.MetadataError,
+                       match=re.escape(records.index_path(shard)) + ".*re-run mat-effnet-prep"):
+        input_pipeline.build_dataset(cfg.out_dir, "train",
+                                     input_pipeline.PipelineConfig("spatial", image_size=16), 1)
+    # Re-running the preparation redoes that shard's videos and writes it again.
+    builder.build(cfg)
+    assert open(records.index_path(shard), "rb").read() == before
 
 
 def test_cli_refuses_a_bad_flow_implementation(tmp_path):

@@ -465,7 +465,11 @@ def test_encode_video_is_what_the_builder_writes_and_batching_does_not_matter(tm
     result = builder.video_result(cfg, "train", entry)
     assert (result["status"], result["records"], result["frames"]) == ("done", 2, 8)
     written = tf.data.TFRecordDataset(os.path.join(work_dir, result["key"] + ".tfrecord"))
-    assert [r.numpy() for r in written] == [records.serialize(r) for r in recs]
+    assert [r.numpy() for r in written] == [p for r in recs for p in records.serialize_group(r)]
+    # Its marker gives each group's (offset, header length) in that file.
+    groups = records.serialize_group(recs[0])
+    assert result["groups"] == [[0, len(groups[0])], [records.framed_size(groups),
+                                                      len(records.serialize_group(recs[1])[0])]]
 
     # A pair-local flow handed over 1, 3 or all pairs per call, and the
     # decode / assemble halves: the same bytes.

@@ -23,17 +23,23 @@ from mat_effnet.benchmark.settings import ClipSettings, PipelineSettings
 
 
 def records_set(work_dir: str, videos_per_class: int, num_frames: int, short_side: int,
-                seed: int) -> str:
-    """Synthetic UCF101-like videos at 340x256 prepared (DIS flow) at ``short_side``."""
+                seed: int) -> tuple[str, str]:
+    """Synthetic UCF101-like videos at 340x256 prepared (DIS flow) at ``short_side``.
+
+    Returns the folders of the same videos in the record layout written by
+    default (version 2) and in version 1, which the frozen baseline reads.
+    """
     data = os.path.join(work_dir, "pipeline_videos")
     out = os.path.join(work_dir, "pipeline_records")
+    out_v1 = os.path.join(work_dir, "pipeline_records_v1")
     # 340x256 when short_side is 256; smaller sizes keep the ratio, with an
     # even width (the video writer rounds odd widths down).
     height = max(short_side, 16)
     width = 2 * int(round(height * 340 / 256 / 2))
     prep.generate_set(data, videos_per_class, num_frames, height, width, seed)
     prep.build(data, out, workers=1, flow="dis", short_side=short_side)
-    return out
+    prep.build(data, out_v1, workers=1, flow="dis", short_side=short_side, schema_version=1)
+    return out, out_v1
 
 
 _MODES = {"train": "train", "test_1crop": "test", "test_10crop": "test10"}
@@ -52,16 +58,18 @@ def measure(s: PipelineSettings, clip: ClipSettings, ctx: Context,
     from mat_effnet import records
     from mat_effnet.benchmark import pipeline
 
-    data = records_set(ctx.work_dir, s.pipeline_videos_per_class, s.pipeline_frames,
-                       s.pipeline_short_side, ctx.seed)
+    data, data_v1 = records_set(ctx.work_dir, s.pipeline_videos_per_class, s.pipeline_frames,
+                                s.pipeline_short_side, ctx.seed)
     meta = records.read_metadata(data)
     result = pipeline.compare(
-        data, streams=streams, modes=tuple(_MODES), batch_size=s.pipeline_batch,
+        data, streams=streams, modes=tuple(_MODES), baseline_dir=data_v1,
+        batch_size=s.pipeline_batch,
         min_seconds=s.pipeline_min_seconds, bound_clips=s.pipeline_bound_clips,
         num_segments=clip.num_segments, flow_length=clip.flow_length,
         image_size=clip.image_size, test_segments=clip.test_segments, rounds=s.pipeline_rounds,
         levers=None if s.pipeline_levers else {}, log=ctx.log)
     base = {"records": meta["splits"]["train"]["records"], "frames_per_record": s.pipeline_frames,
+            "schema_version": meta["schema_version"], "baseline_schema_version": 1,
             "stored_size": prep.stored_sizes(meta), "short_side": s.pipeline_short_side,
             "flow": "dis", "image_size": clip.image_size, "flow_length": clip.flow_length,
             "cores": result["cores"], "rounds": s.pipeline_rounds,
@@ -102,6 +110,14 @@ def measure(s: PipelineSettings, clip: ClipSettings, ctx: Context,
                 new["peak_rss_bytes"] / 2**20, "MiB", settings,
                 baseline_mib=old["peak_rss_bytes"] / 2**20,
                 note="one process runs every measurement: the peak includes earlier ones")
+            if "read" in entry:
+                figures[f"{key}.read_bytes_per_clip"] = ctx.figure(
+                    entry["read"]["read_bytes_per_clip"], "bytes", settings,
+                    version1=entry["read_version1"]["read_bytes_per_clip"],
+                    read_only_clips_per_s=entry["read"]["clips_per_s"],
+                    version1_read_only_clips_per_s=entry["read_version1"]["clips_per_s"],
+                    what="bytes a clip reads from the record files (header and frames; "
+                         "version 1: the whole record)")
             for lever, fig in entry.get("levers", {}).items():
                 figures[f"{key}.lever.{lever}"] = ctx.figure(
                     fig["new_over_variant"], "x", settings, cpu_saving=fig["new_cpu_saving"],

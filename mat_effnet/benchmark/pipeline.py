@@ -142,20 +142,21 @@ def clip_jpegs(data_dir: str, cfg, clips: int, seed: int = 0) -> list[list[tuple
     from mat_effnet import records
 
     meta = records.read_metadata(data_dir)
-    files = records.split_files(data_dir, meta, "train")
-    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files)]
+    version = meta.get("schema_version", 1)
+    videos = [v for f in records.split_files(data_dir, meta, "train")
+              for v in records.read_shard(f, version)]
     out = []
     for i in range(clips):
-        parsed = records.parse(tf.constant(serialized[i % len(serialized)]))
-        positions = ip.sample_positions(tf.size(parsed[records.RGB]), cfg, cfg.training,
+        video = videos[i % len(videos)]
+        positions = ip.sample_positions(len(video[records.RGB]), cfg, cfg.training,
                                         tf.constant([seed, i], tf.int64))
-        idx = ip._frame_indices(parsed, positions, cfg).numpy().reshape(-1)
+        count = len(video[records.RGB] if cfg.stream == "spatial" else video[records.FLOW_X])
+        idx = ip._frame_indices(count, positions, cfg).numpy().reshape(-1)
         unique = sorted(set(int(j) for j in idx))
         if cfg.stream == "spatial":
-            frames = parsed[records.RGB].numpy()
-            out.append([(frames[j], 3) for j in unique])
+            out.append([(video[records.RGB][j], 3) for j in unique])
         else:
-            fx, fy = parsed[records.FLOW_X].numpy(), parsed[records.FLOW_Y].numpy()
+            fx, fy = video[records.FLOW_X], video[records.FLOW_Y]
             out.append([(fx[j], 1) for j in unique] + [(fy[j], 1) for j in unique])
     return out
 
@@ -196,27 +197,55 @@ def decode_bound(jpegs: list[list[tuple[bytes, int]]], min_seconds: float = 3.0,
 
 
 def read_parse_rate(data_dir: str, cfg, min_seconds: float = 3.0) -> dict:
-    """Records/s of reading and parsing the records alone (the stream's features).
+    """Clips/s of reading (and parsing) what a clip reads, with no decoding.
 
-    A clip needs its whole record read (a TFRecord has no random access), so
-    this is the ceiling the record schema sets, before any decoding.
+    Version 1: a clip reads its whole record (a record is read whole),
+    so this is the ceiling that layout sets before any decoding.  Version 2:
+    a clip reads its group's header and the frame records it uses
+    (`mat_effnet.input_pipeline`'s reads, the JPEGs left undecoded).
+    ``read_bytes_per_clip``: bytes read from the files per clip.
     """
     import tensorflow as tf
 
     from mat_effnet import input_pipeline as ip
     from mat_effnet import records
 
-    files = records.split_files(data_dir, records.read_metadata(data_dir), "train")
-    parse = ip._parse_for(cfg)
-    ds = (tf.data.Dataset.from_tensor_slices(files).repeat()
-          .interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-          .map(lambda s: parse(s)[records.LABEL], num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(64).prefetch(2))
+    meta = records.read_metadata(data_dir)
+    files = records.split_files(data_dir, meta, "train")
+    if meta.get("schema_version", 1) == 1:
+        parse = ip._parse_for(cfg)
+        ds = (tf.data.Dataset.from_tensor_slices(files).repeat()
+              .interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+              .map(lambda s: parse(s)[records.LABEL], num_parallel_calls=tf.data.AUTOTUNE)
+              .batch(64).prefetch(2))
+        count = meta.get("splits", {}).get("train", {}).get("records") or sum(
+            1 for _ in tf.data.TFRecordDataset(files))
+        per_clip = sum(os.path.getsize(f) for f in files) / int(count)
+    else:
+        names = tf.constant(list(files))
+
+        def read(row, epoch):
+            group = records.Group.read(tf.gather(names, row[0]), row[1], row[2])
+            positions = ip.sample_positions(group.num_frames, cfg, cfg.training,
+                                            tf.stack([epoch, row[1]]))
+            count = group.num_frames if cfg.stream == "spatial" else group.num_flow
+            frames, _ = ip._read_frames(group, ip._frame_indices(count, positions, cfg), cfg)
+            payload = tf.add_n([tf.reduce_sum(tf.strings.length(v)) for v in frames.values()])
+            jpegs = sum(tf.size(v) for v in frames.values())
+            # Framing, and the header record (its length is in the index).
+            return tf.cast(payload, tf.int64) + records.FRAMING_BYTES * tf.cast(
+                jpegs + 1, tf.int64) + row[2]
+
+        table = ip._group_table(files)
+        ds = (ip._training_groups(table, 0, None)
+              .map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+              .batch(64).prefetch(2))
+        per_clip = float(np.mean(np.concatenate([b.numpy() for b in ds.take(2)])))
     t = time_elements(ds, lambda e: int(e.shape[0]), min_elements=4, min_seconds=min_seconds)
-    return {"records_per_s": t["per_s"], "cpu_ms_per_record": t["cpu_ms_per_item"],
-            "bytes_per_record": sum(os.path.getsize(f) for f in files) /
-            int(records.read_metadata(data_dir)["splits"]["train"]["records"])}
+    return {"clips_per_s": t["per_s"], "cpu_ms_per_clip": t["cpu_ms_per_item"],
+            "read_bytes_per_clip": per_clip,
+            "schema_version": int(meta.get("schema_version", 1))}
 
 
 # ---------------------------------------------------------------------------
@@ -298,10 +327,13 @@ LEVERS = {
     "map_fn_decode": {"flags": {"_UNROLL": False}},
     "default_tf_data_options": {"options": "default"},
     "private_threadpool": {"build": {"threads": "cores"}},
+    # The frame-addressable layout: the same pipeline on version-1 records
+    # of the same videos (needs ``baseline_dir``; measured in every mode).
+    "version1_records": {"records": "version1"},
 }
 
 
-def _run_variant(name, variant, cfg, data_dir, batch, min_seconds, cores):
+def _run_variant(name, variant, cfg, data_dir, batch, min_seconds, cores, baseline_dir=None):
     """`pipeline_rate` of the new pipeline with one lever changed (see `LEVERS`)."""
     import dataclasses
 
@@ -310,6 +342,8 @@ def _run_variant(name, variant, cfg, data_dir, batch, min_seconds, cores):
     from mat_effnet import input_pipeline as ip
 
     build = {k: (cores if v == "cores" else v) for k, v in variant.get("build", {}).items()}
+    if variant.get("records") == "version1":
+        data_dir = baseline_dir
     cfg = dataclasses.replace(cfg, **variant.get("config", {}))
     saved = {k: getattr(ip, k) for k in variant.get("flags", {})}
     saved_options = ip._options
@@ -338,7 +372,8 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def compare(data_dir: str, streams=("temporal", "spatial"), modes=("train", "test_1crop",
-            "test_10crop"), batch_size: int = 8, min_seconds: float = 3.0,
+            "test_10crop"), baseline_dir: str | None = None, batch_size: int = 8,
+            min_seconds: float = 3.0,
             bound_clips: int = 48, num_segments: int = 3, flow_length: int = 10,
             image_size: int = 224, test_segments: int = 25, rounds: int = 3,
             levers: dict | None = None, lever_modes=("train",),
@@ -350,16 +385,29 @@ def compare(data_dir: str, streams=("temporal", "spatial"), modes=("train", "tes
     reported (other processes on the cores then hit all of them alike).
     Returns ``{"cores", stream: {mode: {"bound", "window_bound", "new",
     "baseline", "speedup", "levers": {name: ...}}}}``.  ``levers`` (default
-    `LEVERS`) are measured in ``lever_modes`` only.  Test modes use batch
+    `LEVERS`) are measured in ``lever_modes`` only, except
+    ``version1_records``, measured in every mode.  Test modes use batch
     size 1, as evaluation does per video.
+
+    ``data_dir`` holds the records the new pipeline reads; ``baseline_dir``
+    (default ``data_dir``) version-1 records of the same videos, which the
+    frozen baseline reads (it predates version 2).
     """
     from mat_effnet import input_pipeline
     from mat_effnet.benchmark import baseline_pipeline
 
-    levers = LEVERS if levers is None else levers
+    from mat_effnet import records
+
+    levers = dict(LEVERS if levers is None else levers)
+    baseline_dir = data_dir if baseline_dir is None else baseline_dir
+    if records.read_metadata(baseline_dir).get("schema_version", 1) != 1:
+        raise ValueError(f"baseline_dir={baseline_dir!r}: the baseline pipeline reads "
+                         "version-1 records only (mat-effnet-prep --schema_version=1)")
+    if baseline_dir == data_dir:
+        levers.pop("version1_records", None)
     cores = usable_cores()
-    results: dict = {"cores": cores, "records": data_dir, "rounds": rounds,
-                     "min_seconds_per_measurement": min_seconds}
+    results: dict = {"cores": cores, "records": data_dir, "baseline_records": baseline_dir,
+                     "rounds": rounds, "min_seconds_per_measurement": min_seconds}
     for stream in streams:
         configs = stream_configs(stream, num_segments, flow_length, image_size, test_segments)
         results[stream] = {}
@@ -368,7 +416,8 @@ def compare(data_dir: str, streams=("temporal", "spatial"), modes=("train", "tes
             batch = batch_size if cfg.training else 1
             jpegs = clip_jpegs(data_dir, cfg, bound_clips)
             runs: dict[str, list] = {}
-            names = ["new", "baseline"] + (list(levers) if mode in lever_modes else [])
+            names = ["new", "baseline"] + [name for name in levers if mode in lever_modes
+                                           or name == "version1_records"]
             for r in range(rounds):
                 runs.setdefault("bound", []).append(decode_bound(jpegs, min_seconds))
                 if mode != "test_10crop":
@@ -378,21 +427,23 @@ def compare(data_dir: str, streams=("temporal", "spatial"), modes=("train", "tes
                     if name == "new":
                         rate = pipeline_rate(input_pipeline, data_dir, cfg, batch, min_seconds)
                     elif name == "baseline":
-                        rate = pipeline_rate(baseline_pipeline, data_dir, _baseline_config(cfg),
-                                             batch, min_seconds)
+                        rate = pipeline_rate(baseline_pipeline, baseline_dir,
+                                             _baseline_config(cfg), batch, min_seconds)
                     else:
                         rate = _run_variant(name, levers[name], cfg, data_dir, batch,
-                                            min_seconds, cores)
+                                            min_seconds, cores, baseline_dir)
                     runs.setdefault(name, []).append(rate)
                 log(f"{stream} {mode} round {r + 1}: " + ", ".join(
                     f"{k} {v[-1]['clips_per_s']:.1f}" for k, v in runs.items()))
             bound = _median_run(runs["bound"])
             entry = {"bound": bound}
             if cfg.training:
-                entry["read_parse"] = read_parse_rate(data_dir, cfg, min_seconds)
-                # Decoding plus the unavoidable whole-record read, in CPU time.
-                entry["bound_with_record_read_cpu_ms_per_clip"] = (
-                    bound["cpu_ms_per_clip"] + entry["read_parse"]["cpu_ms_per_record"])
+                # What a clip reads, without decoding: under the new layout
+                # and under version 1 (a whole record per clip).
+                entry["read"] = read_parse_rate(data_dir, cfg, min_seconds)
+                entry["read_version1"] = read_parse_rate(baseline_dir, cfg, min_seconds)
+                entry["bound_with_read_cpu_ms_per_clip"] = (
+                    bound["cpu_ms_per_clip"] + entry["read"]["cpu_ms_per_clip"])
             if "window_bound" in runs:
                 entry["window_bound"] = _median_run(runs["window_bound"])
             for name in names:
