@@ -89,3 +89,90 @@ def test_read_metadata_errors(tmp_path):
     assert records.split_files(str(tmp_path), meta, "train") == [os.path.join(str(tmp_path), "a")]
     with pytest.raises(records.MetadataError, match="no split 'test'"):
         records.split_files(str(tmp_path), meta, "test")
+
+
+# ---------------------------------------------------------------------------
+# Version 2: frame-addressable groups and their index
+# ---------------------------------------------------------------------------
+
+def test_version2_shard_layout_and_index(tmp_path):
+    """Each group: header, RGB frames, then x0, y0, x1, y1...; the index points at headers."""
+    recs = [_record(i) for i in range(3)] + [
+        records.VideoRecord("noflow", 1, "b", 30.0, 8, 10, [_jpeg(np.zeros((8, 10, 3), np.uint8))])]
+    path = str(tmp_path / "shard")
+    assert records.write_shard(path, recs, version=2) == 4
+    raw = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+    assert len(raw) == sum(1 + 3 * len(r.rgb) - 2 for r in recs[:3]) + 2
+    index = records.read_index(path)
+    offsets, sizes = [], []
+    at = 0
+    for r in recs:
+        payloads = records.serialize_group(r)
+        assert payloads[1:] == [*r.rgb, *[b for xy in zip(r.flow_x, r.flow_y) for b in xy]]
+        offsets.append(at)
+        sizes.append(len(payloads[0]))
+        at += records.framed_size(payloads)
+    assert index.tolist() == [[o, s] for o, s in zip(offsets, sizes)]
+    assert at == os.path.getsize(path)
+    # The front-to-back reader gives parse_numpy's dicts of the same videos.
+    got = list(records.read_shard(path, 2))
+    assert got == [records.parse_numpy(records.serialize(r)) for r in recs]
+    assert got == list(records.read_shard(_v1_copy(tmp_path, recs), 1))
+
+
+def _v1_copy(tmp_path, recs):
+    path = str(tmp_path / "v1")
+    records.write_shard(path, recs, version=1)
+    assert not os.path.exists(records.index_path(path))
+    return path
+
+
+def test_version2_group_reads_only_what_is_asked(tmp_path):
+    recs = [_record(i, n=6) for i in range(2)]
+    path = str(tmp_path / "shard")
+    records.write_shard(path, recs)
+    (o0, h0), (o1, h1) = records.read_index(path)
+
+    @tf.function
+    def read(offset, header, frames, first, counts):
+        group = records.Group.read(tf.constant(path), offset, header)
+        fx, fy = group.flow(first, counts)
+        return (group.rgb(frames), fx, fy, group.num_frames, group.num_flow,
+                group.header["video_id"], group.header["label"])
+
+    rgb, fx, fy, t, nf, vid, label = read(o1, h1, tf.constant([5, 0, 5]),
+                                          tf.constant([3, 0]), tf.constant([2, 1]))
+    r = recs[1]
+    assert rgb.numpy().tolist() == [r.rgb[5], r.rgb[0], r.rgb[5]]
+    assert fx.numpy().tolist() == [r.flow_x[3], r.flow_x[4], r.flow_x[0]]
+    assert fy.numpy().tolist() == [r.flow_y[3], r.flow_y[4], r.flow_y[0]]
+    assert (int(t), int(nf), vid.numpy(), int(label)) == (6, 5, b"v1", 1)
+    # The first group too (offset 0).
+    rgb, *_ = read(o0, h0, tf.constant([1]), tf.constant([0]), tf.constant([1]))
+    assert rgb.numpy().tolist() == [recs[0].rgb[1]]
+
+
+def test_version2_errors_name_the_file(tmp_path):
+    path = str(tmp_path / "shard")
+    with pytest.raises(records.MetadataError, match="shard.index.json.*missing.*mat-effnet-prep"):
+        records.read_index(path)
+    with open(records.index_path(path), "w") as f:
+        f.write('{"groups": "nope"}')
+    with pytest.raises(records.MetadataError, match="shard.index.json: not a shard index"):
+        records.read_index(path)
+    # A group cut short (a truncated file) is named by its video.
+    payloads = records.serialize_group(_record(1))
+    with tf.io.TFRecordWriter(path) as w:
+        for p in payloads[:-2]:
+            w.write(p)
+    with pytest.raises(records.MetadataError, match="v1: the file ends inside its group"):
+        list(records.read_groups(path))
+
+
+def test_metadata_versions(tmp_path):
+    for version in records.SCHEMA_VERSIONS:
+        records.write_metadata(str(tmp_path), {"classes": ["a"]}, version)
+        assert records.read_metadata(str(tmp_path))["schema_version"] == version
+    records.write_metadata(str(tmp_path), {"classes": ["a"]}, 3)
+    with pytest.raises(records.MetadataError, match="schema version 3 is not supported.*1, 2"):
+        records.read_metadata(str(tmp_path))
