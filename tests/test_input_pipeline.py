@@ -571,14 +571,16 @@ def _group_clip_fn(path, offset, header, cfg):
     return fn
 
 
-@pytest.mark.parametrize("t,h,w", [(12, 72, 96), (12, 24, 30), (3, 72, 96)])
+# Windowed; upscaled (short side < S); shorter than L; long enough that the
+# spatial test positions are read one by one (span 33 > 6 x 5 frames).
+@pytest.mark.parametrize("t,h,w", [(12, 72, 96), (12, 24, 30), (3, 72, 96), (40, 40, 48)])
 @pytest.mark.parametrize("stream", ["spatial", "temporal"])
 def test_version2_groups_give_the_clips_of_version1_records(tmp_path, stream, t, h, w):
     """A clip read from a frame-addressable group equals the one from the whole record.
 
     Same positions, crop, flip and bytes, for every mode: windowed and
-    upscaled frames, and a video shorter than L (flow indices clamped,
-    so a run is shorter than L and repeats its last field).
+    upscaled frames, a video shorter than L (flow indices clamped, so a run
+    is shorter than L and repeats its last field), and both test-time reads.
     """
     rgb = [_jpeg(_smooth_noise(h, w, 3, i)) for i in range(t)]
     fx = [_jpeg(_smooth_noise(h, w, 1, 100 + i)) for i in range(t - 1)]
