@@ -40,10 +40,11 @@ so any split of the records over tf.data service workers draws the same
 clips as one local pipeline.
 
 Throughput (issue 10).  The crop window and the positions are fixed before
-anything is decoded, so each sampled JPEG is decoded only inside the window
-(``tf.io.decode_and_crop_jpeg``; colour frames take an 8-pixel margin that is
-cropped away after decoding, because libjpeg's chroma upsampling at a window
-edge differs from a full decode), each distinct frame once (a training clip
+anything is decoded, so each sampled flow JPEG is decoded only inside the
+window (``tf.io.decode_and_crop_jpeg``; colour frames would need an 8-pixel
+margin, because libjpeg's chroma upsampling at a window edge differs from a
+full decode, and measured faster decoded whole, see ``_WINDOW_COLOUR``), each
+distinct frame once (a training clip
 decodes its K x L frames with one op each, so a short video's repeated frame
 is decoded twice), and only the record features the stream needs are parsed.  Clips stay uint8 in 0..255 until
 the model: the models normalize inside (Keras' EfficientNet expects 0..255
@@ -87,6 +88,12 @@ _COLOUR_MARGIN = 8
 # decode only the window; one decode op per frame for training clips.
 _WINDOW = True
 _UNROLL = True
+# Colour frames are decoded whole and then cropped: with the 8-pixel margin a
+# 224 window of a 340x256 frame is about 70 % of it, and the extra shape
+# read and copy made windowed colour decoding 4-5 % slower per clip
+# (BENCHMARKS.md, lever "colour_window").  Grayscale flow has no margin and
+# gains 15 %.
+_WINDOW_COLOUR = False
 
 
 @dataclasses.dataclass
@@ -221,7 +228,7 @@ def _decode_one(jpeg, channels: int, window):
     if window is None:
         return tf.io.decode_jpeg(jpeg, channels=channels)
     oy, ox, ch, cw = window
-    if not _WINDOW:
+    if not _WINDOW or (channels == 3 and not _WINDOW_COLOUR):
         return tf.io.decode_jpeg(jpeg, channels=channels)[oy:oy + ch, ox:ox + cw]
     if channels == 1:
         return tf.io.decode_and_crop_jpeg(jpeg, tf.stack([oy, ox, ch, cw]), channels=1)

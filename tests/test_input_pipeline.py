@@ -607,6 +607,16 @@ def test_version2_groups_give_the_clips_of_version1_records(tmp_path, stream, t,
             np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=str((kwargs, seed)))
 
 
+def test_colour_window_decode_equals_a_cropped_full_decode(monkeypatch):
+    """The colour window option (off by default: slower at 340x256) stays exact."""
+    monkeypatch.setattr(input_pipeline, "_WINDOW_COLOUR", True)
+    jpeg = _jpeg(_smooth_noise(72, 96, 3, 5))
+    full = tf.io.decode_jpeg(jpeg, channels=3).numpy()
+    for oy, ox, h, w in [(0, 0, 32, 32), (5, 13, 32, 40), (40, 64, 32, 32), (1, 1, 70, 94)]:
+        got = input_pipeline._decode_one(tf.constant(jpeg), 3, (oy, ox, h, w)).numpy()
+        np.testing.assert_array_equal(got, full[oy:oy + h, ox:ox + w])
+
+
 def test_float32_clips_on_request():
     rec = _record(6, rgb=_noise_frames(6))
     cfg = PipelineConfig("spatial", image_size=S)

@@ -324,6 +324,7 @@ LEVERS = {
     # name: what differs from the new pipeline (everything else as shipped)
     "float32_clips": {"config": {"clip_dtype": "float32"}},
     "full_decode": {"flags": {"_WINDOW": False}},
+    "colour_window": {"flags": {"_WINDOW_COLOUR": True}},
     "map_fn_decode": {"flags": {"_UNROLL": False}},
     "default_tf_data_options": {"options": "default"},
     "private_threadpool": {"build": {"threads": "cores"}},
