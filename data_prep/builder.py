@@ -204,20 +204,12 @@ def _write_video(task: _Task, produce, result: dict | None = None,
     start = time.perf_counter()
     stats: dict = {}
     result = result if result is not None else _result(task)
-    groups = []  # version 2: (offset in the work file, header length) of each group
     try:
         with atomic.replacing(f"{base}.tfrecord") as tmp:
             with tf.io.TFRecordWriter(tmp) as writer:
-                offset = 0
-                for rec in produce(stats):
-                    if task.cfg.schema_version == 1:
-                        writer.write(records.serialize(rec))
-                        continue
-                    payloads = records.serialize_group(rec)
-                    groups.append([offset, len(payloads[0])])
-                    offset += records.framed_size(payloads)
-                    for payload in payloads:
-                        writer.write(payload)
+                # Version 2: each group's (offset in the work file, header
+                # length), which the shard's index is made of.
+                groups = records.write_videos(writer, produce(stats), task.cfg.schema_version)
         if task.cfg.schema_version != 1:
             stats["groups"] = groups
         result.update(stats, status="done", seconds=seconds + time.perf_counter() - start)

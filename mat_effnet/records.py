@@ -240,31 +240,38 @@ def framed_size(payloads: Iterable[bytes]) -> int:
     return sum(len(p) + FRAMING_BYTES for p in payloads)
 
 
-def write_shard(path: str, videos: Iterable[VideoRecord], version: int = SCHEMA_VERSION) -> int:
-    """Writes one shard (and, for version 2, its index) of ``videos``; returns their count.
+def write_videos(writer, videos: Iterable[VideoRecord], version: int) -> list[list[int]]:
+    """Writes ``videos`` to an open ``tf.io.TFRecordWriter`` in layout ``version``.
 
-    For tools and tests; `data_prep.builder` writes shards from per-video
-    work files with the same `serialize`/`serialize_group`, `framed_size`
-    and `write_index`.
+    Returns, for version 2, each group's [byte offset from where the writer
+    started, header length] (the rows of a shard index); for version 1, [].
+    """
+    groups, offset = [], 0
+    for video in videos:
+        if version == 1:
+            writer.write(serialize(video))
+            continue
+        payloads = serialize_group(video)
+        groups.append([offset, len(payloads[0])])
+        offset += framed_size(payloads)
+        for payload in payloads:
+            writer.write(payload)
+    return groups
+
+
+def write_shard(path: str, videos: Sequence[VideoRecord], version: int = SCHEMA_VERSION) -> None:
+    """Writes one shard (and, for version 2, its index) of ``videos``, atomically.
+
+    For tools and tests; `data_prep.builder` writes per-video work files
+    with `write_videos` and concatenates them into shards.
     """
     import tensorflow as tf
 
-    groups, offset, count = [], 0, 0
     with atomic.replacing(path) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
-            for video in videos:
-                count += 1
-                if version == 1:
-                    writer.write(serialize(video))
-                    continue
-                payloads = serialize_group(video)
-                groups.append((offset, len(payloads[0])))
-                offset += framed_size(payloads)
-                for payload in payloads:
-                    writer.write(payload)
+            groups = write_videos(writer, videos, version)
         if version != 1:
             write_index(path, groups)
-    return count
 
 
 # ---------------------------------------------------------------------------
