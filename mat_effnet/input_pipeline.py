@@ -44,10 +44,10 @@ anything is decoded, so each sampled flow JPEG is decoded only inside the
 window (``tf.io.decode_and_crop_jpeg``; colour frames would need an 8-pixel
 margin, because libjpeg's chroma upsampling at a window edge differs from a
 full decode, and measured faster decoded whole, see ``_WINDOW_COLOUR``), each
-distinct frame once (a training clip
-decodes its K x L frames with one op each, so a short video's repeated frame
-is decoded twice), and only the record features the stream needs are parsed.  Clips stay uint8 in 0..255 until
-the model: the models normalize inside (Keras' EfficientNet expects 0..255
+distinct frame once (a training clip decodes its K x L frames with one op
+each, so a short video's repeated frame is decoded twice), and only the
+record features the stream needs are parsed.  Clips stay uint8 in 0..255
+until the model: the models normalize inside (Keras' EfficientNet expects 0..255
 pixels) and Keras casts inputs on entry; a resize (multi-scale crop, upscaling,
 3 crops) is rounded back to uint8.  ``PipelineConfig.clip_dtype="float32"``
 restores float clips.
@@ -271,17 +271,15 @@ def _frame_indices(count, positions, cfg: PipelineConfig):
     ``count``: the video's RGB frames (spatial) or flow fields (temporal).
     """
     if cfg.stream == "spatial":
-        t = count
         with tf.control_dependencies([tf.debugging.assert_positive(
-                t, message="record has no RGB frames")]):
-            return tf.minimum(positions, t - 1)
-    num_flow = count
+                count, message="record has no RGB frames")]):
+            return tf.minimum(positions, count - 1)
     with tf.control_dependencies([tf.debugging.assert_positive(
-            num_flow, message="temporal stream: record has no flow frames "
+            count, message="temporal stream: record has no flow frames "
                               "(prepared with --flow=none, or a 1-frame video)")]):
         idx = positions[:, None] + tf.range(cfg.flow_length, dtype=tf.int32)[None, :]
         # Too few flow fields: repeat the last one (documented clamp).
-        return tf.minimum(idx, num_flow - 1)
+        return tf.minimum(idx, count - 1)
 
 
 def _first_jpeg(parsed: dict, cfg: PipelineConfig, indices):
