@@ -9,7 +9,8 @@ own pipeline options (``--runner=...``, ``--project=...``), passed through
 untouched.  apache-beam is an optional extra (``pip install .[beam]``).
 
 Nothing here computes a record or a metadata field: every step calls the
-builder's shared steps, so there is one implementation whichever driver runs:
+steps `data_prep.builder.build` takes too, so there is one implementation
+whichever driver runs:
 
 1. On the launching machine: `builder.prepare` (flag checks, layout, the
    seeded shard plan, the settings check of a resumed ``out_dir``).  The plan
@@ -20,7 +21,7 @@ builder's shared steps, so there is one implementation whichever driver runs:
 2. Per shard, on workers: a shard that an earlier run finished (shard file
    and summary exist) is passed on as is; otherwise its videos are read from
    the plan and fanned out.
-3. Per video: `builder.video_result`, i.e. `builder.process_video` ->
+3. Per video: `work_files.video_result`, i.e. `work_files.process_video` ->
    `data_prep.encode.encode_video`, writing the video's work file and marker
    under ``out_dir/.work/<split>/``, with the builder's failure reasons.
    Flow is the builder's batched flow function (`data_prep.flow.
@@ -28,7 +29,7 @@ builder's shared steps, so there is one implementation whichever driver runs:
    runs the compiled TV-L1 on the worker's accelerator if it has one.
    Videos are not shuffled through the runner: only their names are.
 4. Per shard, after a group-by-shard (the barrier "all its videos are
-   finished"): `builder.assemble_shard` concatenates the work files in the
+   finished"): `shards.assemble_shard` concatenates the work files in the
    planned order into the shard (temp name, then rename), as the builder does.
 5. Once, after all shards: `builder.finish` writes the TFDS metadata and then
    ``mat_effnet_meta.json``, whose presence means the dataset is complete.
@@ -50,7 +51,8 @@ import json
 import logging
 import os
 
-from data_prep import builder, layouts
+from data_prep import builder, layouts, shards, work_files
+from data_prep.prep_config import PrepConfig
 from mat_effnet import atomic, records
 
 log = logging.getLogger("mat_effnet.prep")
@@ -84,7 +86,7 @@ class ShardRef:
     length: int
 
 
-def write_plan(cfg: builder.PrepConfig, plans: dict[str, list[list]]) -> list[ShardRef]:
+def write_plan(cfg: PrepConfig, plans: dict[str, list[list]]) -> list[ShardRef]:
     """Writes each split's shard plan as JSON lines; returns one `ShardRef` per shard.
 
     The file is named by a digest of its content, so a ref always points
@@ -92,37 +94,31 @@ def write_plan(cfg: builder.PrepConfig, plans: dict[str, list[list]]) -> list[Sh
     plan in the same ``out_dir``.
     """
     refs = []
-    for split, shards in plans.items():
+    for split, plan in plans.items():
         lines = [json.dumps([dataclasses.asdict(e) for e in shard], sort_keys=True).encode("utf-8")
-                 + b"\n" for shard in shards]
+                 + b"\n" for shard in plan]
         data = b"".join(lines)
-        path = os.path.join(builder.work_dir(cfg.out_dir, split),
+        path = os.path.join(work_files.work_dir(cfg.out_dir, split),
                             f"{PLAN_PREFIX}{hashlib.sha1(data).hexdigest()[:16]}.jsonl")
-        if not _gfile().exists(path):
+        if not work_files.gfile().exists(path):
             atomic.write_bytes(path, data)
         offset = 0
         for i, line in enumerate(lines):
-            refs.append(ShardRef(split, i, len(shards), path, offset, len(line)))
+            refs.append(ShardRef(split, i, len(plan), path, offset, len(line)))
             offset += len(line)
     return refs
 
 
 def read_shard(ref: ShardRef) -> list[layouts.VideoEntry]:
     """The videos of one shard, in write order, from the plan file."""
-    with _gfile().GFile(ref.plan_path, "rb") as f:
+    with work_files.gfile().GFile(ref.plan_path, "rb") as f:
         f.seek(ref.offset)
         line = f.read(ref.length)
     return [layouts.VideoEntry(**e) for e in json.loads(line)]
 
 
-def _gfile():
-    import tensorflow as tf
-
-    return tf.io.gfile
-
-
 # ---------------------------------------------------------------------------
-# The pipeline's steps (thin: each one calls a builder step)
+# The pipeline's steps (thin: each one calls a step of the builder's)
 # ---------------------------------------------------------------------------
 
 DONE_TAG = "finished"
@@ -135,7 +131,7 @@ DONE_TAG = "finished"
 def _expand_shard(ref, cfg):
     """A finished shard's summary (tagged output), else its videos, keyed by shard."""
     beam = _import_beam()
-    summary = builder.finished_shard(cfg, ref.split, ref.index)
+    summary = shards.finished_shard(cfg, ref.split, ref.index)
     if summary is not None:
         yield beam.pvalue.TaggedOutput(DONE_TAG, ((ref.split, ref.index), summary))
         return
@@ -146,7 +142,7 @@ def _expand_shard(ref, cfg):
 def _process_video(element, cfg):
     beam = _import_beam()
     key, (position, entry) = element
-    result = builder.video_result(cfg, key[0], entry)
+    result = work_files.video_result(cfg, key[0], entry)
     if result["status"] == "done":
         beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "videos_done").inc()
         beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "frames").inc(result.get("frames", 0))
@@ -160,7 +156,7 @@ def _process_video(element, cfg):
 def _assemble(element, cfg):
     (split, index, count), videos = element
     entries = [entry for _, entry in sorted(videos, key=lambda v: v[0])]
-    summary = builder.assemble_shard(cfg, split, index, count, entries)
+    summary = shards.assemble_shard(cfg, split, index, count, entries)
     _import_beam().metrics.Metrics.counter(COUNTER_NAMESPACE, "shards").inc()
     return (split, index), summary
 
@@ -182,7 +178,7 @@ def _finish(keyed_summaries, cfg, layout, counts):
 # The whole run
 # ---------------------------------------------------------------------------
 
-def pipeline_options(cfg: builder.PrepConfig, pipeline_args: list[str]):
+def pipeline_options(cfg: PrepConfig, pipeline_args: list[str]):
     """Beam's options from ``pipeline_args``; ``--workers`` sizes a local DirectRunner.
 
     Flags are passed through as given (Beam itself warns about ones no
@@ -200,12 +196,12 @@ def pipeline_options(cfg: builder.PrepConfig, pipeline_args: list[str]):
     return PipelineOptions(args)
 
 
-def build_pipeline(pipeline, cfg: builder.PrepConfig, layout: layouts.Layout,
+def build_pipeline(pipeline, cfg: PrepConfig, layout: layouts.Layout,
                    plans: dict[str, list[list]]):
     """Adds the preparation's steps to ``pipeline`` (after `builder.prepare`)."""
     beam = _import_beam()
     refs = write_plan(cfg, plans)
-    counts = {split: len(shards) for split, shards in plans.items()}
+    counts = {split: len(plan) for split, plan in plans.items()}
     # Only classes and failures are read by builder.finish; the per-split
     # entry lists would bloat every worker's copy of the step.
     small_layout = dataclasses.replace(layout, splits={})
@@ -225,7 +221,7 @@ def build_pipeline(pipeline, cfg: builder.PrepConfig, layout: layouts.Layout,
             | "Metadata" >> beam.Map(_finish, cfg, small_layout, counts))
 
 
-def build_with_beam(cfg: builder.PrepConfig, pipeline_args: list[str] | None = None) -> dict | None:
+def build_with_beam(cfg: PrepConfig, pipeline_args: list[str] | None = None) -> dict | None:
     """Prepares a dataset with Apache Beam; returns the metadata written, like `builder.build`.
 
     Raises as `builder.build` does, before launching anything, for bad

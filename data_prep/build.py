@@ -12,19 +12,20 @@ import sys
 
 from absl import flags
 
-from data_prep import builder, encode, layouts
+from data_prep import builder, datasets, encode
 from data_prep import flow as flow_lib
+from data_prep.prep_config import AUTO, PrepConfig
 from experiments import cli, flagdefs
 from mat_effnet import records
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", None, list(layouts.DATASETS), "Layout of --data_root.")
+flags.DEFINE_enum("dataset", None, list(datasets.DATASETS), "Layout of --data_root.")
 flags.DEFINE_string("data_root", None, "Folder holding the dataset as it ships.")
 flags.DEFINE_integer("split", 1, "Official split number (UCF101/HMDB51: 1-3).")
 flags.DEFINE_string("split_file", None, "folder layout: optional '<class>/<file> train|test' list.")
 flags.DEFINE_string("out_dir", None, "Where the TFRecord shards and metadata go.")
 flagdefs.define_flags(encode.EncodeSettings, exclude=("flow_implementation",))
-flags.DEFINE_enum("flow_implementation", "auto", ["auto", *builder.FLOW_IMPLEMENTATIONS],
+flags.DEFINE_enum("flow_implementation", AUTO, [AUTO, *flow_lib.IMPLEMENTATIONS],
                   encode.EncodeSettings.__dataclass_fields__["flow_implementation"].metadata["help"]
                   + " auto: the one a resumed run used, else the faster one (keras for "
                   "tvl1: measured faster on CPU too).")
@@ -52,7 +53,7 @@ def main(argv):
         print(f"mat-effnet-prep: error: {' '.join(pipeline_args)}: options after '--' are "
               "Beam pipeline options and need --runner", file=sys.stderr)
         return 2
-    cfg = builder.PrepConfig(
+    cfg = PrepConfig(
         dataset=FLAGS.dataset, data_root=FLAGS.data_root, out_dir=FLAGS.out_dir,
         split=FLAGS.split, split_file=FLAGS.split_file,
         **flagdefs.flat_values(encode.EncodeSettings, exclude=("flow_implementation",)),

@@ -10,7 +10,7 @@ runner and prediction all call it, so a clip seen at prediction time is
 prepared exactly as the training data was.
 
 `EncodeSettings` holds every setting that decides the bytes of a video's
-records, defined and validated once here; the builder's `PrepConfig`,
+records, defined and validated once here; `data_prep.prep_config.PrepConfig`,
 ``mat-effnet-prep``'s flags and the metadata of prepared data derive from it.
 
 For batched flow (`data_prep.flow_batches`: flow computed in one process for

@@ -1,6 +1,6 @@
 """Batched flow across videos: the Keras TV-L1 scheduled over a preparation run (issue 9, item 3).
 
-OpenCV's flow computes one pair at a time on one core, so `data_prep.builder`
+OpenCV's flow computes one pair at a time on one core, so `data_prep.work_files`
 runs it inside each worker, next to the decoding. The Keras TV-L1
 (`data_prep.tvl1`) is fast on batches of pairs, on the GPU when the backend
 sees one, so its work is split across processes instead:
@@ -42,7 +42,7 @@ from mat_effnet import quiet
 from mat_effnet.errors import MatEffNetError
 
 if TYPE_CHECKING:
-    from data_prep.builder import PrepConfig
+    from data_prep.prep_config import PrepConfig
 
 
 class Steps(NamedTuple):

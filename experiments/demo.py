@@ -49,6 +49,7 @@ def main(argv):
     del argv
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     from data_prep import builder, synthetic
+    from data_prep.prep_config import AUTO, PrepConfig
     from mat_effnet import evaluation, fusion, training
 
     out = os.path.abspath(FLAGS.output_dir)
@@ -64,10 +65,10 @@ def main(argv):
 
     t = time.monotonic()
     data = os.path.join(out, "data")
-    builder.build(builder.PrepConfig(
+    builder.build(PrepConfig(
         dataset="ucf101", data_root=videos, out_dir=data, flow=FLAGS.flow,
         # As mat-effnet-prep does by default: the Keras TV-L1 for tvl1.
-        flow_implementation=builder.AUTO, short_side=FLAGS.short_side,
+        flow_implementation=AUTO, short_side=FLAGS.short_side,
         workers=FLAGS.workers or os.cpu_count() or 1, videos_per_shard=16))
     timings["prep_s"] = time.monotonic() - t
 

@@ -31,12 +31,13 @@ def data_dir(tmp_path_factory):
     Shared by the training tests; they only read it.
     """
     from data_prep import builder, synthetic
+    from data_prep.prep_config import PrepConfig
 
     root = tmp_path_factory.mktemp("tiny")
     synthetic.generate_ucf101_like(str(root / "videos"), videos_per_class=4, num_frames=8,
                                    height=48, width=64, seed=1)
     out = str(root / "data")
-    builder.build(builder.PrepConfig(dataset="ucf101", data_root=str(root / "videos"),
-                                     out_dir=out, flow="dis", short_side=40,
-                                     videos_per_shard=6))
+    builder.build(PrepConfig(dataset="ucf101", data_root=str(root / "videos"),
+                             out_dir=out, flow="dis", short_side=40,
+                             videos_per_shard=6))
     return out

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("apache_beam")
 
-from data_prep import beam_pipeline, builder, layouts, synthetic  # noqa: E402
+from data_prep import beam_pipeline, builder, layouts, shards, synthetic, work_files  # noqa: E402
 from mat_effnet import records  # noqa: E402
 from test_prep import _cfg, _index_video_tree, _shard_bytes  # noqa: E402
 
@@ -22,7 +22,7 @@ def _output_files(out_dir):
     out = {}
     for name in sorted(os.listdir(out_dir)):
         path = os.path.join(out_dir, name)
-        if name != builder.WORK_DIR and ".tmp" not in name:
+        if name != work_files.WORK_DIR and ".tmp" not in name:
             with open(path, "rb") as f:
                 out[name] = f.read()
     return out
@@ -49,16 +49,16 @@ def test_beam_writes_the_builders_bytes_metadata_and_failures(tmp_path):
     reasons = {f["video_id"]: f["reason"] for f in got["failures"]}
     assert reasons == {"a/zero": "zero-byte file", "b/one": "only 1 frame"}
     assert sum(s["videos"] for s in got["splits"].values()) == 6
-    shards = _shard_bytes(tmp_path / "beam")
-    assert shards == _shard_bytes(tmp_path / "pool")
+    shard_bytes = _shard_bytes(tmp_path / "beam")
+    assert shard_bytes == _shard_bytes(tmp_path / "pool")
     # Each shard and its index (version 2).
-    assert sorted(shards) == sorted(n + suffix for names in got["shards"].values()
-                                    for n in names for suffix in ("", records.INDEX_SUFFIX))
+    assert sorted(shard_bytes) == sorted(n + suffix for names in got["shards"].values()
+                                         for n in names for suffix in ("", records.INDEX_SUFFIX))
     # 8 videos, 2 a shard: 6 train (one failed) and 2 test (one failed).
     assert {s: (v["videos"], v["failed"]) for s, v in got["splits"].items()} == {
         "train": (5, 1), "test": (1, 1)}
     assert {s: len(names) for s, names in got["shards"].items()} == {"train": 3, "test": 1}
-    assert all(shards.values())
+    assert all(shard_bytes.values())
     # Shards, indexes and mat_effnet_meta.json: the same names, the same bytes
     # (TFDS's files belong to version 1, which TFDS can read).
     files = _output_files(tmp_path / "beam")
@@ -71,7 +71,7 @@ def test_beam_resumes_a_killed_run_without_redoing_work(tmp_path, monkeypatch):
     _index_video_tree(root, [5, 6, 7])
     clean = builder.build(_cfg(root, tmp_path / "clean"))
 
-    real = builder.process_video
+    real = work_files.process_video
     calls = []
 
     def dying(task):
@@ -82,12 +82,12 @@ def test_beam_resumes_a_killed_run_without_redoing_work(tmp_path, monkeypatch):
 
     # The in-process DirectRunner runs the steps in this process, so the
     # patched builder function is the one the pipeline calls.
-    monkeypatch.setattr(builder, "process_video", dying)
+    monkeypatch.setattr(work_files, "process_video", dying)
     with pytest.raises(Exception, match="killed"):
         beam_pipeline.build_with_beam(_cfg(root, tmp_path / "resumed"), [])
     assert not os.path.exists(tmp_path / "resumed" / records.META_FILENAME)
 
-    monkeypatch.setattr(builder, "process_video",
+    monkeypatch.setattr(work_files, "process_video",
                         lambda t: calls.append(t.entry.video_id) or real(t))
     resumed = beam_pipeline.build_with_beam(_cfg(root, tmp_path / "resumed"), [])
     assert len(calls) == 6 and len(set(calls)) == 6  # 3 before the kill + 3 left, none twice
@@ -106,7 +106,7 @@ def test_beam_finishes_a_run_the_builder_started(tmp_path, monkeypatch):
     root = tmp_path / "data"
     _index_video_tree(root, [5, 6, 7])
     clean = builder.build(_cfg(root, tmp_path / "clean"))
-    real = builder.process_video
+    real = work_files.process_video
     calls = []
 
     def dying(task):
@@ -115,10 +115,10 @@ def test_beam_finishes_a_run_the_builder_started(tmp_path, monkeypatch):
         calls.append(task.entry.video_id)
         return real(task)
 
-    monkeypatch.setattr(builder, "process_video", dying)
+    monkeypatch.setattr(work_files, "process_video", dying)
     with pytest.raises(KeyboardInterrupt):
         builder.build(_cfg(root, tmp_path / "out"))
-    monkeypatch.setattr(builder, "process_video",
+    monkeypatch.setattr(work_files, "process_video",
                         lambda t: calls.append(t.entry.video_id) or real(t))
     assert beam_pipeline.build_with_beam(_cfg(root, tmp_path / "out"), []) == clean
     assert len(calls) == 6 and len(set(calls)) == 6
@@ -129,10 +129,10 @@ def test_plan_round_trips_every_shard_including_non_ascii_names(tmp_path):
     cfg = _cfg(tmp_path, tmp_path / "out")
     entries = [layouts.VideoEntry(f"k/vidé_{i}", f"/d/k/vidé_{i}.avi", i % 3, "k", "train")
                for i in range(7)] + [layouts.VideoEntry("日本/x", "/d/日本/x.mp4", 1, "日本", "train")]
-    plans = {"train": builder.plan_shards(entries, 3),
-             "test": builder.plan_shards(entries[:2], 3)}
+    plans = {"train": shards.plan_shards(entries, 3),
+             "test": shards.plan_shards(entries[:2], 3)}
     for split in plans:
-        os.makedirs(builder.work_dir(cfg.out_dir, split))
+        os.makedirs(work_files.work_dir(cfg.out_dir, split))
     refs = beam_pipeline.write_plan(cfg, plans)
     assert [(r.split, r.index, r.count) for r in refs] == [
         ("train", 0, 3), ("train", 1, 3), ("train", 2, 3), ("test", 0, 1)]

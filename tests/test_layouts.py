@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from data_prep import layouts
-from data_prep.layouts import Failure, LayoutError, VideoEntry, load_layout
+from data_prep import datasets
+from data_prep.datasets import load_layout
+from data_prep.layouts import Failure, LayoutError, VideoEntry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -360,7 +361,7 @@ def test_folder_split_ignores_directory_listing_order(tmp_path, monkeypatch):
 
 def test_folder_split_ignores_hash_seed(tmp_path):
     make_folder(tmp_path, "forward")
-    code = ("import json,sys; from data_prep.layouts import load_layout; "
+    code = ("import json,sys; from data_prep.datasets import load_layout; "
             "l = load_layout('folder', sys.argv[1], test_fraction=0.5); "
             "print(json.dumps({s: [e.video_id for e in v] for s, v in l.splits.items()}))")
     outs = []
@@ -448,7 +449,7 @@ def test_dataset_name_is_case_insensitive_and_pathlike_root_accepted(tmp_path):
 
 
 def test_public_constants_and_frozen_entries():
-    assert layouts.DATASETS == ("ucf101", "hmdb51", "kinetics400", "folder")
+    assert datasets.DATASETS == ("ucf101", "hmdb51", "kinetics400", "folder")
     entry = VideoEntry("a/b", "/x/a/b.avi", 0, "a", "train")
     with pytest.raises(dataclasses.FrozenInstanceError):
         entry.label = 1

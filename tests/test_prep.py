@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data_prep import builder, layouts, synthetic
+from data_prep import builder, layouts, synthetic, work_files
+from data_prep.prep_config import PrepConfig
 from mat_effnet import records
 from mat_effnet.errors import MatEffNetError
 
@@ -52,8 +53,8 @@ def _cfg(root, out, **kw):
     kw.setdefault("flow", "dis")
     kw.setdefault("short_side", 32)
     kw.setdefault("videos_per_shard", 2)
-    return builder.PrepConfig(dataset=kw.pop("dataset", "folder"), data_root=str(root),
-                              out_dir=str(out), **kw)
+    return PrepConfig(dataset=kw.pop("dataset", "folder"), data_root=str(root),
+                      out_dir=str(out), **kw)
 
 
 def test_frames_and_flow_are_aligned_and_chunked(tmp_path):
@@ -154,7 +155,7 @@ def test_resume_after_a_kill_gives_the_same_result(tmp_path, monkeypatch):
     _index_video_tree(tmp_path / "data", [5, 6, 7])
     clean = builder.build(_cfg(tmp_path / "data", tmp_path / "clean"))
 
-    real = builder.process_video
+    real = work_files.process_video
     calls = []
 
     def dying(task):
@@ -163,14 +164,14 @@ def test_resume_after_a_kill_gives_the_same_result(tmp_path, monkeypatch):
         calls.append(task.entry.video_id)
         return real(task)
 
-    monkeypatch.setattr(builder, "process_video", dying)
+    monkeypatch.setattr(work_files, "process_video", dying)
     with pytest.raises(KeyboardInterrupt):
         builder.build(_cfg(tmp_path / "data", tmp_path / "resumed"))
     assert not os.path.exists(tmp_path / "resumed" / records.META_FILENAME)
     # A torn temp file as a kill mid-write would leave it.
     (tmp_path / "resumed" / ".work" / "train" / "junk.tfrecord.tmp-1").write_bytes(b"xx")
 
-    monkeypatch.setattr(builder, "process_video", lambda t: calls.append(t.entry.video_id) or real(t))
+    monkeypatch.setattr(work_files, "process_video", lambda t: calls.append(t.entry.video_id) or real(t))
     resumed = builder.build(_cfg(tmp_path / "data", tmp_path / "resumed"))
     assert len(calls) == 6  # 3 before the kill + the 3 left, none twice
     assert len(set(calls)) == 6
@@ -346,7 +347,7 @@ def test_keras_flow_groups_pairs_by_frame_size(tmp_path, monkeypatch):
 
 def _kill_and_resume(tmp_path, cfg, clean_dir, kill_after):
     """Kills a batched run after `kill_after` videos are written, re-runs it; returns decoded ids."""
-    real_encode, real_decode = builder._encode_task, builder._decode_task
+    real_encode, real_decode = work_files.encode_task, work_files.decode_task
     written, decoded = [], []
 
     def dying(*args):
@@ -357,12 +358,12 @@ def _kill_and_resume(tmp_path, cfg, clean_dir, kill_after):
 
     mp = pytest.MonkeyPatch()
     try:
-        mp.setattr(builder, "_encode_task", dying)
+        mp.setattr(work_files, "encode_task", dying)
         with pytest.raises(KeyboardInterrupt):
             builder.build(cfg)
         assert not os.path.exists(os.path.join(cfg.out_dir, records.META_FILENAME))
-        mp.setattr(builder, "_encode_task", real_encode)
-        mp.setattr(builder, "_decode_task", lambda t: decoded.append(t.entry.video_id)
+        mp.setattr(work_files, "encode_task", real_encode)
+        mp.setattr(work_files, "decode_task", lambda t: decoded.append(t.entry.video_id)
                    or real_decode(t))
         resumed = builder.build(cfg)
     finally:
@@ -532,7 +533,7 @@ def test_a_dead_flow_process_stops_the_run_with_one_line(tmp_path, monkeypatch):
     # The flow processes are spawned: they get the builder's steps pickled,
     # so a step that raises there (os.abort takes no task) kills them.
     _index_video_tree(tmp_path / "data", [3])
-    monkeypatch.setattr(builder, "_decode_task", os.abort)
+    monkeypatch.setattr(work_files, "decode_task", os.abort)
     cfg = _cfg(tmp_path / "data", tmp_path / "out", flow="tvl1", flow_implementation="keras",
                flow_devices=2, short_side=16)
     with pytest.raises(builder.PrepError,

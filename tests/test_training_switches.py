@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from data_prep import builder, synthetic
+from data_prep.prep_config import PrepConfig
 from mat_effnet import records, training
 
 IMAGE = 32
@@ -19,8 +20,8 @@ def data_dir(tmp_path_factory):
     synthetic.generate_ucf101_like(str(root / "videos"), videos_per_class=2, num_frames=8,
                                    height=48, width=64, seed=2)
     out = str(root / "data")
-    builder.build(builder.PrepConfig(dataset="ucf101", data_root=str(root / "videos"),
-                                     out_dir=out, flow="none", short_side=40))
+    builder.build(PrepConfig(dataset="ucf101", data_root=str(root / "videos"),
+                             out_dir=out, flow="none", short_side=40))
     return out
 
 

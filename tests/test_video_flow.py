@@ -440,7 +440,8 @@ def test_encode_settings_defaults_validation_and_dicts():
 
 
 def test_encode_video_is_what_the_builder_writes_and_batching_does_not_matter(tmp_path):
-    from data_prep import builder, layouts
+    from data_prep import layouts, work_files
+    from data_prep.prep_config import PrepConfig
     from mat_effnet import records
 
     path = str(tmp_path / "v.avi")
@@ -457,12 +458,12 @@ def test_encode_video_is_what_the_builder_writes_and_batching_does_not_matter(tm
     import tensorflow as tf
 
     entry = layouts.VideoEntry("c/v", path, 3, "c", "train")
-    cfg = builder.PrepConfig(dataset="folder", data_root=str(tmp_path),
-                             out_dir=str(tmp_path / "out"), flow="dis", short_side=32,
-                             chunk_frames=5)
-    work_dir = builder.work_dir(cfg.out_dir, "train")
+    cfg = PrepConfig(dataset="folder", data_root=str(tmp_path),
+                     out_dir=str(tmp_path / "out"), flow="dis", short_side=32,
+                     chunk_frames=5)
+    work_dir = work_files.work_dir(cfg.out_dir, "train")
     os.makedirs(work_dir)
-    result = builder.video_result(cfg, "train", entry)
+    result = work_files.video_result(cfg, "train", entry)
     assert (result["status"], result["records"], result["frames"]) == ("done", 2, 8)
     written = tf.data.TFRecordDataset(os.path.join(work_dir, result["key"] + ".tfrecord"))
     assert [r.numpy() for r in written] == [p for r in recs for p in records.serialize_group(r)]

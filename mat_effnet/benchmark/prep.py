@@ -93,11 +93,12 @@ def build(data_root: str, out_dir: str, **kwargs) -> tuple[dict, float]:
     import cv2
 
     from data_prep import builder
+    from data_prep.prep_config import PrepConfig
 
     threads = cv2.getNumThreads()  # process_video sets 1 thread in-process
     try:
-        cfg = builder.PrepConfig(dataset="ucf101", data_root=data_root, out_dir=out_dir,
-                                 progress_seconds=3600.0, **kwargs)
+        cfg = PrepConfig(dataset="ucf101", data_root=data_root, out_dir=out_dir,
+                         progress_seconds=3600.0, **kwargs)
         start = time.perf_counter()
         meta = builder.build(cfg)
         return meta, time.perf_counter() - start
@@ -166,10 +167,11 @@ try:  # imported by the prep's last step (TFDS metadata): part of the baseline
 except ImportError:
     pass
 from data_prep import builder
+from data_prep.prep_config import PrepConfig
 args = json.loads(sys.argv[1])
 baseline = psutil.Process().memory_info().rss
 start = time.perf_counter()
-meta = builder.build(builder.PrepConfig(**args))
+meta = builder.build(PrepConfig(**args))
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 peak *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux

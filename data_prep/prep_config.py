@@ -1,0 +1,97 @@
+"""The settings of a preparation run: `PrepConfig`, defined and validated once.
+
+What `data_prep.builder.build` writes and how it runs (paper Sect. 4.2:
+RGB frames and TV-L1 flow, as in TSN) is decided here; every driver
+(`data_prep.builder`, `data_prep.beam_pipeline`) and the flow scheduler
+(`data_prep.flow_batches`) read it from this module, which imports none of
+them, so the settings sit below everything that uses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from data_prep import encode
+from mat_effnet import records
+from mat_effnet.errors import bad_argument
+
+# flow_implementation="auto": `data_prep.builder.prepare` picks one before any work.
+AUTO = "auto"
+
+_ENCODE_FIELDS = tuple(f.name for f in dataclasses.fields(encode.EncodeSettings))
+_DEFAULT = encode.EncodeSettings()
+
+
+@dataclasses.dataclass
+class PrepConfig:
+    """Everything that decides what `build` writes, and how it runs.
+
+    The fields named like `encode.EncodeSettings`'s (short_side, flow,
+    flow_implementation, flow_bound, jpeg_quality, chunk_frames) take their
+    defaults from it; `encoding` returns them as one `EncodeSettings`.
+    flow_implementation may also be "auto": `data_prep.builder.prepare`
+    replaces it (in place) with `data_prep.builder.auto_flow_implementation`'s
+    choice before any work.
+    flow_batch: pairs per call of the Keras TV-L1 (None: its default).
+    flow_devices: flow processes for the Keras TV-L1 (None: one per GPU).
+    schema_version: the record layout (`mat_effnet.records`): 2, frame-
+        addressable groups with an index per shard (clips read only their
+        frames), or 1, one Example per video (streams whole records; the
+        layout TFDS reads).
+    """
+
+    dataset: str
+    data_root: str
+    out_dir: str
+    split: int = 1
+    split_file: str | None = None
+    flow: str = _DEFAULT.flow
+    flow_bound: float = _DEFAULT.flow_bound
+    short_side: int = _DEFAULT.short_side
+    jpeg_quality: int = _DEFAULT.jpeg_quality
+    workers: int = 1
+    videos_per_shard: int = 32
+    chunk_frames: int = _DEFAULT.chunk_frames
+    name: str | None = None
+    progress_seconds: float = 10.0
+    flow_implementation: str = _DEFAULT.flow_implementation
+    flow_batch: int | None = None
+    flow_devices: int | None = None
+    schema_version: int = records.SCHEMA_VERSION
+
+    @property
+    def encoding(self) -> encode.EncodeSettings:
+        """The settings that decide a video's bytes (validated on creation)."""
+        if self.flow_implementation == AUTO:
+            raise bad_argument("flow_implementation", AUTO, "not resolved yet (see prepare)")
+        return encode.EncodeSettings(**{name: getattr(self, name) for name in _ENCODE_FIELDS})
+
+    def validate(self) -> None:
+        """Raises MatEffNetError (``name=value: why``) for any bad value, before work."""
+        if self.flow_implementation == AUTO:
+            dataclasses.replace(self, flow_implementation=_DEFAULT.flow_implementation).encoding
+        else:
+            self.encoding  # noqa: B018  # validates
+        if self.workers < 1:
+            raise bad_argument("workers", self.workers, "must be >= 1")
+        if self.videos_per_shard < 1:
+            raise bad_argument("videos_per_shard", self.videos_per_shard, "must be >= 1")
+        if self.flow_batch is not None and self.flow_batch < 1:
+            raise bad_argument("flow_batch", self.flow_batch, "must be >= 1")
+        if self.flow_devices is not None and self.flow_devices < 1:
+            raise bad_argument("flow_devices", self.flow_devices, "must be >= 1")
+        if self.schema_version not in records.SCHEMA_VERSIONS:
+            raise bad_argument("schema_version", self.schema_version,
+                               f"must be one of {records.SCHEMA_VERSIONS}")
+
+    @property
+    def dataset_name(self) -> str:
+        return self.name or self.dataset
+
+    def settings(self) -> dict:
+        """The settings that change the bytes written (checked on resume)."""
+        return {
+            "dataset": self.dataset, "split": self.split, "split_file": self.split_file,
+            **self.encoding.to_dict(), "videos_per_shard": self.videos_per_shard,
+            "name": self.dataset_name, "schema_version": self.schema_version,
+        }

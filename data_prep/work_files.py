@@ -1,0 +1,191 @@
+"""One video's work in a preparation run: its work file, its marker, the worker tasks.
+
+Each video is processed by a worker into its own small TFRecord file under
+``out_dir/.work/<split>/`` (temp name, then rename) followed by a
+``.done.json``/``.failed.json`` marker; a re-run skips videos that have a
+marker (`marker`), and `data_prep.shards` later concatenates the work files
+of a shard. The records themselves come from `data_prep.encode`, the one
+function that turns a video into records (paper Sect. 3, Fig. 1: RGB for the
+spatial stream, TV-L1 flow for the temporal one, Sect. 4.2).
+
+Where flow runs: OpenCV's flow (one pair at a time on one core) runs inside
+each worker, next to the decoding (`process_video`). The Keras TV-L1 runs
+batched across videos in a flow process per GPU (`data_prep.flow_batches`);
+the workers then only decode (`decode_task`) and, once a video's flow is
+back, JPEG it and write its work file and marker (`encode_task`). Both
+routes write the same bytes for the same flow function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+
+from data_prep import encode, layouts
+from data_prep import flow as flow_lib
+from data_prep.prep_config import PrepConfig
+from mat_effnet import atomic, records
+
+WORK_DIR = ".work"
+
+
+def work_dir(out_dir: str, split: str) -> str:
+    """Where a split's per-video files, markers and shard summaries live."""
+    return os.path.join(out_dir, WORK_DIR, split)
+
+
+def gfile():
+    """``tf.io.gfile``, imported on first use (any path it knows: ``gs://`` ...)."""
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def read_json(path):
+    with gfile().GFile(path) as f:
+        return json.load(f)
+
+
+def video_key(entry: layouts.VideoEntry) -> str:
+    """A filesystem-safe, unique file stem for a video's work files."""
+    digest = hashlib.sha1(entry.video_id.encode("utf-8")).hexdigest()[:10]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in entry.video_id)[-80:]
+    return f"{safe}-{digest}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One video to process, with the run's settings and its split's work dir."""
+
+    entry: layouts.VideoEntry
+    cfg: PrepConfig
+    work_dir: str
+
+
+def marker(work_dir: str, entry) -> dict | None:
+    """The video's marker content (done or failed) if an earlier run left one, else None."""
+    base = os.path.join(work_dir, video_key(entry))
+    for suffix in (".done.json", ".failed.json"):
+        if gfile().exists(base + suffix):
+            try:
+                return read_json(base + suffix)
+            except (json.JSONDecodeError, OSError):
+                return None  # a torn marker: redo the video
+    return None
+
+
+def video_result(cfg: PrepConfig, split: str, entry: layouts.VideoEntry) -> dict:
+    """One video's result: an earlier run's marker, else the video processed now.
+
+    Never raises for a bad video (see `process_video`); afterwards the
+    video's marker (and, if it succeeded, its work file) exists.
+    """
+    wd = work_dir(cfg.out_dir, split)
+    return marker(wd, entry) or process_video(Task(entry, cfg, wd))
+
+
+def _write_video(task: Task, produce, result: dict | None = None,
+                 seconds: float = 0.0) -> dict:
+    """Writes the records ``produce(stats)`` yields to the video's work file, then its marker.
+
+    Never raises for a bad video: `data_prep.video.VideoError` and any
+    other error (an unexpected decoder or flow failure must not kill the
+    run) become a ``.failed.json`` marker with the reason.
+    """
+    import tensorflow as tf
+
+    base = os.path.join(task.work_dir, video_key(task.entry))
+    start = time.perf_counter()
+    stats: dict = {}
+    result = result if result is not None else _result(task)
+    try:
+        with atomic.replacing(f"{base}.tfrecord") as tmp:
+            with tf.io.TFRecordWriter(tmp) as writer:
+                # Version 2: each group's (offset in the work file, header
+                # length), which the shard's index is made of.
+                groups = records.write_videos(writer, produce(stats), task.cfg.schema_version)
+        if task.cfg.schema_version != 1:
+            stats["groups"] = groups
+        result.update(stats, status="done", seconds=seconds + time.perf_counter() - start)
+        atomic.write_text(f"{base}.done.json", json.dumps(result))
+    except Exception as e:  # noqa: BLE001
+        write_failure(task, e, result)
+    return result
+
+
+def _result(task: Task) -> dict:
+    return {"video_id": task.entry.video_id, "key": video_key(task.entry),
+            "path": task.entry.path, "split": os.path.basename(task.work_dir)}
+
+
+def write_failure(task: Task, error: Exception, result: dict | None = None) -> dict:
+    """Writes the video's ``.failed.json`` marker with the reason; returns its content."""
+    from data_prep import video
+
+    result = result if result is not None else _result(task)
+    if isinstance(error, video.VideoError):
+        reason = getattr(error, "reason", None) or str(error)
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    result.update(status="failed", reason=reason)
+    atomic.write_text(os.path.join(task.work_dir, video_key(task.entry) + ".failed.json"),
+                      json.dumps(result))
+    return result
+
+
+def _one_core() -> None:
+    import cv2
+
+    # One worker is one core: OpenCV's own thread pool would fight the
+    # other workers for the same cores.
+    cv2.setNumThreads(1)
+
+
+def process_video(task: Task) -> dict:
+    """Worker: one video -> its TFRecord file + a marker.  Never raises for bad videos."""
+    _one_core()
+    entry = task.entry
+    return _write_video(task, lambda stats: encode.encode_video(
+        entry.path, task.cfg.encoding, video_id=entry.video_id, label=entry.label,
+        class_name=entry.class_name, stats=stats, flow_fn=_flow_fn(task.cfg)))
+
+
+def _flow_fn(cfg: PrepConfig):
+    """A new batch flow function for one video with ``cfg`` (None without flow).
+
+    New per video: a video's flow must not depend on which videos the same
+    process handled before, and OpenCV's solvers keep state between calls
+    (DIS's results move in the last bits). The Keras TV-L1 keeps none, and
+    its compiled programs are shared by the whole process (see
+    `data_prep.flow`), so making its function per video costs nothing.
+    """
+    if cfg.flow == "none":
+        return None
+    batch = cfg.flow_batch if cfg.flow_implementation == "keras" else None
+    return flow_lib.create_batch_flow(cfg.flow, cfg.flow_implementation, batch)
+
+
+# The two halves of process_video when flow is computed elsewhere, batched
+# across videos (`data_prep.flow_batches`).
+
+def decode_task(task: Task):
+    """Worker: decode one video for flow computed elsewhere; a failure writes its marker."""
+    _one_core()
+    start = time.perf_counter()
+    try:
+        decoded = encode.decode_video(task.entry.path, task.cfg.encoding)
+    except Exception as e:  # noqa: BLE001  # see _write_video
+        return write_failure(task, e)
+    return task, decoded, time.perf_counter() - start
+
+
+def encode_task(task: Task, decoded: encode.DecodedVideo, quantized: list,
+                seconds: float) -> dict:
+    """Worker: JPEG a decoded video's quantized flow; write its work file and marker."""
+    _one_core()
+    return _write_video(task, lambda stats: encode.assemble_records(
+        decoded, quantized, task.cfg.encoding, video_id=task.entry.video_id,
+        label=task.entry.label, class_name=task.entry.class_name, stats=stats), seconds=seconds)
