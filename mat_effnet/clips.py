@@ -12,7 +12,9 @@ training; TSN's test views, Wang et al., ECCV 2016, ref. [13]):
   mirrors both and inverts x (q -> 255 - q).
 * Testing (`_test_clip`, the one implementation of test views): 1 centre
   crop, 3 crops along the long side, or TSN's 10 crops (4 corners + centre
-  and their mirror images), at each of the N positions.
+  and their mirror images), at each of the N positions.  `make_clip` makes
+  them from a record, `eval_clip_from_frames` from already decoded frames
+  (an exported model, streaming prediction).
 
 Throughput (issue 10).  The crop window and the positions are fixed before
 anything is decoded, so each sampled flow JPEG is decoded only inside the
@@ -39,6 +41,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from mat_effnet import records
+from mat_effnet.errors import MatEffNetError
 from mat_effnet.sampling import (PipelineConfig, as_seed, frame_indices, sample_positions,
                                  train_box)
 
@@ -308,6 +311,45 @@ def _test_clip(load, frame_size, cfg: PipelineConfig):
         views = tf.stack(five + flipped)
     views = tf.ensure_shape(views, [cfg.crops, cfg.test_segments, size, size, cfg.channels])
     return tf.cast(views, cfg.clip_dtype)
+
+
+def eval_clip_from_frames(frames, cfg: PipelineConfig):
+    """`make_clip`'s test-time clip from a video's decoded frames instead of a record.
+
+    ``frames``: spatial stream: the RGB frames, uint8 (T, H, W, 3); temporal
+    stream: the quantized flow, uint8 (T-1, H, W, 2), planes x then y (what
+    a record stores as flow_x and flow_y).  Returns the clip
+    (crops, N, S, S, C) in ``cfg.clip_dtype`` that `make_clip` returns for
+    a record of the same frames: the same positions, crops and values.
+    T, H and W may be unknown until run time (a tf.function with a
+    None-shaped input signature, as in an exported model).
+    """
+    if cfg.training:
+        raise MatEffNetError("cfg.training=True: eval_clip_from_frames makes test-time views; "
+                             "pass a PipelineConfig with training=False")
+    frames = tf.convert_to_tensor(frames)
+    if frames.dtype != tf.uint8:
+        raise MatEffNetError(f"frames dtype={frames.dtype.name}: expected uint8 "
+                             "(RGB, or flow quantized as the records store it)")
+    planes = 3 if cfg.stream == "spatial" else 2
+    frames = tf.ensure_shape(frames, [None, None, None, planes])
+    count = tf.shape(frames)[0]
+    # A video of T frames has T - 1 flow fields; positions count frames.
+    num_frames = count if cfg.stream == "spatial" else count + 1
+    indices = frame_indices(count, sample_positions(num_frames, cfg, False), cfg)
+    if cfg.stream == "spatial":
+        picked = tf.gather(frames, indices)
+    else:
+        # (P, L, H, W, 2) -> (P, H, W, L, 2) -> (P, H, W, 2L): channel 2j = x
+        # of p+j, 2j+1 = y of p+j, as `_load_frames` stacks them.
+        stacks = tf.transpose(tf.gather(frames, indices), [0, 2, 3, 1, 4])
+        shape = tf.shape(stacks)
+        picked = tf.reshape(stacks, [shape[0], shape[1], shape[2], cfg.channels])
+
+    def load(window=None):
+        return picked if window is None else _crop(picked, *window)
+
+    return _test_clip(load, lambda: (tf.shape(frames)[1], tf.shape(frames)[2]), cfg)
 
 
 # ---------------------------------------------------------------------------

@@ -322,3 +322,59 @@ def test_float32_clips_on_request():
     with pytest.raises(ValueError, match="clip_dtype"):
         PipelineConfig("spatial", clip_dtype="float16")
 
+
+# ---------------------------------------------------------------------------
+# Test views from decoded frames (what an exported model is fed)
+# ---------------------------------------------------------------------------
+
+def _decoded_video(rec, stream):
+    """A record's frames decoded: RGB (T, H, W, 3), or flow (T-1, H, W, 2) planes x, y."""
+    if stream == "spatial":
+        return np.stack([tf.io.decode_jpeg(b, channels=3).numpy() for b in rec.rgb])
+    x = np.stack([tf.io.decode_jpeg(b, channels=1).numpy()[..., 0] for b in rec.flow_x])
+    y = np.stack([tf.io.decode_jpeg(b, channels=1).numpy()[..., 0] for b in rec.flow_y])
+    return np.stack([x, y], axis=-1)
+
+
+@pytest.mark.parametrize("stream", ["spatial", "temporal"])
+def test_views_from_decoded_frames_equal_make_clip_on_the_record(stream):
+    """Decoded frames give the record's test clip exactly, in a graph of unknown T, H, W.
+
+    One trace with a None-shaped signature (as in an exported SavedModel)
+    serves every video: windowed, upscaled (short side < S), portrait, and
+    shorter than L (flow indices clamped).
+    """
+    videos = [(12, 72, 96), (12, 24, 30), (9, 96, 72), (3, 72, 96)]
+    planes = 3 if stream == "spatial" else 2
+    signature = [tf.TensorSpec([None, None, None, planes], tf.uint8)]
+    for crops in (1, 3, 10):
+        cfg = PipelineConfig(stream, image_size=S, flow_length=4, test_segments=5,
+                             training=False, crops=crops)
+
+        @tf.function(input_signature=signature)
+        def fn(frames):
+            return clips.eval_clip_from_frames(frames, cfg)  # noqa: B023 (called in this loop)
+
+        for t, h, w in videos:
+            rec = _record(t, h=h, w=w, rgb=[_jpeg(_smooth_noise(h, w, 3, i)) for i in range(t)],
+                          fx=[_jpeg(_smooth_noise(h, w, 1, 100 + i)) for i in range(t - 1)],
+                          fy=[_jpeg(_smooth_noise(h, w, 1, 200 + i)) for i in range(t - 1)])
+            want, _ = make_clip(_parse(rec), cfg)
+            got = fn(_decoded_video(rec, stream))
+            assert got.dtype == want.dtype == tf.uint8
+            assert got.shape == (crops, 5, S, S, cfg.channels)
+            np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=str((crops, t, h, w)))
+        assert fn.experimental_get_tracing_count() == 1
+
+
+def test_views_from_frames_reject_training_configs_and_float_frames():
+    frames = np.zeros((4, S, S, 3), np.uint8)
+    with pytest.raises(ValueError, match="training"):
+        clips.eval_clip_from_frames(frames, PipelineConfig("spatial", image_size=S))
+    test_cfg = PipelineConfig("spatial", image_size=S, training=False, test_segments=2)
+    with pytest.raises(ValueError, match="uint8"):
+        clips.eval_clip_from_frames(frames.astype(np.float32), test_cfg)
+    # float32 clips on request, like make_clip's.
+    as_float = clips.eval_clip_from_frames(frames + 7, dataclasses.replace(test_cfg,
+                                                                           clip_dtype="float32"))
+    assert as_float.dtype == tf.float32 and float(as_float.numpy().min()) == 7.0
