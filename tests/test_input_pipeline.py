@@ -162,3 +162,30 @@ def test_read_rate_counts_what_a_clip_reads(tmp_path):
     assert v1["read_bytes_per_clip"] == len(records.serialize(rec)) + records.FRAMING_BYTES
     assert v1["clips_per_s"] > 0 and v2["clips_per_s"] > 0
 
+
+def test_levers_switch_the_decoding_flags_they_name_and_restore_them(monkeypatch):
+    """Each flag lever flips its switch in mat_effnet.clips for its run only."""
+    from mat_effnet import clips
+
+    seen = {}
+
+    def fake_rate(module, data_dir, cfg, batch, min_seconds, **build):
+        assert module is input_pipeline
+        seen.update({k: getattr(clips, k) for k in ("_WINDOW", "_WINDOW_COLOUR", "_UNROLL")})
+        seen["options_default"] = module._options(None).threading.max_intra_op_parallelism
+        return {"clips_per_s": 1.0}
+
+    monkeypatch.setattr(bench, "pipeline_rate", fake_rate)
+    cfg = PipelineConfig("spatial", image_size=S)
+    shipped = {"_WINDOW": True, "_WINDOW_COLOUR": False, "_UNROLL": True}
+    for name, variant in bench.LEVERS.items():
+        if "flags" not in variant:
+            continue
+        bench._run_variant(name, variant, cfg, "unused", 1, 0.0, 1)
+        assert {k: seen[k] for k in shipped} == {**shipped, **variant["flags"]}, name
+        assert seen["options_default"] == 1  # this lever leaves the options alone
+        assert {k: getattr(clips, k) for k in shipped} == shipped  # restored
+    bench._run_variant("default_tf_data_options", bench.LEVERS["default_tf_data_options"], cfg,
+                       "unused", 1, 0.0, 1)
+    assert seen["options_default"] is None
+    assert input_pipeline._options(None).threading.max_intra_op_parallelism == 1

@@ -348,6 +348,8 @@ def _run_variant(name, variant, cfg, data_dir, batch, min_seconds, cores, baseli
     if variant.get("records") == "version1":
         data_dir = baseline_dir
     cfg = dataclasses.replace(cfg, **variant.get("config", {}))
+    # getattr first: a switch that moved away would fail here, not be
+    # created as a new attribute that nothing reads.
     saved = {k: getattr(clips, k) for k in variant.get("flags", {})}
     saved_options = ip._options
     try:
