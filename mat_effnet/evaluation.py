@@ -125,6 +125,7 @@ def evaluate(model, data_dir: str, split: str = "test", num_segments: int = 25,
     import tensorflow as tf
 
     from mat_effnet import input_pipeline, metrics, records
+    from mat_effnet.sampling import PipelineConfig
 
     from mat_effnet.identity import identity
 
@@ -135,7 +136,7 @@ def evaluate(model, data_dir: str, split: str = "test", num_segments: int = 25,
     if spec.num_segments is not None and spec.num_segments != num_segments:
         raise EvalError(f"the model takes exactly {spec.num_segments} segments; "
                         f"use --num_segments={spec.num_segments}")
-    cfg = input_pipeline.PipelineConfig(
+    cfg = PipelineConfig(
         stream=spec.stream, image_size=spec.image_size, flow_length=max(spec.flow_length, 1),
         training=False, test_segments=num_segments, crops=crops)
     ds = input_pipeline.build_dataset(data_dir, split, cfg, batch_size, with_ids=True)

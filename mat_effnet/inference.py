@@ -2,8 +2,8 @@
 
 The video goes through exactly the path the training data took: the same
 `data_prep.encode.encode_video` (decode, resize, flow, quantize, JPEG), the
-same record parser and the same test-time sampling of
-`mat_effnet.input_pipeline`; then each stream's softmax, and their late
+same record parser and the same test-time sampling and views of
+`mat_effnet.sampling` and `mat_effnet.clips`; then each stream's softmax, and their late
 average fusion (`mat_effnet.fusion.normalize_weights`).
 
 The preparation settings (short side, flow algorithm, implementation and
@@ -153,17 +153,19 @@ def stream_scores(model, serialized: list, num_segments: int = 25, crops: int = 
     """Softmax of one stream model over a video's records (chunks averaged)."""
     import tensorflow as tf
 
-    from mat_effnet import evaluation, input_pipeline, records
+    from mat_effnet import evaluation, records
+    from mat_effnet.clips import make_clip
+    from mat_effnet.sampling import PipelineConfig
 
     spec = evaluation.stream_spec(model)
     if spec.num_segments is not None:
         num_segments = spec.num_segments
-    cfg = input_pipeline.PipelineConfig(
+    cfg = PipelineConfig(
         stream=spec.stream, image_size=spec.image_size, flow_length=max(spec.flow_length, 1),
         training=False, test_segments=num_segments, crops=crops)
     probs, clips = [], []
     for s in serialized:
-        clip, _ = input_pipeline.make_clip(records.parse(tf.constant(s)), cfg)
+        clip, _ = make_clip(records.parse(tf.constant(s)), cfg)
         probs.append(model(clip, training=False).numpy().mean(axis=0))  # crops averaged
         clips.append(clip)
     scores = np.mean(probs, axis=0)
@@ -231,22 +233,24 @@ def attention_figure(model, serialized_record: bytes, path: str, num_segments: i
     import matplotlib.pyplot as plt
     import tensorflow as tf
 
-    from mat_effnet import evaluation, input_pipeline, models, records
+    from mat_effnet import evaluation, models, records
+    from mat_effnet.clips import make_clip
+    from mat_effnet.sampling import PipelineConfig, sample_positions
 
     spec = evaluation.stream_spec(model)
     if spec.num_segments is not None:
         num_segments = spec.num_segments
     att = models.build_attention_model(model)
-    cfg = input_pipeline.PipelineConfig(
+    cfg = PipelineConfig(
         stream=spec.stream, image_size=spec.image_size, flow_length=max(spec.flow_length, 1),
         training=False, test_segments=num_segments, crops=1)
     parsed = records.parse(tf.constant(serialized_record))
-    clip, _ = input_pipeline.make_clip(parsed, cfg)
+    clip, _ = make_clip(parsed, cfg)
     out = att(clip, training=False)
     probs = out["probabilities"].numpy()[0]
     scores = out["attention_scores"].numpy()[0]  # (heads, tokens, tokens)
     received = scores.mean(axis=(0, 1))  # attention each token receives
-    positions = input_pipeline.sample_positions(
+    positions = sample_positions(
         tf.shape(parsed[records.RGB])[0], cfg, training=False).numpy()
     frames = clip.numpy()[0]
     n = frames.shape[0]

@@ -57,6 +57,7 @@ import tensorflow as tf
 
 from mat_effnet import (atomic, config, distributed, identity, input_pipeline, models, records,
                         task)
+from mat_effnet.sampling import PipelineConfig
 from mat_effnet.errors import bad_argument
 
 log = logging.getLogger("mat_effnet.train")
@@ -157,9 +158,9 @@ class LearningRateSetter(keras.callbacks.Callback):
             logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
 
 
-def pipeline_config(cfg: TrainConfig, training: bool) -> input_pipeline.PipelineConfig:
+def pipeline_config(cfg: TrainConfig, training: bool) -> PipelineConfig:
     data = cfg.data
-    return input_pipeline.PipelineConfig(
+    return PipelineConfig(
         stream=cfg.stream, num_segments=data.num_segments, image_size=cfg.image_size(),
         flow_length=data.flow_length, training=training, test_segments=data.num_segments,
         crops=1, multiscale=data.multiscale, shuffle_buffer=data.shuffle_buffer,

@@ -15,7 +15,8 @@ import tensorflow as tf
 
 from mat_effnet import input_pipeline
 from mat_effnet.errors import MatEffNetError
-from mat_effnet.input_pipeline import PipelineConfig, build_dataset
+from mat_effnet.input_pipeline import build_dataset
+from mat_effnet.sampling import PipelineConfig
 
 S = 32
 service = tf.data.experimental.service

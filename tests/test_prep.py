@@ -458,6 +458,7 @@ def test_a_folder_never_mixes_record_versions(tmp_path):
 
 def test_a_lost_index_is_named_and_rebuilt(tmp_path):
     from mat_effnet import input_pipeline
+    from mat_effnet.sampling import PipelineConfig
 
     _index_video_tree(tmp_path / "data", [4, 5])
     cfg = _cfg(tmp_path / "data", tmp_path / "out")
@@ -467,8 +468,8 @@ def test_a_lost_index_is_named_and_rebuilt(tmp_path):
     os.remove(records.index_path(shard))
     with pytest.raises(records.MetadataError,
                        match=re.escape(records.index_path(shard)) + ".*re-run mat-effnet-prep"):
-        input_pipeline.build_dataset(cfg.out_dir, "train",
-                                     input_pipeline.PipelineConfig("spatial", image_size=16), 1)
+        input_pipeline.build_dataset(cfg.out_dir, "train", PipelineConfig("spatial", image_size=16),
+                                     1)
     # Re-running the preparation redoes that shard's videos and writes it again.
     builder.build(cfg)
     assert open(records.index_path(shard), "rb").read() == before

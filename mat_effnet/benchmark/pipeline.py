@@ -138,8 +138,7 @@ def clip_jpegs(data_dir: str, cfg, clips: int, seed: int = 0) -> list[list[tuple
     """
     import tensorflow as tf
 
-    from mat_effnet import input_pipeline as ip
-    from mat_effnet import records
+    from mat_effnet import records, sampling
 
     meta = records.read_metadata(data_dir)
     version = meta.get("schema_version", 1)
@@ -148,10 +147,10 @@ def clip_jpegs(data_dir: str, cfg, clips: int, seed: int = 0) -> list[list[tuple
     out = []
     for i in range(clips):
         video = videos[i % len(videos)]
-        positions = ip.sample_positions(len(video[records.RGB]), cfg, cfg.training,
-                                        tf.constant([seed, i], tf.int64))
+        positions = sampling.sample_positions(len(video[records.RGB]), cfg, cfg.training,
+                                              tf.constant([seed, i], tf.int64))
         count = len(video[records.RGB] if cfg.stream == "spatial" else video[records.FLOW_X])
-        idx = ip._frame_indices(count, positions, cfg).numpy().reshape(-1)
+        idx = sampling.frame_indices(count, positions, cfg).numpy().reshape(-1)
         unique = sorted(set(int(j) for j in idx))
         if cfg.stream == "spatial":
             out.append([(video[records.RGB][j], 3) for j in unique])
@@ -202,13 +201,13 @@ def read_parse_rate(data_dir: str, cfg, min_seconds: float = 3.0) -> dict:
     Version 1: a clip reads its whole record (a record is read whole),
     so this is the ceiling that layout sets before any decoding.  Version 2:
     a clip reads its group's header and the frame records it uses
-    (`mat_effnet.input_pipeline`'s reads, the JPEGs left undecoded).
+    (`mat_effnet.clips`' reads, the JPEGs left undecoded).
     ``read_bytes_per_clip``: bytes read from the files per clip.
     """
     import tensorflow as tf
 
+    from mat_effnet import clips, records, sampling
     from mat_effnet import input_pipeline as ip
-    from mat_effnet import records
 
     meta = records.read_metadata(data_dir)
     files = records.split_files(data_dir, meta, "train")
@@ -227,10 +226,11 @@ def read_parse_rate(data_dir: str, cfg, min_seconds: float = 3.0) -> dict:
 
         def read(row, epoch):
             group = records.Group.read(tf.gather(names, row[0]), row[1], row[2])
-            positions = ip.sample_positions(group.num_frames, cfg, cfg.training,
-                                            tf.stack([epoch, row[1]]))
+            positions = sampling.sample_positions(group.num_frames, cfg, cfg.training,
+                                                  tf.stack([epoch, row[1]]))
             count = group.num_frames if cfg.stream == "spatial" else group.num_flow
-            frames, _ = ip._read_frames(group, ip._frame_indices(count, positions, cfg), cfg)
+            frames, _ = clips._read_frames(group, sampling.frame_indices(count, positions, cfg),
+                                           cfg)
             payload = tf.add_n([tf.reduce_sum(tf.strings.length(v)) for v in frames.values()])
             jpegs = sum(tf.size(v) for v in frames.values())
             # Framing, and the header record (its length is in the index).
@@ -298,15 +298,15 @@ def summarize(rate: dict, bound: dict, cores: int, num_segments: int) -> dict:
 def stream_configs(stream: str, num_segments: int = 3, flow_length: int = 10,
                    image_size: int = 224, test_segments: int = 25, seed: int | None = None) -> dict:
     """The benchmarked modes of one stream: train, test 25 x 1 crop, test 25 x 10 crops."""
-    from mat_effnet import input_pipeline as ip
+    from mat_effnet.sampling import PipelineConfig
 
     common = dict(stream=stream, num_segments=num_segments, flow_length=flow_length,
                   image_size=image_size)
-    return {"train": ip.PipelineConfig(**common, seed=seed),
-            "test_1crop": ip.PipelineConfig(**common, training=False,
-                                            test_segments=test_segments, crops=1),
-            "test_10crop": ip.PipelineConfig(**common, training=False,
-                                             test_segments=test_segments, crops=10)}
+    return {"train": PipelineConfig(**common, seed=seed),
+            "test_1crop": PipelineConfig(**common, training=False,
+                                         test_segments=test_segments, crops=1),
+            "test_10crop": PipelineConfig(**common, training=False,
+                                          test_segments=test_segments, crops=10)}
 
 
 def _baseline_config(cfg):
@@ -321,7 +321,8 @@ def _baseline_config(cfg):
 
 
 LEVERS = {
-    # name: what differs from the new pipeline (everything else as shipped)
+    # name: what differs from the new pipeline (everything else as shipped);
+    # "flags" are the decoding switches of `mat_effnet.clips`.
     "float32_clips": {"config": {"clip_dtype": "float32"}},
     "full_decode": {"flags": {"_WINDOW": False}},
     "colour_window": {"flags": {"_WINDOW_COLOUR": True}},
@@ -340,23 +341,26 @@ def _run_variant(name, variant, cfg, data_dir, batch, min_seconds, cores, baseli
 
     import tensorflow as tf
 
+    from mat_effnet import clips
     from mat_effnet import input_pipeline as ip
 
     build = {k: (cores if v == "cores" else v) for k, v in variant.get("build", {}).items()}
     if variant.get("records") == "version1":
         data_dir = baseline_dir
     cfg = dataclasses.replace(cfg, **variant.get("config", {}))
-    saved = {k: getattr(ip, k) for k in variant.get("flags", {})}
+    # getattr first: a switch that moved away would fail here, not be
+    # created as a new attribute that nothing reads.
+    saved = {k: getattr(clips, k) for k in variant.get("flags", {})}
     saved_options = ip._options
     try:
         for k, v in variant.get("flags", {}).items():
-            setattr(ip, k, v)
+            setattr(clips, k, v)
         if variant.get("options") == "default":
             ip._options = lambda threads: tf.data.Options()
         return pipeline_rate(ip, data_dir, cfg, batch, min_seconds, **build)
     finally:
         for k, v in saved.items():
-            setattr(ip, k, v)
+            setattr(clips, k, v)
         ip._options = saved_options
 
 
