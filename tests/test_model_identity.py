@@ -173,6 +173,33 @@ def test_spec_round_trips_through_keras(tmp_path):
                           preparation=PREP).spec == spec
 
 
+def test_build_from_spec_checks_nothing_again():
+    # The spec was checked when made: building it never returns to checks.py.
+    from mat_effnet import checks
+
+    spec = S.StreamSpec(num_classes=3, stream="temporal", backbone="resnet18", flow_length=1,
+                        image_size=32, num_segments=2)
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename == checks.__file__:
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        model = M.build_from_spec(spec, bn_momentum=0.9)
+    finally:
+        sys.setprofile(None)
+    assert calls == [] and model.spec == spec
+    # The same profile does see the checks where they are made.
+    sys.setprofile(profile)
+    try:
+        S.StreamSpec(num_classes=3)
+    finally:
+        sys.setprofile(None)
+    assert "check_int" in calls
+
+
 def test_spec_is_checked_once_and_normalised():
     spec = S.StreamSpec(num_classes=3, backbone="resnet18", flow_length=4, image_size=40)
     # A spatial stream has no flow; sizes are (height, width).
