@@ -42,7 +42,6 @@ __all__ = [
     "PAPER_INPUT_SIZE",
     "FEATURE_DIM",
     "backbone_spec",
-    "input_statistics",
     "check_image_size",
 ]
 
@@ -89,6 +88,12 @@ class BackboneSpec:
     #: ChannelStandardization in front.
     builtin_normalization: bool = False
 
+    def input_statistics(self, channels):
+        """Per-channel (mean, std, reverse_channels) of raw input with ``channels``."""
+        if channels == 3:
+            return list(self.rgb_mean), list(self.rgb_std), self.rgb_reverse_channels
+        return [self.flow_mean] * channels, [self.flow_std] * channels, False
+
 
 _IMAGENET_RGB_255 = dict(rgb_mean=tuple(255.0 * m for m in IMAGENET_MEAN_RGB),
                          rgb_std=tuple(255.0 * s for s in IMAGENET_STD_RGB),
@@ -118,14 +123,6 @@ FEATURE_DIM = {n: s.feature_dim for n, s in BACKBONE_SPECS.items()}
 def backbone_spec(backbone) -> BackboneSpec:
     """The :class:`BackboneSpec` of ``backbone``; ValueError naming the choices."""
     return BACKBONE_SPECS[check_choice("backbone", backbone, BACKBONES)]
-
-
-def input_statistics(backbone, channels):
-    """Per-channel (mean, std, reverse_channels) of raw input, from the table."""
-    spec = backbone_spec(backbone)
-    if channels == 3:
-        return list(spec.rgb_mean), list(spec.rgb_std), spec.rgb_reverse_channels
-    return [spec.flow_mean] * channels, [spec.flow_std] * channels, False
 
 
 def check_image_size(image_size, backbone):

@@ -33,6 +33,7 @@ from typing import Any
 
 from mat_effnet import backbones
 from mat_effnet.errors import bad_argument
+from mat_effnet.spec import StreamSpec, data_identity
 
 STREAMS = backbones.STREAMS
 BACKBONES = backbones.BACKBONES
@@ -251,6 +252,22 @@ class TrainConfig:
         if self.data.image_size is not None:
             return self.data.image_size
         return backbones.backbone_spec(self.model.backbone).paper_input_size
+
+    def stream_spec(self, num_classes: int, meta: dict | None = None) -> StreamSpec:
+        """The spec of the stream this config trains (`mat_effnet.spec`).
+
+        It takes any segment count: trained on K segments, evaluated on N
+        (TSN: 25); K is kept as ``train_segments``. With the data's ``meta``
+        (`mat_effnet.records.read_metadata`) it carries the class names,
+        dataset and preparation of the training data. The training-only
+        knobs (weights, dropout, BatchNorm momentum) are no part of it.
+        """
+        known = data_identity(meta) if meta is not None else {}
+        return StreamSpec(
+            num_classes=num_classes, stream=self.stream, backbone=self.model.backbone,
+            attention=self.model.attention, flow_length=self.data.flow_length,
+            image_size=self.image_size(), num_segments=None,
+            train_segments=self.data.num_segments, **known)
 
     def uses_custom_loop(self, replicas: int = 1) -> bool:
         """The custom loop for multi_worker, and for XLA over several replicas.

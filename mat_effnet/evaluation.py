@@ -15,7 +15,6 @@ Another implementation of the same flow algorithm is allowed and noted.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
@@ -28,17 +27,6 @@ log = logging.getLogger("mat_effnet.eval")
 
 class EvalError(MatEffNetError):
     """The model and the data do not fit together (one clear line)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamSpec:
-    """What a saved stream model expects (from its identity)."""
-
-    stream: str
-    image_size: int
-    flow_length: int
-    num_classes: int
-    num_segments: int | None  # None: any number of segments
 
 
 def load_model(path: str):
@@ -57,15 +45,13 @@ def load_model(path: str):
                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
 
 
-def stream_spec(model) -> StreamSpec:
+def stream_spec(model):
+    """The `mat_effnet.spec.StreamSpec` of a one-stream model (what it expects)."""
     from mat_effnet.identity import identity
 
     if len(model.inputs) != 1 or len(model.inputs[0].shape) != 5:
         raise EvalError(f"{model.name} is not a one-stream model (inputs {model.inputs})")
-    ident = identity(model)
-    return StreamSpec(stream=ident.stream, image_size=int(ident.image_size[0]),
-                      flow_length=ident.flow_length or 0, num_classes=ident.num_classes,
-                      num_segments=ident.num_segments)
+    return identity(model)
 
 
 #: Preparation settings that may differ between the model's data and the
@@ -77,11 +63,11 @@ _NOTED = ("flow_implementation", "short_side", "jpeg_quality")
 def check_data(ident, meta: dict, data_dir: str) -> list[str]:
     """Refuses data the model cannot be evaluated on; returns notes on allowed differences.
 
-    ``ident`` is the model's :class:`mat_effnet.identity.ModelIdentity`, ``meta``
+    ``ident`` is the model's `mat_effnet.spec.StreamSpec`, ``meta``
     the data's metadata. Unknown values (models saved before identities) are
     not compared. Flow settings matter to temporal streams only.
     """
-    from mat_effnet.identity import PREPARATION_MUST_MATCH, data_identity
+    from mat_effnet.spec import PREPARATION_MUST_MATCH, data_identity
 
     if ident.num_classes != int(meta["num_classes"]):
         raise EvalError(f"the model has {ident.num_classes} classes but {data_dir} has "
@@ -137,7 +123,7 @@ def evaluate(model, data_dir: str, split: str = "test", num_segments: int = 25,
         raise EvalError(f"the model takes exactly {spec.num_segments} segments; "
                         f"use --num_segments={spec.num_segments}")
     cfg = PipelineConfig(
-        stream=spec.stream, image_size=spec.image_size, flow_length=max(spec.flow_length, 1),
+        stream=spec.stream, image_size=spec.image_size[0], flow_length=spec.flow_length or 1,
         training=False, test_segments=num_segments, crops=crops)
     ds = input_pipeline.build_dataset(data_dir, split, cfg, batch_size, with_ids=True)
     total = int(meta["splits"][split]["records"])

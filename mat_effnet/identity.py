@@ -1,23 +1,26 @@
-"""What a saved model is, carried in its own Keras config (issue 11).
+"""What a saved model is, carried in its own Keras config (issues 11, 19).
 
 Paper: Zhou et al., "MAT-EffNet", Multimedia Systems 2022: a stream is
 Sect. 3.3 / Fig. 5, the two-stream model the late fusion of Sect. 3.3 /
 Fig. 1 (both built by `mat_effnet.models`).
 
-:class:`StreamModel` and :class:`TwoStreamModel` are Functional models whose
-Keras config carries an ``identity`` entry: the architecture (stream,
-backbone, attention, flow length, image size, segments) and what training
-knew (class names, dataset, the preparation settings of the training data,
-training segments); see :func:`identity` and :func:`with_identity`. It is
-stored the way keras-hub's task models store their constructor arguments in
-``get_config``, but kept out of the constructor's named arguments: Keras
-saves a Functional subclass as a graph only while its constructor looks
-like Functional's. The registered names (``mat_effnet>StreamModel``,
-``mat_effnet>TwoStreamModel``) are what saved files refer to; they must not
-change.
+A :class:`StreamModel` is a Functional model whose Keras config carries an
+``identity`` entry, and that entry is its spec,
+`mat_effnet.spec.StreamSpec.to_dict`: the model is described once, by the
+value it was built from, and :func:`identity` (or :attr:`StreamModel.spec`)
+gives that value back after loading -- the way keras-hub's task models
+store their constructor arguments in ``get_config``. It is kept out of the
+constructor's named arguments: Keras saves a Functional subclass as a graph
+only while its constructor looks like Functional's. A
+:class:`TwoStreamModel` stores its streams' layer names and the fusion
+weights (:class:`TwoStreamIdentity`). The registered names
+(``mat_effnet>StreamModel``, ``mat_effnet>TwoStreamModel``) are what saved
+files refer to; they must not change.
 
 Models saved before are read as before, off shapes and layer names
-(:func:`infer_backbone`), with one warning on stderr per model.
+(:func:`infer_backbone`), with one warning on stderr per model; identities
+saved before issue 19 lack the head sizes, which are then read off the
+``attention`` and ``fc`` layers.
 """
 
 from __future__ import annotations
@@ -29,38 +32,20 @@ import sys
 import keras
 
 from mat_effnet.backbones import BACKBONES
-from mat_effnet.checks import check_int
 from mat_effnet.errors import MatEffNetError
 from mat_effnet.layers import LateFusion
+from mat_effnet.spec import IDENTITY_VERSION, StreamSpec
 
 __all__ = [
     "StreamModel",
     "TwoStreamModel",
-    "ModelIdentity",
+    "TwoStreamIdentity",
     "identity",
     "with_identity",
-    "data_identity",
-    "PREPARATION_KEYS",
-    "PREPARATION_MUST_MATCH",
 ]
 
 #: Name of a stream model's backbone sub-model.
 BACKBONE_LAYER = "backbone"
-#: Version of the ``identity`` entry of a model's config.
-IDENTITY_VERSION = 1
-#: Keys of ``preparation``: the settings of the training data's preparation
-#: (mat-effnet-prep) that a video must be prepared with to be scored alike.
-#: Each with the type it is stored as.
-_PREPARATION_TYPES = {"short_side": int, "flow": str, "flow_implementation": str,
-                      "flow_bound": float, "jpeg_quality": int, "schema_version": int}
-PREPARATION_KEYS = tuple(_PREPARATION_TYPES)
-#: The preparation keys that change what a stream sees (not just how fast it
-#: was computed): a mismatch with the evaluated data is an error. Another
-#: ``flow_implementation`` of the same algorithm only gets a note.
-PREPARATION_MUST_MATCH = ("flow", "flow_bound")
-#: Every preparation before issue 11 computed flow with OpenCV.
-DEFAULT_FLOW_IMPLEMENTATION = "opencv"
-
 _warned_models = set()
 
 
@@ -72,121 +57,34 @@ def _warn_once(key, message):
     print(f"mat-effnet: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _check_class_names(class_names, num_classes):
-    if class_names is None:
-        return None
-    if isinstance(class_names, str) or not all(
-            isinstance(c, str) and c for c in class_names):
-        raise MatEffNetError(
-            f"class_names={class_names!r}: must be a list of non-empty strings")
-    names = [str(c) for c in class_names]
-    if len(names) != num_classes:
-        raise MatEffNetError(
-            f"class_names={names[:3]}{'...' if len(names) > 3 else ''}: "
-            f"{len(names)} names for a model of {num_classes} classes")
-    if len(set(names)) != len(names):
-        raise MatEffNetError(f"class_names={names}: a name appears twice")
-    return names
-
-
-def _check_preparation(preparation):
-    """The known keys of ``preparation`` as JSON-native values (others dropped)."""
-    if preparation is None:
-        return None
-    if dataclasses.is_dataclass(preparation):
-        preparation = dataclasses.asdict(preparation)
-    if not isinstance(preparation, dict):
-        raise MatEffNetError(
-            f"preparation={preparation!r}: must be a dict with keys "
-            f"{', '.join(PREPARATION_KEYS)}")
-    out = {}
-    for key, kind in _PREPARATION_TYPES.items():
-        value = preparation.get(key)
-        if value is None:
-            continue
-        try:
-            if kind is str:
-                if not isinstance(value, str):
-                    raise TypeError
-                out[key] = value
-            elif kind is int:
-                if isinstance(value, bool) or int(value) != value:
-                    raise TypeError
-                out[key] = int(value)
-            else:
-                out[key] = float(value)
-        except (TypeError, ValueError):
-            raise MatEffNetError(
-                f"preparation[{key!r}]={value!r}: must be {kind.__name__}") from None
-    return out
-
-
-def data_identity(meta):
-    """``class_names``, ``dataset`` and ``preparation`` of prepared data.
-
-    ``meta`` is :func:`mat_effnet.records.read_metadata`'s dict; the result
-    is meant to be splatted into `mat_effnet.models.build_stream` or
-    :func:`with_identity`.
-    """
-    settings = dict(meta.get("settings") or {})
-    preparation = {k: settings[k] for k in PREPARATION_KEYS if k in settings}
-    if "flow_implementation" not in preparation and settings.get("flow", "none") != "none":
-        preparation["flow_implementation"] = DEFAULT_FLOW_IMPLEMENTATION
-    if meta.get("schema_version") is not None:
-        preparation["schema_version"] = meta["schema_version"]
-    dataset = meta.get("name") or settings.get("name") or meta.get("dataset") or \
-        settings.get("dataset")
-    return {"class_names": list(meta["classes"]) if meta.get("classes") else None,
-            "dataset": str(dataset) if dataset else None,
-            "preparation": preparation or None}
-
-
 @dataclasses.dataclass(frozen=True)
-class ModelIdentity:
-    """What a stream or two-stream model is (see :func:`identity`).
+class TwoStreamIdentity:
+    """What a two-stream model is: its streams' specs and the fusion weights.
 
-    ``inferred`` names the fields read off shapes and layer names because
-    the model was saved before models carried their identity; None fields
-    are unknown.
+    ``class_names`` and ``dataset`` are the streams' (which agree);
+    ``inferred`` is ``("fusion_weights",)`` for a model saved before models
+    carried their identity.
     """
 
-    kind: str                        # "stream" or "two_stream"
     num_classes: int
+    streams: dict                    # {"spatial": StreamSpec, "temporal": StreamSpec}
+    fusion_weights: tuple | None     # normalised
     class_names: tuple | None = None
     dataset: str | None = None
-    preparation: dict | None = None  # keys PREPARATION_KEYS (some may be missing)
-    stream: str | None = None        # stream models: "spatial" / "temporal"
-    backbone: str | None = None
-    attention: bool | None = None
-    attention_tokens: str | None = None
-    flow_length: int | None = None   # temporal streams only
-    image_size: tuple | None = None  # (height, width)
-    num_segments: int | None = None  # of the input; None = any number
-    train_segments: int | None = None
-    streams: dict | None = None      # two_stream: {"spatial": ModelIdentity, ...}
-    fusion_weights: tuple | None = None  # two_stream, normalised
     inferred: tuple = ()
 
-    def to_dict(self) -> dict:
-        """JSON-native form (what score files and ``predict --json`` carry)."""
-        out = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name == "streams" and value is not None:
-                value = {k: v.to_dict() for k, v in value.items()}
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, dict):
-                value = dict(value)
-            out[field.name] = value
-        return out
+    @property
+    def kind(self) -> str:
+        return "two_stream"
 
-    def training_kwargs(self) -> dict:
-        """The arguments of :func:`with_identity` that reproduce this identity."""
-        return {"class_names": None if self.class_names is None else list(self.class_names),
-                "dataset": self.dataset,
-                "preparation": None if self.preparation is None else dict(self.preparation),
-                "train_segments": self.train_segments}
+    def to_dict(self) -> dict:
+        """JSON-native form (what ``predict --json`` carries)."""
+        return {"kind": "two_stream", "num_classes": self.num_classes,
+                "streams": {k: v.to_dict() for k, v in self.streams.items()},
+                "fusion_weights": None if self.fusion_weights is None
+                else list(self.fusion_weights),
+                "class_names": None if self.class_names is None else list(self.class_names),
+                "dataset": self.dataset, "inferred": list(self.inferred)}
 
 
 class _IdentifiedModel(keras.Model):
@@ -202,22 +100,55 @@ class _IdentifiedModel(keras.Model):
     def __init__(self, inputs, outputs, name=None, **kwargs):
         identity_config = kwargs.pop("identity", None)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
-        self._identity_config = json.loads(json.dumps(identity_config or {}))
+        self._set_identity(identity_config)
+
+    def _set_identity(self, config):
+        self._identity_config = json.loads(json.dumps(config or {}))
+
+    def _identity_dict(self):
+        return self._identity_config
 
     def get_config(self):
         config = super().get_config()
-        config["identity"] = json.loads(json.dumps(self._identity_config))
+        config["identity"] = json.loads(json.dumps(self._identity_dict()))
         return config
 
 
 @keras.saving.register_keras_serializable(package="mat_effnet")
 class StreamModel(_IdentifiedModel):
-    """One stream (see `mat_effnet.models.build_stream`), carrying its identity."""
+    """One stream (see `mat_effnet.models.build_from_spec`); its identity is its spec."""
+
+    def _set_identity(self, config):
+        # The builder hands over the (checked) spec itself; a loaded file its
+        # dict, which version 1 wrote without the head sizes.
+        if not isinstance(config, StreamSpec):
+            config = StreamSpec.from_dict({**_head_sizes(self), **(config or {})})
+        self._spec = config
+
+    def _identity_dict(self):
+        return self._spec.to_dict()
+
+    @property
+    def spec(self) -> StreamSpec:
+        """The :class:`~mat_effnet.spec.StreamSpec` this model was built from."""
+        return self._spec
 
 
 @keras.saving.register_keras_serializable(package="mat_effnet")
 class TwoStreamModel(_IdentifiedModel):
     """Two fused streams (see `mat_effnet.models.build_two_stream`), carrying their identity."""
+
+
+def _head_sizes(model):
+    """``num_heads``, ``key_dim``, ``fc_units`` read off a stream's layers."""
+    names = {l.name for l in model.layers}
+    sizes = {}
+    if "fc" in names:
+        sizes["fc_units"] = int(model.get_layer("fc").units)
+    if "attention" in names:
+        attention = model.get_layer("attention")
+        sizes.update(num_heads=int(attention.num_heads), key_dim=int(attention.key_dim))
+    return sizes
 
 
 def with_identity(model, *, class_names=..., dataset=..., preparation=...,
@@ -226,43 +157,20 @@ def with_identity(model, *, class_names=..., dataset=..., preparation=...,
 
     Only the arguments given change; None clears one. ``class_names``: one
     name per class index. ``dataset``: e.g. ``"ucf101"``. ``preparation``: a
-    dict (or dataclass) with :data:`PREPARATION_KEYS`, other keys dropped.
-    ``train_segments``: the K segments per clip the stream was trained on.
-    See :func:`data_identity` for the first three from prepared data.
+    dict (or dataclass) with `mat_effnet.spec.PREPARATION_KEYS`, other keys
+    dropped. ``train_segments``: the K segments per clip the stream was
+    trained on. See `mat_effnet.spec.data_identity` for the first three from
+    prepared data. The new spec is checked as any spec is.
     """
     if not isinstance(model, StreamModel):
         raise MatEffNetError(
             f"model={getattr(model, 'name', model)!r}: not a stream model built by "
             "mat_effnet.models.build_stream")
-    config = dict(model._identity_config)
-    if class_names is not ...:
-        config["class_names"] = _check_class_names(class_names, config["num_classes"])
-    if dataset is not ...:
-        if dataset is not None and not (isinstance(dataset, str) and dataset):
-            raise MatEffNetError(f"dataset={dataset!r}: must be a non-empty string")
-        config["dataset"] = dataset
-    if preparation is not ...:
-        config["preparation"] = _check_preparation(preparation)
-    if train_segments is not ...:
-        if train_segments is not None:
-            train_segments = check_int("train_segments", train_segments, 1)
-        config["train_segments"] = train_segments
-    model._identity_config = config
+    given = {"class_names": class_names, "dataset": dataset, "preparation": preparation,
+             "train_segments": train_segments}
+    model._spec = dataclasses.replace(
+        model._spec, **{k: v for k, v in given.items() if v is not ...})
     return model
-
-
-def stream_identity_config(*, stream, backbone, attention, attention_tokens, flow_length,
-                           image_size, num_segments, num_classes):
-    """The ``identity`` entry of a new stream model (nothing yet known from training)."""
-    return {
-        "version": IDENTITY_VERSION, "kind": "stream", "stream": stream,
-        "backbone": backbone, "attention": attention,
-        "attention_tokens": attention_tokens,
-        "flow_length": flow_length if stream == "temporal" else None,
-        "image_size": list(image_size), "num_segments": num_segments,
-        "num_classes": num_classes, "train_segments": None, "class_names": None,
-        "dataset": None, "preparation": None,
-    }
 
 
 def two_stream_identity_config(*, spatial_name, temporal_name, fusion_weights):
@@ -270,23 +178,6 @@ def two_stream_identity_config(*, spatial_name, temporal_name, fusion_weights):
     return {"version": IDENTITY_VERSION, "kind": "two_stream",
             "streams": {"spatial": spatial_name, "temporal": temporal_name},
             "fusion_weights": list(fusion_weights)}
-
-
-def _stream_identity_from_config(config):
-    return ModelIdentity(
-        kind="stream", num_classes=int(config["num_classes"]),
-        class_names=None if config.get("class_names") is None
-        else tuple(config["class_names"]),
-        dataset=config.get("dataset"),
-        preparation=None if config.get("preparation") is None
-        else dict(config["preparation"]),
-        stream=config["stream"], backbone=config["backbone"],
-        attention=bool(config["attention"]),
-        attention_tokens=config.get("attention_tokens", "segment"),
-        flow_length=config.get("flow_length"),
-        image_size=tuple(config["image_size"]),
-        num_segments=config.get("num_segments"),
-        train_segments=config.get("train_segments"))
 
 
 def infer_backbone(model):
@@ -335,15 +226,16 @@ def _legacy_stream_identity(model):
         f"model {model.name!r} was saved without its identity (before mat-effnet "
         f"issue 11): stream ({stream}), backbone and image size are read off its shapes "
         "and layer names; its class names, dataset and preparation settings are not in it")
-    return ModelIdentity(
-        kind="stream", num_classes=int(model.outputs[0].shape[-1]), stream=stream,
-        backbone=backbone, attention="attention" in names,
+    return StreamSpec(
+        num_classes=int(model.outputs[0].shape[-1]), stream=stream, backbone=backbone,
+        attention="attention" in names,
         attention_tokens="segment" if "avg_pool" in names else "spatial",
         flow_length=channels // 2 if stream == "temporal" else None,
         image_size=(int(shape[2]), int(shape[3])),
-        num_segments=None if shape[1] is None else int(shape[1]),
-        inferred=("stream", "backbone", "attention", "attention_tokens", "flow_length",
-                  "image_size", "num_segments", "num_classes"))
+        num_segments=None if shape[1] is None else int(shape[1]), **_head_sizes(model),
+        inferred=("stream", "backbone", "attention", "attention_tokens", "num_heads",
+                  "key_dim", "fc_units", "flow_length", "image_size", "num_segments",
+                  "num_classes"))
 
 
 def _stream_layers(model):
@@ -358,16 +250,17 @@ def _stream_layers(model):
     return found
 
 
-def identity(model) -> ModelIdentity:
-    """What ``model`` (a stream or two-stream model) is, read from its config.
+def identity(model) -> StreamSpec | TwoStreamIdentity:
+    """What ``model`` is: a stream's :class:`~mat_effnet.spec.StreamSpec`, or a
+    two-stream model's :class:`TwoStreamIdentity`, read from its config.
 
     Models saved before models carried their identity are read as before,
     off shapes and layer names (``inferred`` lists those fields), with one
     warning on stderr per model.
     """
+    if isinstance(model, StreamModel):
+        return model.spec
     config = getattr(model, "_identity_config", None) or {}
-    if config.get("kind") == "stream":
-        return _stream_identity_from_config(config)
     if config.get("kind") == "two_stream" or len(getattr(model, "inputs", ()) or ()) == 2:
         streams = {s: identity(m) for s, m in _stream_layers(model).items()}
         first = next(iter(streams.values()))
@@ -378,9 +271,8 @@ def identity(model) -> ModelIdentity:
             fusion = [l for l in model.layers if isinstance(l, LateFusion)]
             weights = tuple(fusion[0].fusion_weights) if fusion else None
             inferred = ("fusion_weights",)
-        return ModelIdentity(
-            kind="two_stream", num_classes=first.num_classes,
-            class_names=known[0].class_names,
+        return TwoStreamIdentity(
+            num_classes=first.num_classes, class_names=known[0].class_names,
             dataset=next((i.dataset for i in streams.values() if i.dataset), None),
             streams=streams, fusion_weights=weights, inferred=inferred)
     if not isinstance(model, keras.Model) or len(model.inputs) != 1 or \

@@ -161,7 +161,7 @@ def stream_scores(model, serialized: list, num_segments: int = 25, crops: int = 
     if spec.num_segments is not None:
         num_segments = spec.num_segments
     cfg = PipelineConfig(
-        stream=spec.stream, image_size=spec.image_size, flow_length=max(spec.flow_length, 1),
+        stream=spec.stream, image_size=spec.image_size[0], flow_length=spec.flow_length or 1,
         training=False, test_segments=num_segments, crops=crops)
     probs, clips = [], []
     for s in serialized:
@@ -242,7 +242,7 @@ def attention_figure(model, serialized_record: bytes, path: str, num_segments: i
         num_segments = spec.num_segments
     att = models.build_attention_model(model)
     cfg = PipelineConfig(
-        stream=spec.stream, image_size=spec.image_size, flow_length=max(spec.flow_length, 1),
+        stream=spec.stream, image_size=spec.image_size[0], flow_length=spec.flow_length or 1,
         training=False, test_segments=num_segments, crops=1)
     parsed = records.parse(tf.constant(serialized_record))
     clip, _ = make_clip(parsed, cfg)

@@ -3,7 +3,8 @@
 Paper: Zhou et al., "MAT-EffNet: multi-head attention-based two-stream
 EfficientNet for video action recognition", Multimedia Systems 2022.
 
-* Sect. 3.3, Fig. 5, Table 1 -- one stream (:func:`build_stream`):
+* Sect. 3.3, Fig. 5, Table 1 -- one stream (:func:`build_from_spec`, and
+  its keyword front :func:`build_stream`):
   ``segments`` frames (spatial stream, RGB) or stacks of ``L`` optical-flow
   fields (temporal stream, ``2L`` channels) each go through the same 2D
   backbone (weights shared across segments), global average pooling
@@ -14,18 +15,17 @@ EfficientNet for video action recognition", Multimedia Systems 2022.
 * Sect. 4.3, Tables 2-3 -- the ablation backbones ``efficientnet_b0``,
   ``resnet50``, ``resnet18``, ``resnet34``, each with ``attention=True``
   (Fc -> MHA -> mean) or ``attention=False`` (Fc -> mean, the baseline rows).
-* Sect. 3.3 / 4.2 -- ImageNet initialisation of both streams; the temporal
-  stream uses TSN cross-modality initialisation (:func:`cross_modality_init`).
 * Sect. 3.3, Fig. 1 -- late average fusion of the two softmax outputs
   (:func:`build_two_stream`).
 * Fig. 9 -- attention scores for visualisation (:func:`build_attention_model`,
   ``attention_tokens="spatial"``).
-* The paper's per-backbone facts (input size, feature size, input
-  normalisation) are one table, `mat_effnet.backbones`.
 
-The models carry their identity (`mat_effnet.identity`): :func:`build_stream`
-returns a :class:`~mat_effnet.identity.StreamModel`, :func:`build_two_stream`
-a :class:`~mat_effnet.identity.TwoStreamModel`.
+What defines a stream is one value, `mat_effnet.spec.StreamSpec` (checked
+once when it is made); :func:`build_from_spec` builds it as a
+:class:`~mat_effnet.identity.StreamModel` that saves the spec as its
+identity. The backbone sub-model, its input normalisation and its ImageNet /
+file / cross-modality initialisation are `mat_effnet.pretrained`'s; the
+paper's per-backbone facts are the table of `mat_effnet.backbones`.
 
 Decisions the paper leaves open (all documented where they are made):
 
@@ -38,8 +38,7 @@ Decisions the paper leaves open (all documented where they are made):
   token mean is permutation-invariant); without attention the same holds
   trivially.
 * Inputs are raw 0..255 values for every backbone; the normalisation lives
-  inside the backbone sub-model (see ``build_backbone``), set from the table
-  of `mat_effnet.backbones` (its docstring lists it per backbone).
+  inside the backbone sub-model, set from the table of `mat_effnet.backbones`.
 * ``weights=None`` is the default (no silent download); the paper's UCF101 /
   HMDB51 rows use ``weights="imagenet"``, its Kinetics rows ``None``.
   ``image_size=None`` means the paper's size per backbone (Sect. 4.2).
@@ -50,47 +49,28 @@ Decisions the paper leaves open (all documented where they are made):
 
 from __future__ import annotations
 
-import os
-import warnings
+import dataclasses
 
-import numpy as np
 import keras
 from keras import layers
 
-from mat_effnet.backbones import (
-    BACKBONE_SPECS,
-    BACKBONES,
-    STREAMS,
-    backbone_spec,
-    check_image_size,
-    input_statistics,
-)
+from mat_effnet.backbones import BACKBONE_SPECS, BACKBONES, check_image_size
 from mat_effnet.checks import check_choice, check_fraction, check_int
 from mat_effnet.errors import MatEffNetError
 from mat_effnet.identity import (
     BACKBONE_LAYER,
     StreamModel,
     TwoStreamModel,
-    find_backbone,
     identity,
-    infer_backbone,
-    stream_identity_config,
     two_stream_identity_config,
-    with_identity,
 )
-from mat_effnet.layers import (
-    ChannelStandardization,
-    FoldSegments,
-    LateFusion,
-    SegmentsToTokens,
-)
-from mat_effnet.resnet import resnet_features
+from mat_effnet.layers import FoldSegments, LateFusion, SegmentsToTokens
+from mat_effnet.pretrained import backbone_model
+from mat_effnet.spec import StreamSpec
 
 __all__ = [
-    "ATTENTION_TOKENS",
-    "input_channels",
     "build_backbone",
-    "cross_modality_init",
+    "build_from_spec",
     "build_stream",
     "build_two_stream",
     "build_mat_effnet",
@@ -98,22 +78,6 @@ __all__ = [
     "attention_token_grid",
     "set_bn_momentum",
 ]
-
-#: Accepted ``attention_tokens`` values.
-ATTENTION_TOKENS = ("segment", "spatial")
-# Input normalisation layers: never copied between backbones.
-_PREPROCESSING_TYPES = (layers.Normalization, ChannelStandardization)
-
-
-def input_channels(stream, flow_length=10):
-    """Input channels of a stream: 3 (RGB) or ``2 * flow_length`` (x/y flow).
-
-    Temporal channels are interleaved: channel ``2i`` is the horizontal and
-    ``2i + 1`` the vertical flow of frame ``i`` of the stack.
-    """
-    check_choice("stream", stream, STREAMS)
-    flow_length = check_int("flow_length", flow_length, 1)
-    return 3 if stream == "spatial" else 2 * flow_length
 
 
 # --------------------------------------------------------------------------
@@ -134,224 +98,16 @@ def set_bn_momentum(model, momentum):
     network is trained from scratch for few steps (the demo), so the stream
     builder can override it. Returns the number of layers changed.
     """
-    momentum = check_fraction("bn_momentum", momentum)
+    return _set_bn_momentum(model, check_fraction("bn_momentum", momentum))
+
+
+def _set_bn_momentum(model, momentum):
     changed = 0
     for layer in _all_layers(model):
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = momentum
             changed += 1
     return changed
-
-
-def _set_keras_normalization(layer, mean, variance):
-    # keras.layers.Normalization built without explicit statistics keeps them
-    # in non-trainable variables and caches constant copies; finalize_state()
-    # refreshes that cache after the assignment.
-    layer.adapt_mean.assign(np.asarray(mean, dtype="float32"))
-    layer.adapt_variance.assign(np.asarray(variance, dtype="float32"))
-    layer.finalize_state()
-
-
-def _keras_application(backbone, inputs, channels, weights=None):
-    """``keras.applications``' builder of ``backbone`` on the tensor ``inputs``."""
-    height, width = inputs.shape[1:3]
-    with warnings.catch_warnings():
-        # Keras warns about inputs that are not 1 or 3 channels; 2L flow
-        # channels are intended here.
-        warnings.filterwarnings("ignore", message=".*input channels.*")
-        return getattr(keras.applications, backbone_spec(backbone).keras_application)(
-            include_top=False, weights=weights, input_tensor=inputs,
-            input_shape=(height, width, channels),
-        )
-
-
-def _set_builtin_normalization(model, backbone, channels):
-    rescaling = [l for l in model.layers if isinstance(l, layers.Rescaling)]
-    norm = [l for l in model.layers if isinstance(l, layers.Normalization)]
-    # weights=None builds exactly one Rescaling(1/255) and one Normalization;
-    # give them stable names (Keras auto-numbers them per session).
-    rescaling[0].name = "input_rescaling"
-    norm[0].name = "input_normalization"
-    # The table is in raw 0..255 units; Keras's layer runs after its x / 255.
-    mean, std, _ = input_statistics(backbone, channels)
-    _set_keras_normalization(norm[0], [m / 255.0 for m in mean],
-                             [(s / 255.0) ** 2 for s in std])
-
-
-def _standardization(backbone, channels):
-    mean, std, reverse = input_statistics(backbone, channels)
-    return ChannelStandardization(mean, std, reverse_channels=reverse,
-                                  name="input_standardization")
-
-
-def _bare_backbone(backbone, height, width, channels, name):
-    """Randomly initialised backbone (raw 0..255 in, last feature map out)."""
-    spec = backbone_spec(backbone)
-    inputs = layers.Input(shape=(height, width, channels), name="image")
-    if spec.builtin_normalization:
-        features = _keras_application(backbone, inputs, channels).output
-    else:
-        x = _standardization(backbone, channels)(inputs)
-        if spec.keras_application:
-            features = _keras_application(backbone, x, channels).output
-        else:
-            features = resnet_features(x, backbone)
-    # Re-wrapped so the model's input is a single tensor rather than the
-    # one-element list Keras builds from input_tensor.
-    model = keras.Model(inputs, features, name=name)
-    if spec.builtin_normalization:
-        _set_builtin_normalization(model, backbone, channels)
-    return model
-
-
-def _imagenet_backbone(backbone, height, width):
-    """Keras's own ImageNet backbone (downloads on first use)."""
-    application = backbone_spec(backbone).keras_application
-    if application is None:
-        raise MatEffNetError(
-            f"weights='imagenet' is not available for backbone={backbone!r}: Keras "
-            "ships ImageNet weights only for "
-            f"{', '.join(repr(n) for n, s in BACKBONE_SPECS.items() if s.keras_application)}"
-            ". Pass weights=<path to a local .weights.h5/.h5/.keras file of an RGB "
-            f"{backbone} backbone> (e.g. converted torchvision weights) or "
-            "weights=None."
-        )
-    return getattr(keras.applications, application)(
-        include_top=False, weights="imagenet", input_shape=(height, width, 3)
-    )
-
-
-def _weighted_layers(model):
-    # Input normalisation is not learned and differs between RGB and flow (and
-    # Keras's ImageNet EfficientNet stores a quirky variance), so it is never
-    # copied; every other layer with weights must match one-to-one.
-    return {
-        l.name: l
-        for l in model.layers
-        if l.weights and not isinstance(l, _PREPROCESSING_TYPES)
-    }
-
-
-def _stem_layer(model):
-    for layer in model.layers:
-        if isinstance(layer, layers.Conv2D):
-            return layer
-    raise MatEffNetError(f"model {model.name!r} has no convolution")
-
-
-def _copy_backbone_weights(target, source, what="weights"):
-    """Copy every learned layer of ``source`` into ``target`` by layer name.
-
-    The stem convolution may go from 3 (RGB) to ``2L`` (flow) input channels:
-    its kernel is averaged over the RGB axis and repeated ``2L`` times (TSN
-    cross-modality initialisation). Raises ValueError naming ``what`` when the
-    two are not the same architecture.
-    """
-    tgt, src = _weighted_layers(target), _weighted_layers(source)
-    missing, extra = sorted(set(tgt) - set(src)), sorted(set(src) - set(tgt))
-    if missing or extra:
-        raise MatEffNetError(
-            f"{what}: the source model {source.name!r} is not a "
-            f"{_backbone_name_or(target)} backbone (layers missing from "
-            f"it: {missing[:5]}{'...' if len(missing) > 5 else ''}; unexpected "
-            f"layers: {extra[:5]}{'...' if len(extra) > 5 else ''}). Accepted: "
-            "weights of the same backbone, RGB or with the same channel count."
-        )
-    stem = _stem_layer(target).name
-    target_channels = _stem_layer(target).kernel.shape[2]
-    source_channels = _stem_layer(source).kernel.shape[2]
-    if source_channels not in (3, target_channels):
-        raise MatEffNetError(
-            f"{what}: the source backbone takes {source_channels} input channels; "
-            f"accepted are 3 (RGB, cross-modality initialisation) or "
-            f"{target_channels} (same modality)"
-        )
-    for name, layer in tgt.items():
-        if len(layer.weights) != len(src[name].weights):
-            raise MatEffNetError(
-                f"{what}: layer {name!r} has {len(src[name].weights)} weights in "
-                f"the source but {len(layer.weights)} in this model"
-            )
-        new = []
-        for t_var, s_val in zip(layer.weights, src[name].get_weights()):
-            if name == stem and t_var.path.endswith("kernel") and (
-                s_val.shape[2] != t_var.shape[2]
-            ):
-                s_val = _cross_modality_kernel(s_val, t_var.shape[2])
-            if tuple(s_val.shape) != tuple(t_var.shape):
-                raise MatEffNetError(
-                    f"{what}: layer {name!r} has weights of shape "
-                    f"{tuple(s_val.shape)} in the source but {tuple(t_var.shape)} "
-                    "in this model (different architecture or channel count)"
-                )
-            new.append(s_val)
-        layer.set_weights(new)
-    return target
-
-
-def _backbone_name_or(model):
-    try:
-        return repr(infer_backbone(model))
-    except ValueError:
-        return "matching"
-
-
-def _cross_modality_kernel(kernel, channels):
-    """TSN cross-modality init: RGB mean of the kernel, repeated per channel."""
-    mean = kernel.mean(axis=2, keepdims=True)
-    return np.repeat(mean, channels, axis=2).astype(kernel.dtype)
-
-
-def _source_backbone(source, backbone, height, width, target_channels, what):
-    """Turn a weights source ("imagenet", a path or a model) into a backbone."""
-    if isinstance(source, keras.Model):
-        return find_backbone(source)
-    if isinstance(source, str) and source == "imagenet":
-        return _imagenet_backbone(backbone, height, width)
-    if not isinstance(source, (str, os.PathLike)):
-        raise MatEffNetError(
-            f"{what} must be None, 'imagenet', a keras.Model or a path to a "
-            f".keras / .weights.h5 / .h5 file; got {source!r}"
-        )
-    path = os.fspath(source)
-    if not os.path.isfile(path):
-        raise MatEffNetError(
-            f"{what}: no such file {path!r} (accepted: None, 'imagenet' or a "
-            "path to a .keras / .weights.h5 / .h5 file)"
-        )
-    if path.endswith(".keras"):
-        try:
-            loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
-        except Exception as err:  # noqa: BLE001 -- re-raised as ValueError
-            raise MatEffNetError(f"{what}: could not load {path!r}: {err}") from err
-        return find_backbone(loaded)
-    if path.endswith(".h5"):
-        # A weights-only file carries no architecture: load it into a fresh
-        # RGB backbone (or one with the target's channels, to resume a
-        # temporal stream) of the requested kind. Keras refuses files whose
-        # layers do not fit; weights of trailing extra layers (an ImageNet
-        # classifier top) are ignored, which leaves the backbone part right.
-        errors = []
-        tried = tuple(dict.fromkeys((3, target_channels)))
-        for channels in tried:
-            reference = _bare_backbone(backbone, height, width, channels,
-                                       f"{backbone}_reference")
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    reference.load_weights(path)
-                return reference
-            except Exception as err:  # noqa: BLE001 -- collected below
-                errors.append(f"{channels} channels: {err}")
-        raise MatEffNetError(
-            f"{what}: {path!r} does not hold weights of a {backbone} backbone "
-            f"with {' or '.join(map(str, tried))} input channels "
-            f"({'; '.join(errors)[:600]})"
-        )
-    raise MatEffNetError(
-        f"{what}: unsupported file {path!r}; accepted are .keras (a backbone, "
-        "stream or two-stream model) and .weights.h5 / .h5 (backbone weights)"
-    )
 
 
 def build_backbone(
@@ -376,52 +132,84 @@ def build_backbone(
     channels = check_int("channels", channels, 1)
     height, width = check_image_size(image_size, backbone)
     bn_momentum = check_fraction("bn_momentum", bn_momentum, allow_none=True)
-    model = _bare_backbone(backbone, height, width, channels, name)
-    if weights is not None:
-        source = _source_backbone(weights, backbone, height, width, channels,
-                                  "weights")
-        _copy_backbone_weights(model, source, "weights")
+    model = backbone_model(BACKBONE_SPECS[backbone], height, width, channels, weights, name)
     if bn_momentum is not None:
-        set_bn_momentum(model, bn_momentum)
+        _set_bn_momentum(model, bn_momentum)
     return model
-
-
-def cross_modality_init(temporal_model_or_backbone, rgb_weights_source):
-    """TSN cross-modality initialisation of a temporal stream (in place).
-
-    Every learned backbone layer is copied by name from the RGB source; the
-    stem convolution's kernel ``(k, k, 3, f)`` is averaged over its 3 input
-    channels and repeated ``2L`` times. The input normalisation is left as
-    built for flow, ``(x - 127.5) / 127.5`` (``x - 127.5`` for ResNet-50),
-    never ImageNet's RGB statistics. The head (Fc, attention, classifier)
-    is not touched.
-
-    ``rgb_weights_source``: ``"imagenet"``, a path (``.keras`` RGB backbone /
-    stream, ``.weights.h5`` / ``.h5`` RGB backbone weights) or a
-    ``keras.Model``. Returns ``temporal_model_or_backbone``.
-    """
-    target = find_backbone(temporal_model_or_backbone, stream="temporal")
-    if isinstance(temporal_model_or_backbone, (StreamModel, TwoStreamModel)):
-        backbone = identity(temporal_model_or_backbone)
-        backbone = (backbone.streams["temporal"] if backbone.streams else backbone).backbone
-    else:  # a bare backbone says what it is only through its layer names
-        backbone = infer_backbone(target)
-    _, height, width, channels = target.input_shape
-    source = _source_backbone(rgb_weights_source, backbone, height, width, 3,
-                              "rgb_weights_source")
-    source_channels = _stem_layer(source).kernel.shape[2]
-    if source_channels != 3:
-        raise MatEffNetError(
-            "rgb_weights_source must hold an RGB (3-channel) backbone, got one "
-            f"with {source_channels} input channels"
-        )
-    _copy_backbone_weights(target, source, "rgb_weights_source")
-    return temporal_model_or_backbone
 
 
 # --------------------------------------------------------------------------
 # streams
 # --------------------------------------------------------------------------
+def build_from_spec(spec: StreamSpec, *, weights=None, dropout=0.2, bn_momentum=None,
+                    name=None):
+    """One MAT-EffNet stream (Sect. 3.3, Fig. 5, Table 1) built from its spec.
+
+    Input ``(batch, num_segments, H, W, C)`` of raw 0..255 values, named
+    ``"rgb"`` (C = 3) or ``"flow"`` (C = 2 * flow_length, x/y interleaved).
+    Output: class probabilities ``(batch, num_classes)`` in float32.
+
+    Layers: ``fold_segments`` -> ``backbone`` (shared over segments) ->
+    ``avg_pool`` -> ``tokens`` -> ``fc`` (linear, ``fc_units``) ->
+    ``attention`` (``keras.layers.MultiHeadAttention``, ``num_heads`` heads of
+    ``key_dim``, output ``fc_units``; only if ``attention``) -> ``token_mean``
+    -> ``dropout`` -> ``logits`` -> ``probabilities`` (float32 softmax).
+
+    ``attention_tokens="spatial"`` skips ``avg_pool`` and feeds every position
+    of every segment's last feature map as a token
+    (``segments * h * w`` tokens, order given by :class:`SegmentsToTokens`).
+    ``num_segments=None`` builds a model that takes any number of segments
+    (the attention runs over however many tokens come): trained on K = 3
+    segments, the same model is evaluated on TSN's 25.
+
+    Nothing is checked again: ``spec`` was checked when it was made, and the
+    training-only knobs, which do not define the model, by their caller
+    (`mat_effnet.config.ModelConfig` or :func:`build_stream`). ``weights`` as
+    in :func:`build_backbone` initialise the backbone only (the head is
+    always random) and are no part of the spec: the saved weights are the
+    model's own. ``dropout`` is the rate before the classifier;
+    ``bn_momentum`` (e.g. 0.9) overrides every BatchNormalization momentum.
+    The result is a :class:`StreamModel` whose saved config is
+    ``spec.to_dict()`` (:func:`~mat_effnet.identity.identity` gives ``spec``
+    back, also after loading).
+    """
+    height, width = spec.image_size
+    backbone = backbone_model(spec.backbone_spec, height, width, spec.channels, weights,
+                              BACKBONE_LAYER)
+    if bn_momentum is not None:
+        _set_bn_momentum(backbone, bn_momentum)
+    inputs = layers.Input(shape=(spec.num_segments, height, width, spec.channels),
+                          name=spec.input_name)
+    x = FoldSegments(name="fold_segments")(inputs)
+    x = backbone(x)
+    if spec.attention_tokens == "segment":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if spec.num_segments is None:
+        x = SegmentsToTokens(None, name="tokens")([x, inputs])
+    else:
+        x = SegmentsToTokens(spec.num_segments, name="tokens")(x)
+    # Fig. 5: a linear Fc between the pooled backbone feature and attention.
+    x = layers.Dense(spec.fc_units, name="fc")(x)
+    if spec.attention:
+        # Self-attention: query = key = value = the tokens. Output width
+        # defaults to the query width, i.e. fc_units (512 in Table 1).
+        # The scores are requested here although the stream ignores them:
+        # Keras cannot reuse a layer node with a different number of
+        # outputs, so this node is what build_attention_model reads them from.
+        x, _ = layers.MultiHeadAttention(
+            num_heads=spec.num_heads, key_dim=spec.key_dim, name="attention"
+        )(x, x, return_attention_scores=True)
+    x = layers.GlobalAveragePooling1D(name="token_mean")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Dense(spec.num_classes, name="logits")(x)
+    # float32 softmax: stays numerically sound under mixed_float16.
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    # A model built from a spec knows its facts: nothing about it is inferred.
+    return StreamModel(inputs, outputs, name=name or f"{spec.stream}_stream",
+                       identity=dataclasses.replace(spec, inferred=()) if spec.inferred
+                       else spec)
+
+
 def build_stream(
     num_classes,
     stream="spatial",
@@ -444,89 +232,24 @@ def build_stream(
     train_segments=None,
     name=None,
 ):
-    """One MAT-EffNet stream (Sect. 3.3, Fig. 5, Table 1) as a ``keras.Model``.
+    """One stream from keywords: the :class:`StreamSpec` of them, built.
 
-    Input ``(batch, num_segments, H, W, C)`` of raw 0..255 values, named
-    ``"rgb"`` (C = 3) or ``"flow"`` (C = 2 * flow_length, x/y interleaved).
-    Output: class probabilities ``(batch, num_classes)`` in float32.
-
-    Layers: ``fold_segments`` -> ``backbone`` (shared over segments) ->
-    ``avg_pool`` -> ``tokens`` -> ``fc`` (linear, ``fc_units``) ->
-    ``attention`` (``keras.layers.MultiHeadAttention``, ``num_heads`` heads of
-    ``key_dim``, output ``fc_units``; only if ``attention``) -> ``token_mean``
-    -> ``dropout`` -> ``logits`` -> ``probabilities`` (float32 softmax).
-
-    ``attention_tokens="spatial"`` skips ``avg_pool`` and feeds every position
-    of every segment's last feature map as a token
-    (``segments * h * w`` tokens, order given by :class:`SegmentsToTokens`).
-    ``image_size=None`` uses the paper's size for the backbone
-    (:data:`PAPER_INPUT_SIZE`). ``weights`` as in :func:`build_backbone`;
-    they initialise the backbone only, the head is always random.
-    ``bn_momentum`` (e.g. 0.9) overrides every BatchNormalization momentum.
-    ``num_segments=None`` builds a model that takes any number of segments
-    (the attention runs over however many tokens come): trained on K = 3
-    segments, the same model is evaluated on TSN's 25.
-
-    The result is a :class:`StreamModel` whose saved config carries its
-    identity (:func:`identity`): the architecture arguments above, and what
+    Every argument but ``weights``, ``dropout``, ``bn_momentum`` and ``name``
+    is a field of the spec (see :class:`~mat_effnet.spec.StreamSpec`, and
+    :func:`build_from_spec` for the layers): the architecture, and what
     training knows, ``class_names``, ``dataset``, ``preparation`` and
-    ``train_segments`` (see :func:`with_identity`). ``weights`` is not part of
-    it: the saved weights are the model's own.
+    ``train_segments``. ``image_size=None`` uses the paper's size for the
+    backbone.
     """
-    num_classes = check_int("num_classes", num_classes, 2)
-    check_choice("stream", stream, STREAMS)
-    if num_segments is not None:  # None: any number of segments per clip
-        num_segments = check_int("num_segments", num_segments, 1)
-    channels = input_channels(stream, flow_length)
-    height, width = check_image_size(image_size, backbone)  # checks backbone too
-    if not isinstance(attention, bool):
-        raise MatEffNetError(f"attention must be True or False, got {attention!r}")
-    check_choice("attention_tokens", attention_tokens, ATTENTION_TOKENS)
-    dropout = check_fraction("dropout", dropout)
-    num_heads = check_int("num_heads", num_heads, 1)
-    key_dim = check_int("key_dim", key_dim, 1)
-    fc_units = check_int("fc_units", fc_units, 1)
-
-    backbone_model = build_backbone(
-        backbone, channels, (height, width), weights=weights,
-        bn_momentum=bn_momentum,
-    )
-    inputs = layers.Input(
-        shape=(num_segments, height, width, channels),
-        name="rgb" if stream == "spatial" else "flow",
-    )
-    x = FoldSegments(name="fold_segments")(inputs)
-    x = backbone_model(x)
-    if attention_tokens == "segment":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if num_segments is None:
-        x = SegmentsToTokens(None, name="tokens")([x, inputs])
-    else:
-        x = SegmentsToTokens(num_segments, name="tokens")(x)
-    # Fig. 5: a linear Fc between the pooled backbone feature and attention.
-    x = layers.Dense(fc_units, name="fc")(x)
-    if attention:
-        # Self-attention: query = key = value = the tokens. Output width
-        # defaults to the query width, i.e. fc_units (512 in Table 1).
-        # The scores are requested here although the stream ignores them:
-        # Keras cannot reuse a layer node with a different number of
-        # outputs, so this node is what build_attention_model reads them from.
-        x, _ = layers.MultiHeadAttention(
-            num_heads=num_heads, key_dim=key_dim, name="attention"
-        )(x, x, return_attention_scores=True)
-    x = layers.GlobalAveragePooling1D(name="token_mean")(x)
-    x = layers.Dropout(dropout, name="dropout")(x)
-    x = layers.Dense(num_classes, name="logits")(x)
-    # float32 softmax: stays numerically sound under mixed_float16.
-    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    model = StreamModel(inputs, outputs, name=name or f"{stream}_stream",
-                        identity=stream_identity_config(
-                            stream=stream, backbone=backbone, attention=attention,
-                            attention_tokens=attention_tokens, flow_length=flow_length,
-                            image_size=(height, width), num_segments=num_segments,
-                            num_classes=num_classes))
-    return with_identity(model, class_names=class_names, dataset=dataset,
-                         preparation=preparation, train_segments=train_segments)
+    spec = StreamSpec(
+        num_classes=num_classes, stream=stream, backbone=backbone, attention=attention,
+        attention_tokens=attention_tokens, num_heads=num_heads, key_dim=key_dim,
+        fc_units=fc_units, flow_length=flow_length, image_size=image_size,
+        num_segments=num_segments, train_segments=train_segments, class_names=class_names,
+        dataset=dataset, preparation=preparation)
+    return build_from_spec(
+        spec, weights=weights, dropout=check_fraction("dropout", dropout),
+        bn_momentum=check_fraction("bn_momentum", bn_momentum, allow_none=True), name=name)
 
 
 def build_two_stream(spatial_model, temporal_model, fusion_weights=(1.0, 1.0),

@@ -13,7 +13,7 @@ only here:
   then `results` / `reset` in cross-replica context.
 
 The step lives here, beside the model and not in it: the saved model
-(`models.StreamModel`) holds no training code and stays backend-agnostic.
+(`identity.StreamModel`) holds no training code and stays backend-agnostic.
 
 Reductions match ``fit``'s under a ``tf.distribute`` strategy: each replica's
 loss is its per-example losses summed over the *global* batch (the optimizer

@@ -55,7 +55,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from mat_effnet import (atomic, config, distributed, identity, input_pipeline, models, records,
+from mat_effnet import (atomic, config, distributed, input_pipeline, models, records,
                         task)
 from mat_effnet.sampling import PipelineConfig
 from mat_effnet.errors import bad_argument
@@ -174,13 +174,9 @@ def build_model(cfg: TrainConfig, num_classes: int, meta: dict | None = None) ->
     is saved inside ``model.keras``, so evaluation and prediction need
     nothing but the file (issue 11).
     """
-    known = identity.data_identity(meta) if meta is not None else {}
-    return models.build_stream(
-        # Any segment count: trained on K segments, evaluated on N (TSN: 25).
-        num_classes, cfg.stream, num_segments=None, image_size=cfg.image_size(),
-        flow_length=cfg.data.flow_length, backbone=cfg.model.backbone,
-        attention=cfg.model.attention, weights=cfg.model.weights, dropout=cfg.model.dropout,
-        bn_momentum=cfg.model.bn_momentum, train_segments=cfg.data.num_segments, **known)
+    model = cfg.model
+    return models.build_from_spec(cfg.stream_spec(num_classes, meta), weights=model.weights,
+                                  dropout=model.dropout, bn_momentum=model.bn_momentum)
 
 
 def compile_model(model: keras.Model, cfg: TrainConfig, num_classes: int) -> task.StreamTask:

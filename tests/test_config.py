@@ -79,6 +79,25 @@ def test_config_reads_the_backbone_table_without_starting_keras():
     assert _cfg(backbone="resnet18", image_size=64).image_size() == 64
 
 
+def test_stream_spec_of_a_config():
+    cfg = _cfg(stream="temporal", backbone="resnet18", flow_length=4, num_segments=5,
+               attention=False, dropout=0.5)
+    meta = {"classes": ["a", "b"], "num_classes": 2, "name": "toy", "schema_version": 2,
+            "settings": {"flow": "tvl1", "flow_bound": 15.0, "chunk_frames": 9}}
+    spec = cfg.stream_spec(2, meta)
+    # Any segment count at evaluation; the K of training is kept.
+    assert (spec.stream, spec.backbone, spec.attention, spec.flow_length) == (
+        "temporal", "resnet18", False, 4)
+    assert (spec.image_size, spec.num_segments, spec.train_segments) == ((112, 112), None, 5)
+    assert (spec.class_names, spec.dataset) == (("a", "b"), "toy")
+    assert spec.preparation == {"flow": "tvl1", "flow_bound": 15.0,
+                                "flow_implementation": "opencv", "schema_version": 2}
+    assert cfg.stream_spec(3).class_names is None
+    # The spec is validated by itself: a class count the data cannot have.
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+        cfg.stream_spec(1)
+
+
 def test_json_round_trip_and_old_flat_files():
     cfg = _cfg(batch_size=4, lr_decay_epochs=(2, 3), clip_norm=5.0)
     text = json.dumps(cfg.to_dict())

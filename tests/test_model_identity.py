@@ -24,6 +24,7 @@ from mat_effnet import evaluation, fusion, inference
 from mat_effnet import backbones as B
 from mat_effnet import identity as I
 from mat_effnet import models as M
+from mat_effnet import spec as S
 from mat_effnet.errors import MatEffNetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,6 +148,102 @@ def test_two_stream_refuses_streams_that_disagree(pair):
         M.build_two_stream(temporal, spatial)
 
 
+def test_spec_round_trips_through_keras(tmp_path):
+    # Head sizes off the defaults, so a reader falling back to them would fail.
+    spec = S.StreamSpec(num_classes=3, stream="temporal", backbone="resnet18", num_heads=3,
+                        key_dim=16, fc_units=24, flow_length=2, image_size=32,
+                        num_segments=None, train_segments=3, class_names=CLASSES,
+                        dataset="ucf101", preparation=PREP)
+    assert S.StreamSpec.from_dict(spec.to_dict()) == spec
+    model = M.build_from_spec(spec, dropout=0.5, bn_momentum=0.9)
+    assert model.spec is spec and I.identity(model) is spec
+    attention = model.get_layer("attention")
+    assert (attention.num_heads, attention.key_dim, model.get_layer("fc").units) == (3, 16, 24)
+    assert model.input_shape == (None, None, 32, 32, 4) and model.inputs[0].name == "flow"
+    path = str(tmp_path / "spec.keras")
+    model.save(path)
+    saved = _config(path)["config"]["identity"]
+    assert saved == spec.to_dict() and saved["version"] == S.IDENTITY_VERSION
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert type(loaded) is I.StreamModel and loaded.spec == spec
+    # What the keyword front builds is the same spec.
+    assert M.build_stream(3, "temporal", backbone="resnet18", num_heads=3, key_dim=16,
+                          fc_units=24, flow_length=2, image_size=32, num_segments=None,
+                          train_segments=3, class_names=CLASSES, dataset="ucf101",
+                          preparation=PREP).spec == spec
+
+
+def test_build_from_spec_checks_nothing_again():
+    # The spec was checked when made: building it never returns to checks.py.
+    from mat_effnet import checks
+
+    spec = S.StreamSpec(num_classes=3, stream="temporal", backbone="resnet18", flow_length=1,
+                        image_size=32, num_segments=2)
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename == checks.__file__:
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        model = M.build_from_spec(spec, bn_momentum=0.9)
+    finally:
+        sys.setprofile(None)
+    assert calls == [] and model.spec == spec
+    # The same profile does see the checks where they are made.
+    sys.setprofile(profile)
+    try:
+        S.StreamSpec(num_classes=3)
+    finally:
+        sys.setprofile(None)
+    assert "check_int" in calls
+
+
+def test_spec_is_checked_once_and_normalised():
+    spec = S.StreamSpec(num_classes=3, backbone="resnet18", flow_length=4, image_size=40)
+    # A spatial stream has no flow; sizes are (height, width).
+    assert (spec.flow_length, spec.image_size, spec.channels) == (None, (40, 40), 3)
+    assert S.StreamSpec(num_classes=3, backbone="resnet34").image_size == (168, 168)
+    for kwargs, match in ((dict(num_heads=0), "num_heads must be an integer >= 1"),
+                          (dict(fc_units=2.5), "fc_units must be an integer >= 1"),
+                          (dict(stream="temporal", flow_length=0), "flow_length must be"),
+                          (dict(attention=1), "attention must be True or False"),
+                          (dict(dataset=""), "dataset='': must be a non-empty string")):
+        with pytest.raises(MatEffNetError, match=match):
+            S.StreamSpec(num_classes=3, **kwargs)
+
+
+def test_identities_saved_before_the_spec_still_load(tmp_path):
+    # Version 1 (issue 11) had no head sizes; unknown keys are ignored.
+    v1 = {"version": 1, "kind": "stream", "stream": "temporal", "backbone": "resnet18",
+          "attention": True, "attention_tokens": "segment", "flow_length": 2,
+          "image_size": [32, 32], "num_segments": None, "num_classes": 3,
+          "train_segments": 3, "class_names": CLASSES, "dataset": "ucf101",
+          "preparation": PREP, "from_the_future": 1}
+    spec = S.StreamSpec.from_dict(v1)
+    assert (spec.num_heads, spec.key_dim, spec.fc_units) == (2, 256, 512)
+    assert spec.image_size == (32, 32) and spec.class_names == tuple(CLASSES)
+    # A version-1 file of a model with other head sizes: they are read off its layers.
+    model = _stream("temporal", num_heads=4, key_dim=8, fc_units=16)
+    path = str(tmp_path / "new.keras")
+    model.save(path)
+    old = str(tmp_path / "v1.keras")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                ident = config["config"]["identity"]
+                for key in ("num_heads", "key_dim", "fc_units"):
+                    del ident[key]
+                ident["version"] = 1
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    loaded = keras.models.load_model(old, safe_mode=True)
+    assert loaded.spec == model.spec and loaded.spec.num_heads == 4
+
+
 def test_with_identity_sets_only_what_is_given_and_checks_it(pair):
     model = M.build_stream(3, "spatial", **SMALL)
     ident = I.identity(model)
@@ -177,14 +274,14 @@ def test_data_identity_from_metadata():
     meta = {"classes": CLASSES, "name": "ucf101", "schema_version": 1, "num_classes": 3,
             "settings": {"flow": "tvl1", "flow_bound": 15.0, "short_side": 128,
                          "jpeg_quality": 80, "chunk_frames": 1000, "dataset": "ucf101"}}
-    got = I.data_identity(meta)
+    got = S.data_identity(meta)
     # Metadata from before flow_implementation existed: OpenCV computed all flow.
     assert got == {"class_names": CLASSES, "dataset": "ucf101",
                    "preparation": {"flow": "tvl1", "flow_bound": 15.0, "short_side": 128,
                                    "jpeg_quality": 80, "flow_implementation": "opencv",
                                    "schema_version": 1}}
     meta["settings"]["flow_implementation"] = "keras"
-    assert I.data_identity(meta)["preparation"]["flow_implementation"] == "keras"
+    assert S.data_identity(meta)["preparation"]["flow_implementation"] == "keras"
 
 
 def test_backbone_table_is_the_one_source():
@@ -228,7 +325,7 @@ def test_models_saved_before_still_load_and_say_so_once(pair, tmp_path, capsys):
     assert "stream" in ident.inferred and "class_names" not in ident.inferred
     spec = evaluation.stream_spec(loaded)
     assert (spec.stream, spec.image_size, spec.flow_length, spec.num_segments) == (
-        "temporal", 32, 2, None)
+        "temporal", (32, 32), 2, None)
     x = _clip(temporal)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), temporal.predict(x, verbose=0),
                                atol=1e-6)
@@ -277,7 +374,7 @@ def test_eval_writes_the_identity_into_the_scores(data_dir, tmp_path):
 
     meta = records.read_metadata(data_dir)
     model = M.build_stream(meta["num_classes"], "temporal", backbone="resnet18", image_size=32,
-                           num_segments=None, flow_length=2, **I.data_identity(meta))
+                           num_segments=None, flow_length=2, **S.data_identity(meta))
     path = str(tmp_path / "temporal.keras")
     model.save(path)
     out = tmp_path / "t.npz"
@@ -292,7 +389,7 @@ def test_eval_writes_the_identity_into_the_scores(data_dir, tmp_path):
     # Data prepared with another flow algorithm: one clear line naming both.
     other = M.build_stream(meta["num_classes"], "temporal", backbone="resnet18", image_size=32,
                            num_segments=None, flow_length=2,
-                           **dict(I.data_identity(meta),
+                           **dict(S.data_identity(meta),
                                   preparation=dict(PREP, flow="tvl1")))
     path = str(tmp_path / "tvl1.keras")
     other.save(path)

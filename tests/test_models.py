@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 from mat_effnet import backbones as B  # noqa: E402
 from mat_effnet import layers as mlayers  # noqa: E402
 from mat_effnet import models as M  # noqa: E402
+from mat_effnet import pretrained as P  # noqa: E402
 from mat_effnet import resnet as R  # noqa: E402
 
 # ---------------------------------------------------------------------------
@@ -411,15 +412,15 @@ def test_cross_modality_init_function_from_keras_stream(tmp_path):
     flow = M.build_stream(3, "temporal", backbone="resnet18", image_size=32,
                           num_segments=2, flow_length=3)
     head_before = flow.get_layer("fc").get_weights()
-    assert M.cross_modality_init(flow, path) is flow
+    assert P.cross_modality_init(flow, path) is flow
     assert_cross_modal_copy(flow.get_layer("backbone"),
                             rgb_stream.get_layer("backbone"), channels=6)
     for a, b in zip(flow.get_layer("fc").get_weights(), head_before):
         np.testing.assert_array_equal(a, b)  # the head is not touched
     # A keras.Model works as a source too, and a flow source is refused.
-    M.cross_modality_init(flow.get_layer("backbone"), rgb_stream)
+    P.cross_modality_init(flow.get_layer("backbone"), rgb_stream)
     with pytest.raises(ValueError, match="rgb_weights_source.*3-channel"):
-        M.cross_modality_init(flow, flow)
+        P.cross_modality_init(flow, flow)
 
 
 def test_imagenet_weights_go_through_keras_loader(tmp_path, monkeypatch):

@@ -96,7 +96,7 @@ def measure(s: TrainStepSettings, clip: ClipSettings, ctx: Context,
             image_size=clip.image_size, num_segments=clip.num_segments,
             flow_length=clip.flow_length)
         training.compile_model(model, cfg, num_classes)
-        channels = models.input_channels(stream, clip.flow_length)
+        channels = model.spec.channels
         x = tf.random.uniform((batch, clip.num_segments, clip.image_size, clip.image_size,
                                channels), 0, 255, seed=ctx.seed)
         y = tf.random.uniform((batch,), 0, num_classes, tf.int32, seed=ctx.seed)
