@@ -145,16 +145,17 @@ def elapsed() -> float:
 def estimate_s(item: Planned, done: list, tiny: bool) -> tuple[float, str]:
     """Seconds ``item`` is expected to take, and how that was estimated.
 
-    The last measured figure of the same kind: its first (compiling) call
-    again, plus its timed part scaled by the work ratio. Before any, the
-    kind's prior (`PRIOR_S`).
+    The last measured figure of the same kind: its fixed part again (model
+    building, compiling, the untimed call: wall time minus the timed part),
+    plus its timed part scaled by the work ratio. Before any, the kind's
+    prior (`PRIOR_S`).
     """
-    same = [d for d in done if d["kind"] == item.kind and d.get("first_call_s") is not None]
+    same = [d for d in done if d["kind"] == item.kind]
     if not same:
         return PRIOR_S[item.kind][1 if tiny else 0], "prior for the first figure of its kind"
     last = same[-1]
     scaled = last["timed_s"] * item.work / max(last["work"], 1e-12)
-    return last["first_call_s"] + scaled, f"from {last['name']}, timed part scaled by work"
+    return last["fixed_s"] + scaled, f"from {last['name']}, timed part scaled by work"
 
 
 def run_plan(plan: list, budget_s: float | None, tiny: bool, on_figure, clock=elapsed) -> dict:
@@ -164,7 +165,8 @@ def run_plan(plan: list, budget_s: float | None, tiny: bool, on_figure, clock=el
     whose estimate does not fit in what is left is skipped (value None,
     ``skipped: true`` and why); later, cheaper figures of another kind are
     still tried. A figure that fails is recorded with its error, and the run
-    goes on.
+    goes on. ``item.run()`` returns the figure's fields, ``seconds`` (its
+    timed part) among them.
     """
     done, skipped, errors = [], [], {}
     for item in plan:
@@ -186,9 +188,9 @@ def run_plan(plan: list, budget_s: float | None, tiny: bool, on_figure, clock=el
                                   "why": errors[item.name], "estimate_s": est})
             continue
         took = clock() - start
+        timed = min(float(result["seconds"]), took)
         done.append({"name": item.name, "kind": item.kind, "work": item.work,
-                     "first_call_s": result.get("first_call_s", took),
-                     "timed_s": max(took - result.get("first_call_s", took), 0.0)})
+                     "fixed_s": took - timed, "timed_s": timed})
         on_figure(item.name, dict(result, estimate_s=est, wall_s=took))
     return {"skipped": skipped, "errors": errors}
 
@@ -211,6 +213,7 @@ def build_plan(s: DeviceSettings, device_kind: str) -> list:
         settings = {"height": s.tvl1_height, "width": s.tvl1_width, "batch_size": batch,
                     "calls": s.tvl1_calls, "params": "data_prep.tvl1.TVL1Params() "
                     "(OpenCV's defaults)", "chunk": "whole batch per compiled call",
+                    "pairs": "data_prep.known_flow.accuracy_set, repeated to fill the batch",
                     "includes": "the copy of the flow to the host (batch_tvl1 returns numpy)"}
 
         def run():
@@ -267,7 +270,7 @@ def build_plan(s: DeviceSettings, device_kind: str) -> list:
                                 width=s.tvl1_width, num_classes=s.num_classes,
                                 backbone=s.backbone, seed=s.seed)
             return dict(r, value=r["warm"]["total_s"], unit="s (warm)",
-                        first_call_s=r["first"]["total_s"])
+                        seconds=r["warm"]["total_s"], first_call_s=r["first"]["total_s"])
         return Planned("predict.clip.latency_s", "predict",
                        float(s.predict_segments * s.flow_length), settings, run)
 
