@@ -20,11 +20,12 @@ Device time there is short (about 10 minutes a run), so the run is planned:
 the figures go smallest first (each kind's smallest size, then the larger
 ones, so a cut keeps one figure of every kind); before each one the
 estimated time (the last figure of its kind, scaled by the work; a prior for
-the first of a kind) is checked against ``--budget_s``, counted from the
-process start. A figure that does not fit is skipped and says so, and
+the first of a kind) is checked against ``--budget_s``, counted from when
+this module is loaded (JAX's and Keras's imports included). A figure that does not fit is skipped and says so, and
 ``--output`` is rewritten atomically after every figure, so a run killed at
 any point leaves a valid document. ``--tiny`` runs every part at toy sizes
-(`TINY`) to check the path end to end in a minute.
+(`TINY`) to check the path end to end (1-2 minutes on a 2-core CPU, most of
+it compiling).
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def _ints(s, name):
 class DeviceSettings:
     """Every setting of the device run, defined once (the flags derive from the fields)."""
 
-    budget_s: float | None = setting(None, "Seconds from the process start the run must end "
-                                           "within; figures that would not fit are skipped.")
+    budget_s: float | None = setting(None, "Seconds from the start the run must end within; "
+                                           "figures that would not fit are skipped.")
     output: str = setting("device.json", "The JSON document, rewritten after every figure.")
     tiny: bool = setting(False, "Toy sizes for every part (TINY): checks the path, not speed.")
     seed: int = setting(0, "Seed of the generated inputs and models.")
