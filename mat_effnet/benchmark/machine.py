@@ -98,19 +98,21 @@ def cpu_peak_flops(cores: int, clock_hz: float, flops_per_cycle: float) -> float
 
 # Dense (no sparsity) peaks from NVIDIA's data sheets, in FLOP/s: FP32 on the
 # CUDA cores and, where the card has them, TF32 tensor cores (what TensorFlow
-# uses for float32 matmuls/convolutions on Ampere and newer by default).
+# uses for float32 matmuls/convolutions on Ampere and newer by default) and
+# BF16 tensor cores (mixed_bfloat16; `mat_effnet.benchmark.device`). A card
+# without a "bf16" entry has no figure here, not zero.
 # More specific names first.
 GPU_PEAKS = (
-    ("H200", {"fp32": 67.0e12, "tf32": 494.7e12}),
-    ("H100 PCIe", {"fp32": 51.2e12, "tf32": 378.0e12}),
-    ("H100 NVL", {"fp32": 60.0e12, "tf32": 417.5e12}),
-    ("H100", {"fp32": 67.0e12, "tf32": 494.7e12}),  # SXM ("H100 80GB HBM3")
-    ("GH200", {"fp32": 67.0e12, "tf32": 494.7e12}),
-    ("A100", {"fp32": 19.5e12, "tf32": 156.0e12}),
+    ("H200", {"fp32": 67.0e12, "tf32": 494.7e12, "bf16": 989.4e12}),
+    ("H100 PCIe", {"fp32": 51.2e12, "tf32": 378.0e12, "bf16": 756.5e12}),
+    ("H100 NVL", {"fp32": 60.0e12, "tf32": 417.5e12, "bf16": 835.5e12}),
+    ("H100", {"fp32": 67.0e12, "tf32": 494.7e12, "bf16": 989.4e12}),  # SXM ("H100 80GB HBM3")
+    ("GH200", {"fp32": 67.0e12, "tf32": 494.7e12, "bf16": 989.4e12}),
+    ("A100", {"fp32": 19.5e12, "tf32": 156.0e12, "bf16": 312.0e12}),
     ("A10G", {"fp32": 31.2e12, "tf32": 62.5e12}),
     ("A10", {"fp32": 31.2e12, "tf32": 62.5e12}),
-    ("L40S", {"fp32": 91.6e12, "tf32": 183.0e12}),
-    ("L4", {"fp32": 30.3e12, "tf32": 60.0e12}),
+    ("L40S", {"fp32": 91.6e12, "tf32": 183.0e12, "bf16": 362.1e12}),
+    ("L4", {"fp32": 30.3e12, "tf32": 60.0e12, "bf16": 121.0e12}),
     ("V100", {"fp32": 15.7e12}),
     ("T4", {"fp32": 8.1e12}),
     ("RTX 4090", {"fp32": 82.6e12, "tf32": 82.6e12}),
