@@ -114,7 +114,8 @@ class PrepConfig:
         An import adds where its flow came from: ``flow_source`` (the frame
         layout), ``flow_rounding`` (the stored codes' rounding: the source's,
         or ``half_up`` when re-quantized) and the source's bound and
-        rounding; ``flow_implementation`` is ``imported``. A run from videos
+        rounding; ``flow_implementation`` is ``imported``; ``jpeg_quality`` is
+        None when the RGB bytes are copied (the source's quality is unknown). A run from videos
         has none of these keys (computed here, rounded half up).
         """
         out = {
@@ -125,6 +126,9 @@ class PrepConfig:
         if self.frames_root is not None:
             bound, rounding = self.frames_quantization
             requantized = bound != self.flow_bound
+            # RGB copied (no short_side): its quality is the source's, unknown.
+            if self.short_side == 0:
+                out["jpeg_quality"] = None
             out.update(flow_implementation=IMPORTED, flow_source=self.frames_layout,
                        flow_rounding="half_up" if requantized else rounding,
                        frames_bound=bound, frames_rounding=rounding)

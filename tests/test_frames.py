@@ -173,6 +173,7 @@ def test_round_trip_equals_prep_from_videos(tmp_path):
     meta = records.read_metadata(str(tmp_path / "imp_dense"))
     assert meta["settings"]["flow_rounding"] == "cvround"
     assert meta["jpeg_quality"]["rgb"] is None  # copied: the source's quality, unknown
+    assert meta["settings"]["jpeg_quality"] is None  # never claimed to be the default 90
     diffs = []
     for vid, recs in dense_recs.items():
         r = recs[0]
@@ -295,7 +296,35 @@ def test_import_and_export_resume_after_a_kill(tmp_path, monkeypatch):
     assert len(done) == len(set(done)) == len(videos)
 
 
-def test_twostreamfusion_import_and_kinetics_frame_folders(tmp_path):
+def test_frame_folders_stand_for_videos_in_every_dataset_layout(tmp_path):
+    # Kinetics: the CSV rows name the clips; their folders may sit in class folders.
+    os.makedirs(tmp_path / "k")
+    (tmp_path / "k" / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                              "abseiling,aaa,0,10,train\nabseiling,bbb,5,15,train\n")
+    for clip in ("aaa_000000_000010", "ccc_000000_000010"):
+        os.makedirs(tmp_path / "kf" / "abseiling" / clip)
+    k = datasets.load_layout("kinetics400", str(tmp_path / "k"), frames_root=str(tmp_path / "kf"))
+    assert [e.path for e in k.splits["train"]] == [str(tmp_path / "kf" / "abseiling" /
+                                                       "aaa_000000_000010")]
+    assert [(f.video_id, f.reason) for f in k.failures] == [("bbb_000005_000015", "clip missing")]
+    # HMDB51: the split files only, no video folders.
+    split_dir = tmp_path / "h" / "testTrainMulti_7030_splits"
+    os.makedirs(split_dir)
+    (split_dir / "run_test_split1.txt").write_text("r1.avi 1\nr2.avi 2\nr3.avi 1\n")
+    for v in ("r1", "r2"):
+        os.makedirs(tmp_path / "hf" / "run" / v)
+    h = datasets.load_layout("hmdb51", str(tmp_path / "h"), frames_root=str(tmp_path / "hf"))
+    assert [e.video_id for e in h.splits["train"]] == ["run/r1"]
+    assert [e.video_id for e in h.splits["test"]] == ["run/r2"]
+    assert h.failures[0].reason == "listed in run_test_split1.txt but frame folder missing"
+    # UCF101 from videos still needs its video folders.
+    _ucf(tmp_path / "u", per_class=1, frames=3)
+    shutil.rmtree(tmp_path / "u" / "UCF-101")
+    with pytest.raises(datasets.LayoutError, match="ucf101 videos not found"):
+        datasets.load_layout("ucf101", str(tmp_path / "u"))
+
+
+def test_twostreamfusion_import(tmp_path):
     layout = _ucf(tmp_path / "ucf", per_class=1, frames=5)
     tsf = tmp_path / "tsf"
     frames_export.export(_videos(layout), frames_export.FlowExportSettings(
