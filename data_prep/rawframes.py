@@ -34,7 +34,10 @@ Both are described here once; `data_prep.frames_export` writes them and
 
 Rounding conventions (`quantize`): ``cvround`` is denseflow's (OpenCV's
 ``cvRound``: round half to even); ``truncate`` is mmaction2's
-``tools/misc/flow_extraction.py`` (``astype(uint8)`` of the scaled value);
+``tools/misc/flow_extraction.py`` (clip to ±bound, add bound, scale by
+255 / 2 bound, ``astype(uint8)``; it names its fields ``x_00001.jpg`` /
+``y_00001.jpg`` through ``'{}_{:05d}.jpg'.format('x', i)``, which the
+rawframes reader also accepts when no ``flow_x_`` files are there);
 ``half_up`` is this project's (`mat_effnet.records.quantize_flow`). They
 differ by at most one step (2 b / 255); `dequantize` gives each code's
 centre value, so truncated codes are read half a step higher.
@@ -182,6 +185,9 @@ def list_video(root: str, layout: str, rgb_folder: str, with_flow: bool):
         return rgb, [], []
     fx = numbered_files(dirs[1], naming.flow_x_prefix, naming.digits)
     fy = numbered_files(dirs[2], naming.flow_y_prefix, naming.digits)
+    if not fx and not fy and layout == "rawframes":  # flow_extraction.py's names
+        fx = numbered_files(dirs[1], "x_", naming.digits)
+        fy = numbered_files(dirs[2], "y_", naming.digits)
     return rgb, fx, fy
 
 

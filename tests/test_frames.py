@@ -222,6 +222,27 @@ def test_import_resizes_and_requantizes_flow(tmp_path):
         np.testing.assert_allclose(records.dequantize_flow(q, 20.0), want, atol=40 / 255)
 
 
+def test_import_of_mmaction2_flow_extraction_names_keeps_truncated_codes(tmp_path):
+    # tools/misc/flow_extraction.py: x_00001.jpg / y_00001.jpg, truncated codes.
+    folder = tmp_path / "frames" / "a" / "clip"
+    os.makedirs(folder)
+    os.makedirs(tmp_path / "list")
+    (tmp_path / "list" / "split.txt").write_text("a/clip train\n")
+    for i in range(1, 4):
+        cv2.imwrite(str(folder / f"img_{i:05d}.jpg"), np.full((16, 16, 3), 60 * i, np.uint8))
+    for i in range(1, 3):
+        for name in ("x", "y"):
+            q = rawframes.quantize(np.full((16, 16), 0.1 * i), 20, "truncate")
+            cv2.imwrite(str(folder / f"{name}_{i:05d}.jpg"), q)
+    meta = builder.build(_import_cfg(tmp_path / "list", tmp_path / "frames", tmp_path / "out",
+                                     dataset="folder", split_file=str(tmp_path / "list" /
+                                                                      "split.txt"),
+                                     frames_rounding="truncate"))
+    assert meta["settings"]["flow_rounding"] == "truncate" and not meta["flow"]["requantized"]
+    (r,) = _by_video(tmp_path / "out")["a/clip"]
+    assert r["flow_y"] == [(folder / f"y_{i:05d}.jpg").read_bytes() for i in (1, 2)]
+
+
 # ---------------------------------------------------------------------------
 # Bad input and resume
 # ---------------------------------------------------------------------------
