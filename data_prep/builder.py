@@ -239,6 +239,12 @@ def finish(cfg: PrepConfig, layout: layouts.Layout, summaries: dict[str, list]) 
     return meta
 
 
+def _common_short_side(sizes: dict[str, int]) -> int | None:
+    """The short side every stored video shares, or None."""
+    sides = {min(int(n) for n in size.split("x")) for size in sizes}
+    return sides.pop() if len(sides) == 1 else None
+
+
 def _metadata(cfg, layout, summaries) -> dict:
     splits, shard_files, failures = {}, {}, []
     frames = rgb_bytes = flow_bytes = 0
@@ -289,7 +295,10 @@ def _metadata(cfg, layout, summaries) -> dict:
         "num_classes": len(layout.classes),
         "splits": splits,
         "shards": shard_files,
-        "frame_size": {"short_side": cfg.short_side, "sizes": sizes},
+        "frame_size": {"short_side": cfg.short_side, "sizes": sizes,
+                       # What the records hold: with an import that keeps the stored
+                       # size (short_side 0) this is the size to prepare new videos at.
+                       "stored_short_side": _common_short_side(sizes)},
         "flow": flow,
         "jpeg_quality": jpeg_quality,
         "chunk_frames": cfg.chunk_frames,

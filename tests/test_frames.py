@@ -397,3 +397,4 @@ def test_command_lines_export_then_import(tmp_path):
     meta = records.read_metadata(str(tmp_path / "imp"))
     # --short_side not given: the stored 32-pixel short side is kept.
     assert meta["settings"]["short_side"] == 0 and list(meta["frame_size"]["sizes"]) == ["32x43"]
+    assert meta["frame_size"]["stored_short_side"] == 32
