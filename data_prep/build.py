@@ -4,6 +4,15 @@
         --out_dir=/data/ucf101_tfr --flow=tvl1 --workers=8
 
 Re-running the same command after a kill resumes; a finished run is a no-op.
+
+Import of frames people already have (`data_prep.frames_import`): the lists
+still come from --data_root (no video files needed there), the frames and
+flow from --frames_root, and nothing is decoded or computed:
+
+    mat-effnet-prep --dataset=ucf101 --data_root=/data/ucf101 \\
+        --frames_root=/data/ucf101/rawframes --frames_layout=rawframes --out_dir=...
+
+--short_side then defaults to keeping the stored size.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import sys
 
 from absl import flags
 
-from data_prep import builder, datasets, encode
+from data_prep import builder, datasets, encode, rawframes
 from data_prep import flow as flow_lib
 from data_prep.prep_config import AUTO, PrepConfig
 from experiments import cli, flagdefs
@@ -44,6 +53,20 @@ flags.DEFINE_string("runner", None,
                     "Run as an Apache Beam pipeline on this runner (DirectRunner, DataflowRunner, "
                     "FlinkRunner, SparkRunner...; needs mat-effnet[beam]); Beam's own pipeline "
                     "options go after '--'. Default: a process pool of --workers on this machine.")
+flags.DEFINE_string("frames_root", None, "Import: the videos are folders of extracted frames "
+                    "and flow here (found by video id); no video is decoded. --short_side "
+                    "then defaults to 0 (keep the stored size).")
+flags.DEFINE_enum("frames_layout", "rawframes", list(rawframes.LAYOUTS),
+                  "Import: rawframes (mmaction2/denseflow: <class>/<video>/img_00001.jpg, "
+                  "flow_x_00001.jpg, flow_y_00001.jpg) or twostreamfusion "
+                  "(jpegs_256/<video>/frame000001.jpg, tvl1_flow/{u,v}/<video>/frame000001.jpg).")
+flags.DEFINE_float("frames_bound", None, "Import: the bound the stored flow was quantized with "
+                   f"(default: the folder's {rawframes.CONVENTIONS_FILE}, else denseflow's "
+                   f"{rawframes.DENSEFLOW_BOUND:g}). Re-quantized to --flow_bound if different.")
+flags.DEFINE_enum("frames_rounding", None, list(rawframes.ROUNDINGS),
+                  "Import: the stored flow's rounding: cvround (denseflow), truncate (mmaction2's "
+                  "tools/misc/flow_extraction.py) or half_up (default: the folder's "
+                  f"{rawframes.CONVENTIONS_FILE}, else cvround).")
 flags.mark_flags_as_required(["dataset", "data_root", "out_dir"])
 
 
@@ -53,10 +76,14 @@ def main(argv):
         print(f"mat-effnet-prep: error: {' '.join(pipeline_args)}: options after '--' are "
               "Beam pipeline options and need --runner", file=sys.stderr)
         return 2
+    encoding = flagdefs.flat_values(encode.EncodeSettings, exclude=("flow_implementation",))
+    if FLAGS.frames_root and not FLAGS["short_side"].present:
+        encoding["short_side"] = 0  # an import keeps the stored size unless told
     cfg = PrepConfig(
         dataset=FLAGS.dataset, data_root=FLAGS.data_root, out_dir=FLAGS.out_dir,
-        split=FLAGS.split, split_file=FLAGS.split_file,
-        **flagdefs.flat_values(encode.EncodeSettings, exclude=("flow_implementation",)),
+        split=FLAGS.split, split_file=FLAGS.split_file, **encoding,
+        frames_root=FLAGS.frames_root, frames_layout=FLAGS.frames_layout,
+        frames_bound=FLAGS.frames_bound, frames_rounding=FLAGS.frames_rounding,
         flow_implementation=FLAGS.flow_implementation, flow_batch=FLAGS.flow_batch,
         workers=FLAGS.workers, videos_per_shard=FLAGS.videos_per_shard, name=FLAGS.name,
         schema_version=int(FLAGS.schema_version))

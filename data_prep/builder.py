@@ -169,7 +169,7 @@ def _run_tasks(tasks: list[work_files.Task], cfg: PrepConfig):
     """Processes ``tasks``, yielding each video's result (its marker's content) when done."""
     if not tasks:
         return
-    if cfg.flow != "none" and cfg.flow_implementation == "keras":
+    if cfg.flow != "none" and cfg.flow_implementation == "keras" and cfg.frames_root is None:
         steps = flow_batches.Steps(work_files.decode_task, work_files.encode_task,
                                    work_files.write_failure)
         try:
@@ -202,7 +202,13 @@ def prepare(cfg: PrepConfig) -> tuple[layouts.Layout, dict[str, list[list]]]:
     """
     cfg.validate()
     layout = datasets.load_layout(cfg.dataset, cfg.data_root, split=cfg.split,
-                                  split_file=cfg.split_file)
+                                  split_file=cfg.split_file, frames_root=cfg.frames_root,
+                                  frames_layout=cfg.frames_layout)
+    if cfg.frames_root is not None:
+        # Imported flow is not computed here; settings() names it "imported".
+        cfg.flow_implementation = "opencv" if cfg.flow != "none" else cfg.flow_implementation
+        if cfg.flow_implementation == AUTO:
+            cfg.flow_implementation = "opencv"
     if cfg.flow_implementation == AUTO:
         cfg.flow_implementation = auto_flow_implementation(cfg.out_dir, cfg.flow)
     _check_settings(cfg.out_dir, cfg)
@@ -233,6 +239,12 @@ def finish(cfg: PrepConfig, layout: layouts.Layout, summaries: dict[str, list]) 
     return meta
 
 
+def _common_short_side(sizes: dict[str, int]) -> int | None:
+    """The short side every stored video shares, or None."""
+    sides = {min(int(n) for n in size.split("x")) for size in sizes}
+    return sides.pop() if len(sides) == 1 else None
+
+
 def _metadata(cfg, layout, summaries) -> dict:
     splits, shard_files, failures = {}, {}, []
     frames = rgb_bytes = flow_bytes = 0
@@ -256,6 +268,25 @@ def _metadata(cfg, layout, summaries) -> dict:
             size = f"{v['height']}x{v['width']}"
             sizes[size] = sizes.get(size, 0) + 1
     flow_frames = sum(splits[s]["frames"] - splits[s]["records"] for s in splits)
+    settings = cfg.settings()
+    flow = {"algorithm": cfg.flow, "implementation": settings["flow_implementation"],
+            "bound": cfg.flow_bound,
+            "quantization": "q = round((clip(v, -bound, bound) + bound) * 255 / (2 * bound)), "
+                            "uint8 JPEG, x and y separately; flow[i] is rgb[i] -> rgb[i+1]",
+            "flow_frames": flow_frames if cfg.flow != "none" else 0}
+    jpeg_quality = cfg.jpeg_quality
+    if cfg.frames_root is not None:
+        # What was copied keeps the source's JPEG quality, which nobody wrote down.
+        bound, rounding = cfg.frames_quantization
+        flow.update(source=cfg.frames_layout, source_bound=bound, source_rounding=rounding,
+                    rounding=settings["flow_rounding"],
+                    requantized=bound != cfg.flow_bound or cfg.short_side > 0,
+                    quantization=f"as the source: ±{bound:g}, {rounding} rounding"
+                    if bound == cfg.flow_bound and cfg.short_side == 0 else flow["quantization"])
+        jpeg_quality = {"rgb": cfg.jpeg_quality if cfg.short_side > 0 else None,
+                        "flow": cfg.jpeg_quality if flow["requantized"] else None,
+                        "note": "None: bytes copied from the frame folders, quality unknown; "
+                                "with short_side, frames already that size are copied too"}
     return {
         "dataset": cfg.dataset,
         "name": cfg.dataset_name,
@@ -264,18 +295,17 @@ def _metadata(cfg, layout, summaries) -> dict:
         "num_classes": len(layout.classes),
         "splits": splits,
         "shards": shard_files,
-        "frame_size": {"short_side": cfg.short_side, "sizes": sizes},
-        "flow": {"algorithm": cfg.flow, "implementation": cfg.flow_implementation,
-                 "bound": cfg.flow_bound,
-                 "quantization": "q = round((clip(v, -bound, bound) + bound) * 255 / (2 * bound)), "
-                                 "uint8 JPEG, x and y separately; flow[i] is rgb[i] -> rgb[i+1]",
-                 "flow_frames": flow_frames if cfg.flow != "none" else 0},
-        "jpeg_quality": cfg.jpeg_quality,
+        "frame_size": {"short_side": cfg.short_side, "sizes": sizes,
+                       # What the records hold: with an import that keeps the stored
+                       # size (short_side 0) this is the size to prepare new videos at.
+                       "stored_short_side": _common_short_side(sizes)},
+        "flow": flow,
+        "jpeg_quality": jpeg_quality,
         "chunk_frames": cfg.chunk_frames,
         "bytes_per_frame": {
             "rgb": rgb_bytes / frames if frames else 0.0,
             "flow_xy": flow_bytes / flow_frames if flow_frames and cfg.flow != "none" else 0.0,
         },
         "failures": failures,
-        "settings": cfg.settings(),
+        "settings": settings,
     }

@@ -16,14 +16,16 @@ import numbers
 import os
 
 from data_prep import layout_folder, layout_hmdb51, layout_kinetics400, layout_ucf101
-from data_prep.layouts import Layout, LayoutError, one_line
+from data_prep import rawframes
+from data_prep.layouts import FrameFolders, Layout, LayoutError, one_line
 
 DATASETS = ("ucf101", "hmdb51", "kinetics400", "folder")
 
 
 def load_layout(dataset: str, data_root: str, split: int = 1,
                 split_file: str | None = None,
-                test_fraction: float = 0.3) -> Layout:
+                test_fraction: float = 0.3, frames_root: str | None = None,
+                frames_layout: str = "rawframes") -> Layout:
     """Reads the layout of `dataset` under `data_root`.
 
     `split` selects the official split (1..3) of UCF101 and HMDB51 and is
@@ -44,21 +46,27 @@ def load_layout(dataset: str, data_root: str, split: int = 1,
         if not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
             raise LayoutError(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
     root = _check_root(data_root)
+    frames = None
+    if frames_root is not None:
+        if frames_layout not in rawframes.LAYOUTS:
+            raise LayoutError(f"frames_layout={frames_layout}: expected one of "
+                              f"{', '.join(rawframes.LAYOUTS)}")
+        frames = FrameFolders(_check_root(frames_root, "--frames_root"), frames_layout)
     if name == "ucf101":
-        return layout_ucf101.load(root, int(split))
+        return layout_ucf101.load(root, int(split), frames)
     if name == "hmdb51":
-        return layout_hmdb51.load(root, int(split))
+        return layout_hmdb51.load(root, int(split), frames)
     if name == "kinetics400":
-        return layout_kinetics400.load(root)
-    return layout_folder.load(root, split_file, float(test_fraction))
+        return layout_kinetics400.load(root, frames)
+    return layout_folder.load(root, split_file, float(test_fraction), frames)
 
 
-def _check_root(data_root) -> str:
+def _check_root(data_root, flag: str = "--data_root") -> str:
     """``data_root`` as an absolute path; `LayoutError` unless it is an existing folder."""
     raw = os.fspath(data_root)
     root = os.path.abspath(os.path.expanduser(raw))
     if not os.path.exists(root):
-        raise LayoutError(one_line(f"--data_root {raw} does not exist"))
+        raise LayoutError(one_line(f"{flag} {raw} does not exist"))
     if not os.path.isdir(root):
-        raise LayoutError(one_line(f"--data_root {raw} is not a directory"))
+        raise LayoutError(one_line(f"{flag} {raw} is not a directory"))
     return root

@@ -2,7 +2,9 @@
 
 Without a split file, each class's sorted files are split by
 ``test_fraction`` (the tail goes to ``test``); a split file lists
-``<class>/<file> train|test|val`` lines instead.
+``<class>/<file> train|test|val`` lines instead. With ``frames``
+(`data_prep.layouts.FrameFolders`) the class folders hold frame folders
+(``<class>/<video>/``) instead of video files.
 """
 
 from __future__ import annotations
@@ -11,18 +13,26 @@ import math
 import os
 
 from data_prep.layouts import (
-    Collector, Layout, LayoutError, REASON_ESCAPES, VIDEO_EXTENSIONS, is_video_name, join_rel,
-    normalize_rel, one_line, read_lines, sorted_subdirs, strip_ext, walk_files,
+    Collector, FrameFolders, Layout, LayoutError, REASON_ESCAPES, VIDEO_EXTENSIONS, is_video_name, join_rel,
+    locate, normalize_rel, one_line, read_lines, sorted_subdirs, strip_ext, walk_files,
 )
 
 _FOLDER_SPLIT_WORDS = {"train": "train", "test": "test", "val": "validation",
                        "validation": "validation"}
 
 
-def load(root: str, split_file: str | None, test_fraction: float) -> Layout:
+def load(root: str, split_file: str | None, test_fraction: float,
+         frames: FrameFolders | None = None) -> Layout:
     """Class folders under ``root``, split by ``split_file`` or else ``test_fraction`` per class."""
     class_files: dict[str, list[str]] = {}
-    for class_name in sorted_subdirs(root):
+    if frames is not None:
+        # Frame folders stand for the videos: <class>/<video>/ below their root.
+        top = frames.video_root()
+        for class_name in sorted_subdirs(top) if os.path.isdir(top) else []:
+            videos = sorted_subdirs(os.path.join(top, class_name))
+            if videos:
+                class_files[class_name] = [f"{class_name}/{v}" for v in videos]
+    for class_name in sorted_subdirs(root) if frames is None else []:
         class_dir = os.path.join(root, class_name)
         rels = []
         for dirpath, name in walk_files(class_dir):
@@ -38,7 +48,7 @@ def load(root: str, split_file: str | None, test_fraction: float) -> Layout:
     classes = sorted(class_files)
 
     if split_file is not None:
-        return _folder_from_split_file(root, classes, split_file)
+        return _folder_from_split_file(root, classes, split_file, frames)
 
     out = Collector("folder", classes, ("train", "test"))
     for class_name in classes:
@@ -49,7 +59,9 @@ def load(root: str, split_file: str | None, test_fraction: float) -> Layout:
             # same source usually share a name prefix and sort together, so a
             # contiguous block leaks fewer near-duplicates than every k-th file.
             split_name = "test" if i >= len(rels) - n_test else "train"
-            out.add(strip_ext(rel), join_rel(root, rel), class_name, split_name, "folder scan")
+            video_id = rel if frames is not None else strip_ext(rel)
+            path = frames.path(video_id) if frames is not None else join_rel(root, rel)
+            out.add(video_id, path, class_name, split_name, "folder scan")
     return out.finish(root)
 
 
@@ -61,7 +73,8 @@ def _folder_test_count(n: int, test_fraction: float) -> int:
     return min(max(n_test, 1), n - 1)
 
 
-def _folder_from_split_file(root: str, classes: list[str], split_file: str) -> Layout:
+def _folder_from_split_file(root: str, classes: list[str], split_file: str,
+                            frames: FrameFolders | None) -> Layout:
     path = os.path.expanduser(os.fspath(split_file))
     if not os.path.isabs(path) and not os.path.isfile(path) and os.path.isfile(os.path.join(root, path)):
         path = os.path.join(root, path)  # a bare name is looked for in data_root too
@@ -92,8 +105,9 @@ def _folder_from_split_file(root: str, classes: list[str], split_file: str) -> L
         if class_name not in out.label_of:
             out.fail(video_id, abs_path, f"unknown class {class_name!r} in {fname} line {lineno}")
             continue
-        if not os.path.isfile(abs_path):
-            out.fail(video_id, abs_path, f"listed in {fname} but missing")
+        abs_path, missing = locate(video_id, abs_path, frames)
+        if missing:
+            out.fail(video_id, abs_path, f"listed in {fname} but {missing}")
             continue
         out.add(video_id, abs_path, class_name, split_name, fname)
     return out.finish(root)

@@ -3,7 +3,8 @@
 Each class has one list per split N = 1..3, ``<class>_test_splitN.txt``,
 whose flag says train (1), test (2) or unused (0); the splits are
 ``train`` and ``test``. HMDB51 is one of the paper's two benchmarks
-(Sect. 4.1).
+(Sect. 4.1). With ``frames`` (`data_prep.layouts.FrameFolders`) the
+videos are frame folders and no video file needs to exist.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import os
 import re
 
 from data_prep.layouts import (
-    Collector, Layout, LayoutError, REASON_ESCAPES, join_rel, normalize_rel, one_line,
-    read_lines, sorted_subdirs, strip_ext,
+    Collector, FrameFolders, Layout, LayoutError, REASON_ESCAPES, join_rel, normalize_rel, one_line,
+    locate, read_lines, sorted_subdirs, strip_ext,
 )
 
 _HMDB_SPLIT_DIR = "testTrainMulti_7030_splits"
@@ -21,7 +22,7 @@ _HMDB_SPLIT_RE = re.compile(r"^(.+)_test_split(\d+)\.txt$")
 _HMDB_FLAGS = {"1": "train", "2": "test"}
 
 
-def load(root: str, split: int) -> Layout:
+def load(root: str, split: int, frames: FrameFolders | None = None) -> Layout:
     """The HMDB51 layout under ``root`` with official split ``split`` (1..3)."""
     split_dir = None
     for cand in [root] + [os.path.join(root, d) for d in sorted_subdirs(root)]:
@@ -44,8 +45,10 @@ def load(root: str, split: int) -> Layout:
 
     # Videos sit in <root>/<class>/ or one level lower (e.g. hmdb51_org/);
     # take the candidate holding the most class folders, the root on ties.
-    best, best_count = None, 0
+    best, best_count = (None, 0) if frames is None else (frames.video_root(), 1)
     for cand in [root] + [os.path.join(root, d) for d in sorted_subdirs(root)]:
+        if frames is not None:
+            break
         count = sum(os.path.isdir(os.path.join(cand, c)) for c in classes)
         if count > best_count:
             best, best_count = cand, count
@@ -57,12 +60,12 @@ def load(root: str, split: int) -> Layout:
     for class_name in classes:
         fname = split_files[class_name]
         for lineno, line in read_lines(os.path.join(split_dir, fname)):
-            _hmdb_entry(out, best, class_name, fname, lineno, line)
+            _hmdb_entry(out, best, class_name, fname, lineno, line, frames)
     return out.finish(root)
 
 
 def _hmdb_entry(out: Collector, video_root: str, class_name: str, fname: str,
-                lineno: int, line: str) -> None:
+                lineno: int, line: str, frames: FrameFolders | None) -> None:
     parts = line.rsplit(None, 1)
     if len(parts) != 2:
         out.fail(f"{class_name}/{line}", "", f"malformed line {lineno} in {fname}")
@@ -83,7 +86,8 @@ def _hmdb_entry(out: Collector, video_root: str, class_name: str, fname: str,
         # Inside the root but another class's folder: the label would be wrong.
         out.fail(video_id, path, f"path leaves class folder {class_name!r} in {fname}")
         return
-    if not os.path.isfile(path):
-        out.fail(video_id, path, f"listed in {fname} but missing")
+    path, missing = locate(video_id, path, frames)
+    if missing:
+        out.fail(video_id, path, f"listed in {fname} but {missing}")
         return
     out.add(video_id, path, class_name, _HMDB_FLAGS[flag], fname)

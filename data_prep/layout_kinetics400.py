@@ -4,7 +4,9 @@
 root or in ``annotations/``, and clips named
 ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` anywhere below the root; the
 splits are ``train``, ``validation`` and ``test`` when that CSV carries
-labels.
+labels. With ``frames`` (`data_prep.layouts.FrameFolders`) the clips are
+frame folders named after their rows, anywhere below the layout's video
+folder, and no video file needs to exist.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import math
 import os
 
 from data_prep.layouts import (
-    Collector, Layout, LayoutError, VIDEO_EXTENSIONS, is_video_name, one_line, walk_files,
+    Collector, FrameFolders, Layout, LayoutError, VIDEO_EXTENSIONS, is_video_name, one_line, walk_files,
 )
 
 REASON_CLIP_MISSING = "clip missing"
 
 
-def load(root: str) -> Layout:
+def load(root: str, frames: FrameFolders | None = None) -> Layout:
     """The Kinetics-400 layout under ``root`` (splits from the CSVs found)."""
     csv_dir = next((d for d in (root, os.path.join(root, "annotations"))
                     if os.path.isfile(os.path.join(d, "train.csv"))), None)
@@ -45,7 +47,7 @@ def load(root: str) -> Layout:
             sources.append(("test", "test.csv"))
             rows["test"] = test_rows
 
-    index = _clip_index(root)
+    index = _clip_index(root) if frames is None else _folder_index(frames.video_root())
     out = Collector("kinetics400", classes, tuple(s for s, _ in sources))
     for split_name, fname in sources:
         for lineno, label, yid, start, end in rows[split_name]:
@@ -99,6 +101,18 @@ def _clip_index(root: str) -> dict[str, str]:
         if stem not in index or r < index[stem][0]:
             index[stem] = (r, os.path.join(dirpath, name))
     return {stem: path for stem, (_, path) in index.items()}
+
+
+def _folder_index(top: str) -> dict[str, str]:
+    """Folder name -> absolute path for every folder below ``top`` (sorted walk, first wins)."""
+    index: dict[str, str] = {}
+    if not os.path.isdir(top):
+        return index
+    for dirpath, dirnames, _ in os.walk(top, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            index.setdefault(d, os.path.join(dirpath, d))
+    return index
 
 
 def _parse_time(raw: str) -> int | None:

@@ -2,7 +2,9 @@
 
 The lists are the official ones (classInd.txt, trainlist0N.txt,
 testlist0N.txt for splits N = 1..3); the splits are ``train`` and ``test``.
-UCF101 is one of the paper's two benchmarks (Sect. 4.1).
+UCF101 is one of the paper's two benchmarks (Sect. 4.1). With ``frames``
+(`data_prep.layouts.FrameFolders`) the videos are frame folders and no
+``UCF-101/<Class>`` folder needs to exist.
 """
 
 from __future__ import annotations
@@ -10,15 +12,15 @@ from __future__ import annotations
 import os
 
 from data_prep.layouts import (
-    Collector, Layout, LayoutError, REASON_ESCAPES, join_rel, normalize_rel, one_line,
-    read_lines, strip_ext,
+    Collector, FrameFolders, Layout, LayoutError, REASON_ESCAPES, join_rel, normalize_rel, one_line,
+    locate, read_lines, strip_ext,
 )
 
 _UCF_VIDEO_DIR = "UCF-101"
 _UCF_LIST_DIR = "ucfTrainTestlist"
 
 
-def load(root: str, split: int) -> Layout:
+def load(root: str, split: int, frames: FrameFolders | None = None) -> Layout:
     """The UCF101 layout under ``root`` with official split ``split`` (1..3)."""
     # Accept the folder holding UCF-101/ and ucfTrainTestlist/, the UCF-101
     # folder itself with the lists beside it, or the lists inside UCF-101/.
@@ -31,8 +33,10 @@ def load(root: str, split: int) -> Layout:
                                    f"{_UCF_VIDEO_DIR}/ and {_UCF_LIST_DIR}/classInd.txt"))
     classes = _read_class_ind(os.path.join(list_dir, "classInd.txt"))
 
-    video_root = None
+    video_root = None if frames is None else frames.video_root()
     for cand in (os.path.join(root, _UCF_VIDEO_DIR), root):
+        if video_root is not None:
+            break
         if os.path.isdir(cand) and any(os.path.isdir(os.path.join(cand, c)) for c in classes):
             video_root = cand
             break
@@ -48,7 +52,7 @@ def load(root: str, split: int) -> Layout:
     out = Collector("ucf101", classes, ("train", "test"))
     for split_name, fname in list_files:
         for lineno, line in read_lines(os.path.join(list_dir, fname)):
-            _ucf_entry(out, video_root, split_name, fname, lineno, line)
+            _ucf_entry(out, video_root, split_name, fname, lineno, line, frames)
     return out.finish(root)
 
 
@@ -65,7 +69,7 @@ def _read_class_ind(path: str) -> list[str]:
 
 
 def _ucf_entry(out: Collector, video_root: str, split_name: str, fname: str,
-               lineno: int, line: str) -> None:
+               lineno: int, line: str, frames: FrameFolders | None) -> None:
     parts = line.rsplit(None, 1)
     listed_label = None
     if len(parts) == 2 and parts[1].isdigit():
@@ -91,7 +95,8 @@ def _ucf_entry(out: Collector, video_root: str, split_name: str, fname: str,
         out.fail(video_id, path, f"label {listed_label} in {fname} line {lineno} "
                                  f"disagrees with class folder {class_name!r}")
         return
-    if not os.path.isfile(path):
-        out.fail(video_id, path, f"listed in {fname} but missing")
+    path, missing = locate(video_id, path, frames)
+    if missing:
+        out.fail(video_id, path, f"listed in {fname} but {missing}")
         return
     out.add(video_id, path, class_name, split_name, fname)

@@ -8,7 +8,10 @@ The readers of the supported trees (`data_prep.layout_ucf101`,
 here; `data_prep.datasets.load_layout` picks the reader. This module
 imports none of them.
 
-Layouts never open the videos. Entries that cannot be used (listed but missing,
+Layouts never open the videos. With `FrameFolders` (``mat-effnet-prep
+--frames_root``) a video id maps to its folder of extracted frames
+(`data_prep.rawframes`) instead of a video file, and no video file needs
+to exist: the class and split lists still come from the data root. Entries that cannot be used (listed but missing,
 paths escaping the root, unknown classes, duplicates, malformed lines) are
 skipped and reported in `Layout.failures`; problems that make the whole
 layout unusable raise `LayoutError` with a one-line message before any video
@@ -23,6 +26,7 @@ import posixpath
 import re
 from typing import Iterator
 
+from data_prep import rawframes
 from mat_effnet.errors import MatEffNetError
 
 # Lower-case; matched case-insensitively. Order matters for Kinetics: when the
@@ -32,6 +36,30 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".
 REASON_ESCAPES = "path escapes data root"
 
 _WINDOWS_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameFolders:
+    """Videos are frame folders under ``root`` in ``layout`` (`data_prep.rawframes`)."""
+
+    root: str
+    layout: str
+
+    def path(self, video_id: str) -> str:
+        """The RGB frame folder of ``video_id``."""
+        return rawframes.folders(self.root, self.layout, video_id)[0]
+
+    def video_root(self) -> str:
+        """The folder whose sub-folders are the videos' RGB folders."""
+        return os.path.dirname(self.path("x"))
+
+
+def locate(video_id: str, video_path: str, frames: FrameFolders | None) -> tuple[str, str | None]:
+    """(path, reason it is unusable or None) of a listed video, as a file or a frame folder."""
+    if frames is not None:
+        path = frames.path(video_id)
+        return path, None if os.path.isdir(path) else rawframes.REASON_NO_FOLDER
+    return video_path, None if os.path.isfile(video_path) else "missing"
 
 
 class LayoutError(MatEffNetError):

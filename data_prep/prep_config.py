@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from data_prep import encode
+from data_prep import encode, rawframes
 from mat_effnet import records
 from mat_effnet.errors import bad_argument
 
 # flow_implementation="auto": `data_prep.builder.prepare` picks one before any work.
 AUTO = "auto"
+# flow_implementation of imported flow (`data_prep.frames_import`): made elsewhere.
+IMPORTED = "imported"
 
 _ENCODE_FIELDS = tuple(f.name for f in dataclasses.fields(encode.EncodeSettings))
 _DEFAULT = encode.EncodeSettings()
@@ -34,6 +36,12 @@ class PrepConfig:
     choice before any work.
     flow_batch: pairs per call of the Keras TV-L1 (None: its default).
     flow_devices: flow processes for the Keras TV-L1 (None: one per GPU).
+    frames_root / frames_layout: import (`data_prep.frames_import`): the
+        videos are frame folders there, in that layout
+        (`data_prep.rawframes`); nothing is decoded or computed. Their flow
+        was quantized with ±frames_bound and frames_rounding (None: the
+        conventions file beside the frames, else denseflow's); ``flow``
+        then names the algorithm that made it ("tvl1" unless told).
     schema_version: the record layout (`mat_effnet.records`): 2, frame-
         addressable groups with an index per shard (clips read only their
         frames), or 1, one Example per video (streams whole records; the
@@ -58,6 +66,10 @@ class PrepConfig:
     flow_batch: int | None = None
     flow_devices: int | None = None
     schema_version: int = records.SCHEMA_VERSION
+    frames_root: str | None = None
+    frames_layout: str = "rawframes"
+    frames_bound: float | None = None
+    frames_rounding: str | None = None
 
     @property
     def encoding(self) -> encode.EncodeSettings:
@@ -80,6 +92,14 @@ class PrepConfig:
             raise bad_argument("flow_batch", self.flow_batch, "must be >= 1")
         if self.flow_devices is not None and self.flow_devices < 1:
             raise bad_argument("flow_devices", self.flow_devices, "must be >= 1")
+        if self.frames_layout not in rawframes.LAYOUTS:
+            raise bad_argument("frames_layout", self.frames_layout,
+                               f"expected one of {', '.join(rawframes.LAYOUTS)}")
+        if self.frames_bound is not None and not self.frames_bound > 0:
+            raise bad_argument("frames_bound", self.frames_bound, "must be > 0")
+        if self.frames_rounding is not None and self.frames_rounding not in rawframes.ROUNDINGS:
+            raise bad_argument("frames_rounding", self.frames_rounding,
+                               f"expected one of {', '.join(rawframes.ROUNDINGS)}")
         if self.schema_version not in records.SCHEMA_VERSIONS:
             raise bad_argument("schema_version", self.schema_version,
                                f"must be one of {records.SCHEMA_VERSIONS}")
@@ -89,9 +109,36 @@ class PrepConfig:
         return self.name or self.dataset
 
     def settings(self) -> dict:
-        """The settings that change the bytes written (checked on resume)."""
-        return {
+        """The settings that change the bytes written (checked on resume).
+
+        An import adds where its flow came from: ``flow_source`` (the frame
+        layout), ``flow_rounding`` (the stored codes' rounding: the source's,
+        or ``half_up`` when re-quantized) and the source's bound and
+        rounding; ``flow_implementation`` is ``imported``; ``jpeg_quality`` is
+        None when the RGB bytes are copied (the source's quality is unknown). A run from videos
+        has none of these keys (computed here, rounded half up).
+        """
+        out = {
             "dataset": self.dataset, "split": self.split, "split_file": self.split_file,
             **self.encoding.to_dict(), "videos_per_shard": self.videos_per_shard,
             "name": self.dataset_name, "schema_version": self.schema_version,
         }
+        if self.frames_root is not None:
+            bound, rounding = self.frames_quantization
+            requantized = bound != self.flow_bound
+            # RGB copied (no short_side): its quality is the source's, unknown.
+            if self.short_side == 0:
+                out["jpeg_quality"] = None
+            out.update(flow_implementation=IMPORTED, flow_source=self.frames_layout,
+                       flow_rounding="half_up" if requantized else rounding,
+                       frames_bound=bound, frames_rounding=rounding)
+        return out
+
+    @property
+    def frames_quantization(self) -> tuple[float, str]:
+        """(bound, rounding) of the imported flow: the flags, the conventions file, denseflow's."""
+        found = rawframes.read_conventions(self.frames_root) if self.frames_root else {}
+        bound = self.frames_bound if self.frames_bound is not None else \
+            float(found.get("bound", rawframes.DENSEFLOW_BOUND))
+        rounding = self.frames_rounding or found.get("rounding", rawframes.DENSEFLOW_ROUNDING)
+        return float(bound), rounding

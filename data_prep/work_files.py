@@ -24,7 +24,7 @@ import json
 import os
 import time
 
-from data_prep import encode, layouts
+from data_prep import encode, frames_import, layouts
 from data_prep import flow as flow_lib
 from data_prep.prep_config import PrepConfig
 from mat_effnet import atomic, records
@@ -145,9 +145,17 @@ def _one_core() -> None:
 
 
 def process_video(task: Task) -> dict:
-    """Worker: one video -> its TFRecord file + a marker.  Never raises for bad videos."""
+    """Worker: one video -> its TFRecord file + a marker.  Never raises for bad videos.
+
+    With ``cfg.frames_root`` the video is a frame folder, imported
+    (`data_prep.frames_import`) rather than decoded.
+    """
     _one_core()
     entry = task.entry
+    if task.cfg.frames_root is not None:
+        return _write_video(task, lambda stats: frames_import.import_video(
+            entry.path, task.cfg, video_id=entry.video_id, label=entry.label,
+            class_name=entry.class_name, stats=stats))
     return _write_video(task, lambda stats: encode.encode_video(
         entry.path, task.cfg.encoding, video_id=entry.video_id, label=entry.label,
         class_name=entry.class_name, stats=stats, flow_fn=_flow_fn(task.cfg)))

@@ -73,7 +73,8 @@ def test_data_prep_has_no_import_cycle():
     graph = import_graph(os.path.join(ROOT, "data_prep"), "data_prep")
     # The graph was read: the driver imports its steps.
     assert {"prep_config", "work_files", "shards", "flow_batches"} <= graph["builder"]
-    assert graph["prep_config"] <= {"encode", "flow", "video"}  # the settings sit low
+    assert graph["prep_config"] <= {"encode", "flow", "video", "rawframes"}  # the settings sit low
+    assert graph["rawframes"] == set()  # the frame-folder conventions are a leaf
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
