@@ -35,10 +35,25 @@ PrepSettings = EncodeSettings
 
 def from_preparation(preparation: dict, default: PrepSettings) -> PrepSettings:
     """A model's ``preparation`` dict as settings; keys it lacks come from ``default``."""
+    from data_prep import flow as flow_lib
+
     names = {f.name for f in dataclasses.fields(PrepSettings)}
     known = {k: v for k, v in preparation.items() if k in names and v is not None}
     if "flow" in known and "flow_implementation" not in known:
         known["flow_implementation"] = "opencv"  # the only one before issue 11
+    if known.get("flow", "none") not in flow_lib.ALGORITHMS:
+        raise MatEffNetError(f"the model was trained on {known['flow']} flow, which this "
+                             f"project cannot compute (only {', '.join(flow_lib.ALGORITHMS)})")
+    if known.get("flow_implementation") not in (None, *flow_lib.IMPLEMENTATIONS):
+        # Flow imported from frame folders (mat-effnet-prep --frames_root): the
+        # same algorithm, computed here by our own implementation.
+        source = preparation.get("flow_source", known["flow_implementation"])
+        rounding = preparation.get("flow_rounding", "half_up")
+        known["flow_implementation"] = default.flow_implementation \
+            if known["flow"] == "tvl1" else "opencv"
+        _say_once(f"the model's {known['flow']} flow was imported ({source}, rounding "
+                  f"{rounding}); computing it with {known['flow_implementation']} "
+                  f"{known['flow']}, rounded half up (at most one quantization step apart)")
     return dataclasses.replace(default, **known)
 
 

@@ -49,7 +49,12 @@ IDENTITY_VERSION = 2
 #: (mat-effnet-prep) that a video must be prepared with to be scored alike.
 #: Each with the type it is stored as.
 _PREPARATION_TYPES = {"short_side": int, "flow": str, "flow_implementation": str,
-                      "flow_bound": float, "jpeg_quality": int, "schema_version": int}
+                      "flow_bound": float, "jpeg_quality": int, "schema_version": int,
+                      # Flow imported from frame folders (issue 18): the folder
+                      # layout it came from, and the rounding of its stored codes
+                      # (half_up: ours; cvround: denseflow's; truncate: mmaction2's
+                      # flow_extraction.py). Absent: computed by mat-effnet-prep.
+                      "flow_source": str, "flow_rounding": str}
 PREPARATION_KEYS = tuple(_PREPARATION_TYPES)
 #: The preparation keys that change what a stream sees (not just how fast it
 #: was computed): a mismatch with the evaluated data is an error. Another
@@ -232,6 +237,11 @@ def data_identity(meta):
         preparation["flow_implementation"] = DEFAULT_FLOW_IMPLEMENTATION
     if meta.get("schema_version") is not None:
         preparation["schema_version"] = meta["schema_version"]
+    stored = (meta.get("frame_size") or {}).get("stored_short_side")
+    if preparation.get("flow_source") and not preparation.get("short_side") and stored:
+        # An import keeps the folders' size (short_side 0): prediction must
+        # prepare a video at the size the model was trained on.
+        preparation["short_side"] = int(stored)
     dataset = meta.get("name") or settings.get("name") or meta.get("dataset") or \
         settings.get("dataset")
     return {"class_names": list(meta["classes"]) if meta.get("classes") else None,

@@ -462,3 +462,25 @@ def test_predict_with_an_old_model_warns_and_uses_the_fallback(pair, tmp_path, c
     # Asked again: nothing more is said.
     inference.resolve({"spatial": (str(tmp_path / "old.keras"), old)}, default)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_imported_flow_is_part_of_the_identity_and_predict_computes_it_with_tvl1(capsys):
+    """Issue 18: a model trained on imported frame folders says so, and predict
+    computes the same algorithm itself, with a note (never silently)."""
+    imported = dict(PREP, flow="tvl1", flow_implementation="imported",
+                    flow_source="rawframes", flow_rounding="cvround", short_side=0)
+    meta = {"settings": imported, "classes": CLASSES, "name": "ucf101",
+            "frame_size": {"stored_short_side": 48}}
+    ident = S.data_identity(meta)
+    assert ident["preparation"]["flow_source"] == "rawframes"
+    assert ident["preparation"]["flow_rounding"] == "cvround"
+    assert ident["preparation"]["short_side"] == 48  # the size the records hold
+    model = _stream("temporal", preparation=ident["preparation"])
+    assert I.identity(model).preparation["flow_source"] == "rawframes"
+    settings = inference.from_preparation(I.identity(model).preparation,
+                                          inference.PrepSettings())
+    assert (settings.flow, settings.flow_implementation, settings.short_side) == \
+        ("tvl1", "opencv", 48)
+    assert "imported (rawframes, rounding cvround)" in capsys.readouterr().err
+    with pytest.raises(MatEffNetError, match="farneback flow"):
+        inference.from_preparation(dict(imported, flow="farneback"), inference.PrepSettings())
