@@ -11,7 +11,9 @@
 The sample classes are built so that each stream of a two-stream network has
 something only it can see (see `CLASSES`): a spatial (RGB) model alone tops
 out near 4/6 of the classes, a temporal (flow) model alone near 4/6 as well,
-and only their fusion can separate all six.
+and only their fusion can separate all six. The objects carry a surface
+texture that moves with them, as real objects do, so optical flow is found
+inside them and not only at their edges (the aperture problem).
 """
 
 from __future__ import annotations
