@@ -11,7 +11,9 @@
 The sample classes are built so that each stream of a two-stream network has
 something only it can see (see `CLASSES`): a spatial (RGB) model alone tops
 out near 4/6 of the classes, a temporal (flow) model alone near 4/6 as well,
-and only their fusion can separate all six.
+and only their fusion can separate all six. The objects carry a surface
+texture that moves with them, as real objects do, so optical flow is found
+inside them and not only at their edges (the aperture problem).
 """
 
 from __future__ import annotations
@@ -215,31 +217,43 @@ def _colour(rng: np.random.Generator, name: str) -> tuple[int, int, int]:
     return tuple(int(v) for v in jittered)
 
 
-def _square(cx: float, cy: float, half: float, angle: float) -> np.ndarray:
-    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64) * half
-    return _place(corners, cx, cy, angle)
+# A pose places an object's unit shape in the frame: centre (x, y) in
+# pixels, size in pixels (half side of a square, arm length of a cross) and
+# rotation angle in radians.
+_Pose = tuple[float, float, float, float]
 
 
-def _cross(cx: float, cy: float, arm: float, angle: float) -> np.ndarray:
-    a = 0.32 * arm  # half the bar thickness
-    outline = np.array([
-        [a, arm], [a, a], [arm, a], [arm, -a], [a, -a], [a, -arm],
-        [-a, -arm], [-a, -a], [-arm, -a], [-arm, a], [-a, a], [-a, arm],
+def _square_outline() -> np.ndarray:
+    return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
+
+
+def _cross_outline() -> np.ndarray:
+    a = 0.32  # half the bar thickness, in arm lengths
+    return np.array([
+        [a, 1], [a, a], [1, a], [1, -a], [a, -a], [a, -1],
+        [-a, -1], [-a, -a], [-1, -a], [-1, a], [-a, a], [-a, 1],
     ], np.float64)
-    return _place(outline, cx, cy, angle)
 
 
-def _place(points: np.ndarray, cx: float, cy: float, angle: float) -> np.ndarray:
+_OUTLINES = {"square": _square_outline, "cross": _cross_outline}
+
+
+def _rotation(angle: float) -> np.ndarray:
+    """R such that a unit-shape point u lands at centre + size * R @ u."""
     c, s = math.cos(angle), math.sin(angle)
-    rotated = points @ np.array([[c, s], [-s, c]])
-    return rotated + np.array([cx, cy])
+    return np.array([[c, -s], [s, c]])
+
+
+def _place(outline: np.ndarray, pose: _Pose) -> np.ndarray:
+    x, y, size, angle = pose
+    return size * outline @ _rotation(angle).T + np.array([x, y])
 
 
 def _trajectory(rng: np.random.Generator, cls: str, num_frames: int, height: int, width: int):
-    """Per-frame polygons (float pixel coordinates) and the colour of one video."""
+    """Per-frame poses, the shape name and the colour of one video."""
     if cls not in _CLASS_SPEC:
         raise ValueError(f"unknown synthetic class {cls!r}; known: {', '.join(CLASSES)}")
-    _, colour_name, motion = _CLASS_SPEC[cls]
+    shape, colour_name, motion = _CLASS_SPEC[cls]
     colour = _colour(rng, colour_name)
     short = min(height, width)
     steps = max(num_frames - 1, 1)
@@ -265,8 +279,7 @@ def _trajectory(rng: np.random.Generator, cls: str, num_frames: int, height: int
         cross_axis = c0 + rng.uniform(lo, hi) * t
         xs, ys = (main, cross_axis) if motion == "right" else (cross_axis, main)
         angle = math.radians(rng.uniform(-15.0, 15.0))
-        polys = [_square(x, y, half, angle) for x, y in zip(xs, ys)]
-        return polys, colour
+        return [(x, y, half, angle) for x, y in zip(xs, ys)], shape, colour
     if motion == "grow":
         arm0 = rng.uniform(0.06, 0.09) * short
         arm1 = rng.uniform(0.22, 0.28) * short
@@ -274,8 +287,7 @@ def _trajectory(rng: np.random.Generator, cls: str, num_frames: int, height: int
         margin = arm1 * 1.1 + 2.0
         cx, cy = rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)
         angle = rng.uniform(0.0, math.pi / 2)  # the cross has 90-degree symmetry
-        polys = [_cross(cx, cy, arm, angle) for arm in arms]
-        return polys, colour
+        return [(cx, cy, arm, angle) for arm in arms], shape, colour
     # motion == "spin". The size range overlaps the growing cross's, so a
     # single frame does not tell the two apart; arm tips move ~1-4 px per frame.
     arm = rng.uniform(0.10, 0.22) * short
@@ -283,24 +295,75 @@ def _trajectory(rng: np.random.Generator, cls: str, num_frames: int, height: int
     cx, cy = rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)
     omega = math.radians(rng.uniform(5.0, 9.0)) * rng.choice([-1.0, 1.0])
     angle0 = rng.uniform(0.0, math.pi / 2)
-    polys = [_cross(cx, cy, arm, angle0 + omega * k) for k in t]
-    return polys, colour
+    return [(cx, cy, arm, angle0 + omega * k) for k in t], shape, colour
+
+
+# The object's surface texture: smooth noise of this many grey levels (std),
+# added equally to R, G and B so the hue (and the colour masks of the tests)
+# stays the class's; its grain, in texture pixels, where one texture pixel is
+# one frame pixel at the object's largest size.
+_TEXTURE_LEVELS = 28.0
+_TEXTURE_GRAIN = 1.2
+
+
+def _surface(rng: np.random.Generator, poses: list[_Pose]) -> tuple[np.ndarray, float]:
+    """A texture painted on the object, and its pixels per unit of the shape.
+
+    The texture moves, turns and scales with the object (`_texture_at`), as
+    the surface of a real object does: flat-coloured objects give optical
+    flow only at their edges (the aperture problem), a textured one inside
+    as well.
+    """
+    per_unit = max(pose[2] for pose in poses)
+    side = int(math.ceil(2 * 1.5 * per_unit)) + 3  # covers the unit shape at any angle
+    noise = cv2.GaussianBlur(rng.standard_normal((side, side)).astype(np.float32), (0, 0),
+                             _TEXTURE_GRAIN)
+    noise /= max(float(noise.std()), 1e-6)
+    return _TEXTURE_LEVELS * noise, per_unit
+
+
+def _texture_at(texture: np.ndarray, per_unit: float, pose: _Pose, height: int,
+                width: int) -> np.ndarray:
+    """The texture as it lies in the frame for `pose` ((height, width) float32)."""
+    x, y, size, angle = pose
+    centre = (texture.shape[0] - 1) / 2.0
+    # Frame point p -> unit shape u = R^T (p - c) / size -> texture pixel
+    # per_unit * u + centre: the inverse map warpAffine takes.
+    inverse = (per_unit / size) * _rotation(angle).T
+    offset = centre - inverse @ np.array([x, y])
+    matrix = np.hstack([inverse, offset[:, None]]).astype(np.float64)
+    return cv2.warpAffine(texture, matrix, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT)
 
 
 def render_clip(cls: str, rng: np.random.Generator, num_frames: int = 32,
-                height: int = 120, width: int = 160) -> list[np.ndarray]:
-    """Renders one video of class `cls` as a list of uint8 RGB frames."""
+                height: int = 120, width: int = 160, texture: bool = True) -> list[np.ndarray]:
+    """Renders one video of class `cls` as a list of uint8 RGB frames.
+
+    `texture`: the object carries a moving surface texture (default), or is
+    flat-coloured (the demo before issue 20).
+    """
     background = _background(rng, height, width)
-    polys, colour = _trajectory(rng, cls, num_frames, height, width)
+    poses, shape, colour = _trajectory(rng, cls, num_frames, height, width)
+    surface = _surface(rng, poses) if texture else None
+    outline = _OUTLINES[shape]()
     scale = 1 << _SUBPIXEL_BITS
+    paint = np.array(colour, np.float32)
     frames = []
-    for poly in polys:
+    for pose in poses:
         # Fresh sensor noise every frame, as in a real camera.
         noisy = background + rng.normal(0.0, 2.5, size=background.shape).astype(np.float32)
-        frame = np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
-        pts = np.round(poly * scale).astype(np.int32)
-        cv2.fillPoly(frame, [pts], colour, lineType=cv2.LINE_AA, shift=_SUBPIXEL_BITS)
-        frames.append(frame)
+        # Antialiased coverage of the object, 0..1 per pixel.
+        cover = np.zeros((height, width), np.uint8)
+        pts = np.round(_place(outline, pose) * scale).astype(np.int32)
+        cv2.fillPoly(cover, [pts], 255, lineType=cv2.LINE_AA, shift=_SUBPIXEL_BITS)
+        alpha = (cover.astype(np.float32) / 255.0)[:, :, None]
+        if surface is None:
+            obj = paint[None, None, :]
+        else:
+            obj = paint[None, None, :] + _texture_at(*surface, pose, height, width)[:, :, None]
+        frame = noisy * (1.0 - alpha) + obj * alpha
+        frames.append(np.clip(frame + 0.5, 0, 255).astype(np.uint8))
     return frames
 
 
@@ -309,7 +372,8 @@ def _video_name(cls: str, group: int, clip: int) -> str:
 
 
 def generate_ucf101_like(root: str, videos_per_class: int = 10, num_frames: int = 32,
-                         height: int = 120, width: int = 160, seed: int = 0) -> dict:
+                         height: int = 120, width: int = 160, seed: int = 0,
+                         texture: bool = True) -> dict:
     """Writes a UCF101-layout sample data set of `CLASSES` under `root`.
 
     Layout: root/UCF-101/<Class>/v_<Class>_gXX_cXX.avi and
@@ -321,7 +385,8 @@ def generate_ucf101_like(root: str, videos_per_class: int = 10, num_frames: int 
     round(0.7 * groups) groups are train (at least 1, and at least one group
     left for test when there are 2 or more groups). Every video is rendered
     from its own generator seeded with (seed, class, group, clip), so the
-    output is identical for the same arguments. Existing files are
+    output is identical for the same arguments. `texture`: see
+    `render_clip`. Existing files are
     overwritten. Returns a summary dict.
     """
     if videos_per_class < 1 or num_frames < 2:
@@ -344,7 +409,7 @@ def generate_ucf101_like(root: str, videos_per_class: int = 10, num_frames: int 
             name = _video_name(cls, group, clip)
             rng = np.random.default_rng([seed, label, group, clip])
             write_video(os.path.join(video_root, cls, name),
-                        render_clip(cls, rng, num_frames, height, width))
+                        render_clip(cls, rng, num_frames, height, width, texture))
             rel = f"{cls}/{name}"
             if group <= train_groups:
                 train_lines.append(f"{rel} {label}")
