@@ -20,7 +20,7 @@ import random
 
 from data_prep import work_files
 from data_prep.prep_config import PrepConfig
-from mat_effnet import atomic, records
+from mat_effnet import atomic, faults, records
 
 
 def plan_shards(entries: list, videos_per_shard: int) -> list[list]:
@@ -32,12 +32,20 @@ def plan_shards(entries: list, videos_per_shard: int) -> list[list]:
 
 
 def finished_shard(cfg: PrepConfig, split: str, index: int) -> dict | None:
-    """The summary of a shard an earlier run finished (file and summary exist), else None."""
+    """The summary of a shard an earlier run finished (file and summary exist), else None.
+
+    A shard that a run from before `mat_effnet.faults` finished without a
+    video whose failure was the machine's (a full disk) is not finished: its
+    videos are made again and it is rebuilt.
+    """
     gfile = work_files.gfile()
     path = os.path.join(work_files.work_dir(cfg.out_dir, split), f"shard-{index:05d}.json")
     if not gfile.exists(path):
         return None
     summary = work_files.read_json(path)
+    if any(v["status"] == "failed" and faults.is_machine_reason(v.get("reason"))
+           for v in summary["videos"]):
+        return None
     shard = os.path.join(cfg.out_dir, summary["file"])
     needed = [shard] + ([records.index_path(shard)] if summary.get("index") else [])
     return summary if all(gfile.exists(p) for p in needed) else None

@@ -3,7 +3,10 @@
 * Errors: the library raises `mat_effnet.errors.MatEffNetError` for anything
   the user handed in; here it becomes ``mat-effnet-X: error: <message>`` on
   stderr and exit code 2 (argument names are shown as ``--flag``). A missing
-  file (FileNotFoundError) is reported the same way. absl's own flag-parsing
+  file (FileNotFoundError) is reported the same way, and so is a fault of the
+  machine (a full disk, no permission, an I/O error, a lost mount), whose
+  line `mat_effnet.faults` writes: the file, the free space, and that the
+  same command resumes. absl's own flag-parsing
   errors keep absl's behaviour; anything else is a bug and keeps its
   traceback.
 * A quiet start: unless the user asks for TensorFlow's C++ start-up lines
@@ -22,7 +25,7 @@ from typing import Callable
 
 from absl import app, flags
 
-from mat_effnet import quiet
+from mat_effnet import faults, quiet
 from mat_effnet.errors import MatEffNetError
 
 FLAGS = flags.FLAGS
@@ -60,6 +63,11 @@ def run(main: Callable[[list], int | None], prog: str, log_level: int = logging.
             return main(argv)
         except (MatEffNetError, FileNotFoundError) as e:
             print(f"{prog}: error: {as_flag_message(e)}", file=sys.stderr)
+            return 2
+        except Exception as e:  # noqa: BLE001  # a machine fault, else a bug: re-raised
+            if faults.machine_errno(e) is None:
+                raise
+            print(f"{prog}: error: {faults.describe(e)}", file=sys.stderr)
             return 2
 
     app.run(wrapped)

@@ -307,9 +307,9 @@ def _standard_callbacks(cfg: TrainConfig, out_dir: str, steps: int, monitor: str
             double_checkpoint=True))
     return callbacks + [
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "best.keras"),
-                                        monitor=monitor, mode="max", save_best_only=True),
-        keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "last.keras")),
+        AtomicModelCheckpoint(os.path.join(out_dir, "best.keras"), monitor=monitor,
+                              mode="max", save_best_only=True),
+        AtomicModelCheckpoint(os.path.join(out_dir, "last.keras")),
         keras.callbacks.CSVLogger(os.path.join(out_dir, "training_log.csv"), append=True),
         # The custom loop has no Keras train_function graph to draw.
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch",
@@ -358,6 +358,28 @@ def _float32_model(model: keras.Model, cfg: TrainConfig, num_classes: int,
     for target, value in zip(twin.optimizer.variables, source.variables):
         target.assign(value)
     return twin
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras's ModelCheckpoint, saving through `save_model` (temp name, then rename).
+
+    Keras's own saves in place: a kill or a full disk during the write left
+    a broken ``best.keras``/``last.keras`` under the final name, and the
+    previous, good one gone (issue 17). Keras decides when and where to save
+    (``_should_save_model`` keeps the best-so-far bookkeeping); only the
+    write is replaced. Every worker of a multi-worker run saves (off the
+    chief into its private temp dir, `distributed.WriteDir`), so their saves
+    go through here too.
+    """
+
+    def _save_model(self, epoch, batch, logs):
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):
+            if self.save_weights_only:
+                with atomic.replacing(filepath, suffix=".weights.h5") as tmp:
+                    self.model.save_weights(tmp, overwrite=True)
+            else:
+                save_model(self.model, filepath)
 
 
 def save_model(model: keras.Model, path: str) -> None:

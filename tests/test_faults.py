@@ -1,0 +1,221 @@
+"""The fault catalogue (issue 17): each fault gives one line, exit 2, and loses nothing done."""
+
+import errno
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_prep import builder, synthetic, work_files
+from data_prep.prep_config import PrepConfig
+from mat_effnet import faults, records, training
+
+
+def _tree(root, lengths=(5, 6, 7)):
+    for cls in ("a", "b"):
+        os.makedirs(os.path.join(root, cls), exist_ok=True)
+        for i, n in enumerate(lengths):
+            synthetic.write_video(os.path.join(root, cls, f"vid{i}.avi"),
+                                  synthetic.index_frames(n, 48, 64))
+
+
+def _cfg(root, out, **kw):
+    kw.setdefault("videos_per_shard", 2)
+    return PrepConfig(dataset="folder", data_root=str(root), out_dir=str(out), flow="dis",
+                      short_side=32, **kw)
+
+
+def _shard_bytes(out_dir):
+    return {os.path.basename(p): open(p, "rb").read()
+            for p in glob.glob(os.path.join(str(out_dir), "*.tfrecord-*")) if ".tmp" not in p}
+
+
+def _meta(out_dir):
+    return json.loads(open(os.path.join(str(out_dir), records.META_FILENAME)).read())
+
+
+# ---------------------------------------------------------------------------
+# best.keras / last.keras are written atomically
+
+def _tiny_model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")],
+                             name="tiny")
+    model.compile("sgd", "mse")
+    return model
+
+
+def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_file(tmp_path, monkeypatch):
+    model = _tiny_model()
+    path = str(tmp_path / "last.keras")
+    x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[training.AtomicModelCheckpoint(path)])
+    saved = keras.models.load_model(path).get_weights()
+
+    real_save = keras.Model.save
+
+    def torn_save(self, filepath, *a, **kw):
+        with open(filepath, "wb") as f:
+            f.write(b"PK\x03\x04 half a zip")  # what a full disk leaves
+        raise OSError(errno.ENOSPC, "No space left on device", filepath)
+
+    monkeypatch.setattr(keras.Model, "save", torn_save)
+    model.get_layer("dense").set_weights([w + 1 for w in model.get_layer("dense").get_weights()])
+    with pytest.raises(OSError) as info:
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[training.AtomicModelCheckpoint(path)])
+    assert faults.machine_errno(info.value) == errno.ENOSPC
+    monkeypatch.setattr(keras.Model, "save", real_save)
+    # The previous checkpoint is whole and unchanged; no temp file is left.
+    for a, b in zip(keras.models.load_model(path).get_weights(), saved):
+        np.testing.assert_array_equal(a, b)
+    assert os.listdir(tmp_path) == ["last.keras"]
+
+
+def test_the_standard_callbacks_save_atomically(tmp_path):
+    cfg = training.TrainConfig.from_flat(stream="spatial", data_dir="d", model_dir=str(tmp_path))
+    cbs = training._standard_callbacks(cfg, str(tmp_path), 1, "accuracy", custom=True)
+    checkpoints = [c for c in cbs if isinstance(c, keras.callbacks.ModelCheckpoint)]
+    assert sorted(os.path.basename(c.filepath) for c in checkpoints) == ["best.keras",
+                                                                         "last.keras"]
+    assert all(isinstance(c, training.AtomicModelCheckpoint) for c in checkpoints)
+
+
+# ---------------------------------------------------------------------------
+# Machine errors are recognised in the forms they arrive in
+
+def test_machine_errors_are_recognised_in_each_form():
+    enospc = OSError(errno.ENOSPC, "No space left on device", "/o/x.tmp-0123456789ab.keras")
+    assert faults.machine_errno(enospc) == errno.ENOSPC
+    tf_full = tf.errors.ResourceExhaustedError(None, None, "/o/.work/v.tfrecord; No space left on device")
+    assert faults.machine_errno(tf_full) == errno.ENOSPC
+    assert faults.machine_errno(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating")) is None
+    assert faults.machine_errno(tf.errors.PermissionDeniedError(None, None, "/o/x")) == errno.EACCES
+    try:
+        try:
+            raise enospc
+        except OSError as e:
+            raise RuntimeError("wrapped") from e
+    except RuntimeError as wrapped:
+        assert faults.machine_errno(wrapped) == errno.ENOSPC
+    assert faults.machine_errno(ValueError("No space left on device")) is None
+    line = faults.describe(enospc)
+    # The final name, not the temp one; how much was free; that a rerun resumes.
+    assert line.startswith("/o/x: no space left on device (") and "MiB free on /" in line
+    assert "run the same command again" in line and "\n" not in line
+    # Reading an input one may not read is the data's fault, not the machine's.
+    assert faults.output_fault(OSError(errno.EACCES, "Permission denied", "/in/v.avi"), "/o") is None
+    assert faults.output_fault(OSError(errno.EACCES, "Permission denied", "/o/.work/x"), "/o")
+    assert faults.is_machine_reason("ResourceExhaustedError: /o/.work/train/v.tfrecord.tmp-1; "
+                                    "No space left on device")
+    assert faults.is_machine_reason("OSError: [Errno 28] No space left on device")
+    assert not faults.is_machine_reason("VideoError: cannot decode")
+    assert not faults.is_machine_reason("PermissionError: [Errno 13] Permission denied: '/in/v.avi'")
+
+
+# ---------------------------------------------------------------------------
+# Prep onto a disk that fills while a video's work file is written
+
+def _full_disk_for(video_id, kind, monkeypatch):
+    """records.write_videos raising a full disk for ``video_id``, once."""
+    real = records.write_videos
+    hit = []
+
+    def writing(writer, recs, version):
+        recs = list(recs)
+        if not hit and recs and recs[0].video_id == video_id:
+            hit.append(video_id)
+            if kind == "tf":
+                raise tf.errors.ResourceExhaustedError(None, None, "/x/.work/t.tfrecord.tmp-1; "
+                                                       "No space left on device")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(writer, recs, version)
+
+    monkeypatch.setattr(records, "write_videos", writing)
+    return hit
+
+
+@pytest.mark.parametrize("kind", ["oserror", "tf"])
+def test_a_full_disk_stops_prep_and_a_rerun_gives_the_clean_dataset(tmp_path, monkeypatch, kind):
+    _tree(tmp_path / "v")
+    builder.build(_cfg(tmp_path / "v", tmp_path / "clean"))
+    out = tmp_path / "full"
+    hit = _full_disk_for("b/vid1", kind, monkeypatch)
+    with pytest.raises(faults.MachineFault) as info:
+        builder.build(_cfg(tmp_path / "v", out))
+    assert hit == ["b/vid1"]
+    line = str(info.value)
+    assert "no space left on device" in line and "iB free" in line and "\n" not in line
+    assert "run the same command again" in line
+    # Not the video's failure: nothing marks it failed, the dataset is not finished.
+    assert not glob.glob(str(out / ".work" / "*" / "*.failed.json"))
+    assert not os.path.exists(out / records.META_FILENAME)
+    monkeypatch.undo()
+    builder.build(_cfg(tmp_path / "v", out))
+    assert _shard_bytes(out) == _shard_bytes(tmp_path / "clean")
+    assert _meta(out) == _meta(tmp_path / "clean") and _meta(out)["failures"] == []
+
+
+def test_a_folder_whose_old_run_recorded_full_disks_as_failures_is_repaired(tmp_path,
+                                                                         monkeypatch):
+    _tree(tmp_path / "v")
+    builder.build(_cfg(tmp_path / "v", tmp_path / "clean"))
+    out = tmp_path / "old"
+    # The code before issue 17: the full disk became the video's failure and
+    # its shard was finished without it.
+    _full_disk_for("a/vid2", "tf", monkeypatch)
+    monkeypatch.setattr(faults, "output_fault", lambda *a, **k: None)
+    monkeypatch.setattr(faults, "is_machine_reason", lambda reason: False)
+    old = builder.build(_cfg(tmp_path / "v", out))
+    assert [f["video_id"] for f in old["failures"]] == ["a/vid2"]
+    assert "ResourceExhaustedError" in old["failures"][0]["reason"]
+    monkeypatch.undo()
+    builder.build(_cfg(tmp_path / "v", out))
+    assert _shard_bytes(out) == _shard_bytes(tmp_path / "clean")
+    assert _meta(out)["failures"] == []
+
+
+def _mount_tmpfs(path, size):
+    os.makedirs(path, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+def test_cli_on_a_real_full_disk_one_line_exit_2_and_rerun_resumes(tmp_path):
+    disk = tmp_path / "disk"
+    # Three work files of ~13 KB (4 KiB pages) do not fit: the disk fills
+    # while a video's work file is written, before any shard.
+    if not _mount_tmpfs(disk, "44k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        _tree(tmp_path / "v", lengths=(9, 9, 9))
+        args = [sys.executable, "-m", "data_prep.build", "--dataset=folder", "--flow=dis",
+                f"--data_root={tmp_path / 'v'}", "--short_side=32", "--videos_per_shard=6"]
+        env = dict(os.environ, PYTHONPATH=os.getcwd())
+        clean = subprocess.run(args + [f"--out_dir={tmp_path / 'clean'}"], env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert clean.returncode == 0, clean.stderr
+        full = subprocess.run(args + [f"--out_dir={disk / 'o'}"], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert full.returncode == 2, full.stderr
+        assert "Traceback" not in full.stderr
+        errors = [ln for ln in full.stderr.splitlines() if "mat-effnet" in ln or "Error" in ln]
+        assert len(errors) == 1, full.stderr
+        assert errors[0].startswith("mat-effnet-prep: error: ") and str(disk) in errors[0]
+        assert "no space left on device" in errors[0] and "KiB free on " + str(disk) in errors[0]
+        assert "/.work/train/" in errors[0] and errors[0].split(": ")[2].endswith(".tfrecord")
+        assert not glob.glob(str(disk / "o" / ".work" / "*" / "*.failed.json"))
+        assert len(glob.glob(str(disk / "o" / ".work" / "train" / "*.done.json"))) >= 1
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        again = subprocess.run(args + [f"--out_dir={disk / 'o'}"], env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert _shard_bytes(disk / "o") == _shard_bytes(tmp_path / "clean")
+        assert _meta(disk / "o")["failures"] == []
+    finally:
+        subprocess.run(["umount", str(disk)])
