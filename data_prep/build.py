@@ -4,6 +4,7 @@
         --out_dir=/data/ucf101_tfr --flow=tvl1 --workers=8
 
 Re-running the same command after a kill resumes; a finished run is a no-op.
+One prep at a time per --out_dir (`data_prep.out_lock`); --wait waits for the other.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from absl import flags
 
-from data_prep import builder, datasets, encode
+from data_prep import builder, datasets, encode, out_lock
 from data_prep import flow as flow_lib
 from data_prep.prep_config import AUTO, PrepConfig
 from experiments import cli, flagdefs
@@ -44,6 +45,8 @@ flags.DEFINE_string("runner", None,
                     "Run as an Apache Beam pipeline on this runner (DirectRunner, DataflowRunner, "
                     "FlinkRunner, SparkRunner...; needs mat-effnet[beam]); Beam's own pipeline "
                     "options go after '--'. Default: a process pool of --workers on this machine.")
+flags.DEFINE_bool("wait", False, "When another prep holds --out_dir's lock, wait for it to "
+                  "finish instead of stopping.")
 flags.mark_flags_as_required(["dataset", "data_root", "out_dir"])
 
 
@@ -72,7 +75,9 @@ def main(argv):
 
 
 def run():
-    cli.run(main, "mat-effnet-prep")
+    # The lock is taken before TensorFlow is imported: the first to start holds it.
+    cli.run(main, "mat-effnet-prep",
+            hold=lambda: out_lock.holding(FLAGS.out_dir, wait=FLAGS.wait))
 
 
 if __name__ == "__main__":

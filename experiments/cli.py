@@ -17,11 +17,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
-from typing import Callable
+from typing import Callable, ContextManager
 
 from absl import app, flags
 
@@ -45,22 +46,27 @@ def _wants_tf_logs() -> bool:
 
 
 def run(main: Callable[[list], int | None], prog: str, log_level: int = logging.INFO,
-        uses_tensorflow: bool = True) -> None:
+        uses_tensorflow: bool = True,
+        hold: Callable[[], ContextManager] | None = None) -> None:
     """``app.run(main)`` with the project's error format and a quiet start.
 
     ``uses_tensorflow=False`` for a binary that never imports it (fuse):
-    it then starts without paying for the import.
+    it then starts without paying for the import. ``hold()``, if given, is
+    entered once the flags are parsed and before TensorFlow is imported,
+    and held while ``main`` runs (prep's output-folder lock: the first to
+    start holds it).
     """
 
     def wrapped(argv):
         logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s",
                             datefmt="%H:%M:%S")
-        if uses_tensorflow and not _wants_tf_logs():
-            # Worker processes the library spawns inherit the wish (quiet.py).
-            os.environ[quiet.ENV] = "1"
-            quiet.import_tensorflow_quietly()
         try:
-            return main(argv)
+            with hold() if hold is not None else contextlib.nullcontext():
+                if uses_tensorflow and not _wants_tf_logs():
+                    # Worker processes the library spawns inherit the wish (quiet.py).
+                    os.environ[quiet.ENV] = "1"
+                    quiet.import_tensorflow_quietly()
+                return main(argv)
         except (MatEffNetError, FileNotFoundError) as e:
             print(f"{prog}: error: {as_flag_message(e)}", file=sys.stderr)
             return 2

@@ -219,3 +219,76 @@ def test_cli_on_a_real_full_disk_one_line_exit_2_and_rerun_resumes(tmp_path):
         assert _meta(disk / "o")["failures"] == []
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+# ---------------------------------------------------------------------------
+# One writer per output folder
+
+def test_a_second_prep_finds_the_lock_and_a_stale_one_is_taken_over(tmp_path):
+    from data_prep import out_lock
+
+    out = str(tmp_path / "o")
+    with out_lock.holding(out):
+        held = json.loads((tmp_path / "o" / out_lock.LOCK_FILENAME).read_text())
+        assert held["pid"] == os.getpid() and held["host"]
+        with pytest.raises(out_lock.LockedError, match=r"locked by another prep \(pid \d+ on "):
+            with out_lock.holding(out):
+                pass
+    assert not os.path.exists(tmp_path / "o" / out_lock.LOCK_FILENAME)
+    # A lock left by a killed run (its process gone) is taken over.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "o" / out_lock.LOCK_FILENAME).write_text(
+        json.dumps({"pid": dead.pid, "host": held["host"], "started": 0}))
+    with out_lock.holding(out):
+        assert json.loads((tmp_path / "o" / out_lock.LOCK_FILENAME).read_text())["pid"] == os.getpid()
+    # Another host's lock cannot be judged from here: held.
+    (tmp_path / "o" / out_lock.LOCK_FILENAME).write_text(
+        json.dumps({"pid": dead.pid, "host": "elsewhere", "started": 0}))
+    with pytest.raises(out_lock.LockedError, match="on elsewhere"):
+        with out_lock.holding(out):
+            pass
+
+
+def test_wait_waits_for_the_holder(tmp_path):
+    import threading
+
+    from data_prep import out_lock
+
+    out, order = str(tmp_path / "o"), []
+    release = threading.Event()
+
+    def first():
+        with out_lock.holding(out):
+            order.append("first in")
+            release.wait(5)
+            order.append("first out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    while not order:
+        pass
+    threading.Timer(0.3, release.set).start()
+    with out_lock.holding(out, wait=True, poll_seconds=0.05):
+        order.append("second in")
+    t.join()
+    assert order == ["first in", "first out", "second in"]
+
+
+def test_cli_second_prep_stops_with_one_line_before_importing_tensorflow(tmp_path):
+    from data_prep import out_lock
+
+    _tree(tmp_path / "v", lengths=(5,))
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / out_lock.LOCK_FILENAME).write_text(
+        json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname(), "started": 0}))
+    # -X importtime lists every module imported: tensorflow must not be one.
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "data_prep.build",
+                        "--dataset=folder", f"--data_root={tmp_path / 'v'}",
+                        f"--out_dir={tmp_path / 'o'}"], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("import time:")]
+    assert len(lines) == 1 and lines[0].startswith("mat-effnet-prep: error: ") and "lock" in lines[0]
+    assert str(os.getpid()) in lines[0] and "--wait" in lines[0]
+    assert not any(ln.rstrip().endswith("| tensorflow") for ln in r.stderr.splitlines())
