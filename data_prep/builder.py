@@ -30,7 +30,7 @@ from data_prep import datasets, flow_batches, layouts, shards, work_files
 from data_prep import flow as flow_lib
 from data_prep.prep_config import AUTO, PrepConfig
 from data_prep.progress import Progress, fmt_seconds
-from mat_effnet import atomic, quiet, records
+from mat_effnet import atomic, integrity, quiet, records
 from mat_effnet.errors import MatEffNetError
 
 log = logging.getLogger("mat_effnet.prep")
@@ -234,7 +234,7 @@ def finish(cfg: PrepConfig, layout: layouts.Layout, summaries: dict[str, list]) 
 
 
 def _metadata(cfg, layout, summaries) -> dict:
-    splits, shard_files, failures = {}, {}, []
+    splits, shard_files, failures, checks = {}, {}, [], {}
     frames = rgb_bytes = flow_bytes = 0
     sizes: dict[str, int] = {}
     for f in layout.failures:
@@ -249,6 +249,11 @@ def _metadata(cfg, layout, summaries) -> dict:
         splits[split] = {"videos": len(ok), "failed": len(vids) - len(ok),
                          "records": sum(v["records"] for v in ok), "frames": split_frames}
         shard_files[split] = [s["file"] for s in summaries[split]]
+        for s in summaries[split]:
+            index = s.get("index")
+            checks[s["file"]] = integrity.record(
+                s["num_bytes"], s[integrity.CHECKSUM],
+                work_files.gfile().stat(os.path.join(cfg.out_dir, index)).length if index else None)
         frames += split_frames
         rgb_bytes += sum(v["rgb_bytes"] for v in ok)
         flow_bytes += sum(v["flow_bytes"] for v in ok)
@@ -264,6 +269,8 @@ def _metadata(cfg, layout, summaries) -> dict:
         "num_classes": len(layout.classes),
         "splits": splits,
         "shards": shard_files,
+        # Each shard's size and checksum, and its index's size (mat_effnet.integrity).
+        "shard_files": checks,
         "frame_size": {"short_side": cfg.short_side, "sizes": sizes},
         "flow": {"algorithm": cfg.flow, "implementation": cfg.flow_implementation,
                  "bound": cfg.flow_bound,

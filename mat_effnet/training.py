@@ -55,8 +55,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from mat_effnet import (atomic, config, distributed, input_pipeline, models, records,
-                        task)
+from mat_effnet import (atomic, config, distributed, input_pipeline, integrity, models,
+                        records, task)
 from mat_effnet.sampling import PipelineConfig
 from mat_effnet.errors import bad_argument
 
@@ -231,6 +231,9 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
         raise ValueError(f"jit_compile=True with loop='fit' over {replicas} replicas: Keras's "
                          "XLA step cannot reach other devices' variables; use loop='auto' "
                          "or 'custom'")
+    read_splits = ["train", *([cfg.data.validation_split] if has_val else [])]
+    for split in read_splits:  # sizes against the metadata: a stat each, before any step
+        integrity.check_split(cfg.data.data_dir, meta, split)
     if custom:
         # Fail before any work when the shard files cannot feed the workers.
         distributed.plan_sharding(records.split_files(cfg.data.data_dir, meta, "train"),
@@ -253,14 +256,19 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
                             dict(cfg.to_dict(), num_classes=num_classes,
                                  classes=meta["classes"], replicas=replicas,
                                  workers=info.num_workers, steps_per_epoch=steps))
-            if custom:
-                history = _train_custom(cfg, model, stream_task, strategy, info, meta,
-                                        steps, has_val, out_dir, all_callbacks)
-            else:
-                val = _val_dataset(cfg, meta) if has_val else None
-                history = model.fit(_train_dataset(cfg, meta), epochs=cfg.optim.epochs,
-                                    steps_per_epoch=steps, validation_data=val,
-                                    callbacks=all_callbacks, verbose=cfg.runtime.verbose)
+            try:
+                if custom:
+                    history = _train_custom(cfg, model, stream_task, strategy, info, meta,
+                                            steps, has_val, out_dir, all_callbacks)
+                else:
+                    val = _val_dataset(cfg, meta) if has_val else None
+                    history = model.fit(_train_dataset(cfg, meta), epochs=cfg.optim.epochs,
+                                        steps_per_epoch=steps, validation_data=val,
+                                        callbacks=all_callbacks, verbose=cfg.runtime.verbose)
+            except Exception as e:  # noqa: BLE001  # a damaged shard: named, not TF's op trace
+                if not integrity.read_error(e):
+                    raise
+                raise integrity.locate(cfg.data.data_dir, meta, read_splits, e) from None
             save_model(_float32_model(model, cfg, num_classes, meta),
                        os.path.join(out_dir, MODEL_FILENAME))
             if distributed.is_multi_worker(strategy):

@@ -292,3 +292,138 @@ def test_cli_second_prep_stops_with_one_line_before_importing_tensorflow(tmp_pat
     assert len(lines) == 1 and lines[0].startswith("mat-effnet-prep: error: ") and "lock" in lines[0]
     assert str(os.getpid()) in lines[0] and "--wait" in lines[0]
     assert not any(ln.rstrip().endswith("| tensorflow") for ln in r.stderr.splitlines())
+
+
+# ---------------------------------------------------------------------------
+# Data integrity: sizes and checksums recorded, checked before the first step,
+# mat-effnet-verify, and read errors named
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    """A tiny prepared dataset (RGB only) that the tests copy before damaging it."""
+    root = tmp_path_factory.mktemp("integrity")
+    synthetic.generate_ucf101_like(str(root / "videos"), videos_per_class=2, num_frames=8,
+                                   height=48, width=64, seed=2)
+    out = str(root / "data")
+    builder.build(PrepConfig(dataset="ucf101", data_root=str(root / "videos"), out_dir=out,
+                             flow="none", short_side=40, videos_per_shard=4))
+    return out
+
+
+def _copy(src, tmp_path):
+    import shutil
+
+    dst = str(tmp_path / "data")
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".work"))
+    return dst
+
+
+def _train_shard(data_dir):
+    meta = _meta(data_dir)
+    return os.path.join(data_dir, meta["shards"]["train"][0])
+
+
+def _flip(path, every=97):
+    """Flips bytes all through the file (its size unchanged): every read hits one."""
+    data = bytearray(open(path, "rb").read())
+    for i in range(40, len(data), every):
+        data[i] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+def test_prep_records_each_shards_size_and_sha256(small_data):
+    import hashlib
+
+    meta = _meta(small_data)
+    names = [n for split in meta["shards"].values() for n in split]
+    assert sorted(meta["shard_files"]) == sorted(names)
+    for name in names:
+        path = os.path.join(small_data, name)
+        entry = meta["shard_files"][name]
+        assert entry["bytes"] == os.path.getsize(path)
+        assert entry["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+        assert entry["index_bytes"] == os.path.getsize(records.index_path(path))
+
+
+def test_sizes_are_checked_before_the_first_step(small_data, tmp_path, caplog):
+    from mat_effnet import integrity
+
+    d = _copy(small_data, tmp_path)
+    meta = _meta(d)
+    integrity.check_split(d, meta, "train")  # sound: no error
+    shard = _train_shard(d)
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) // 2)
+    with pytest.raises(integrity.DataFault, match=rf"^{shard}: \d+ bytes where the metadata "
+                                                  r"says \d+ \(truncated\); run mat-effnet-verify"):
+        integrity.check_split(d, meta, "train")
+    os.remove(shard)
+    with pytest.raises(integrity.DataFault, match=rf"^{shard}: this shard file is missing"):
+        integrity.check_split(d, meta, "train")
+    # A folder prepared before sizes were recorded: said once, skipped.
+    old = {k: v for k, v in meta.items() if k != "shard_files"}
+    with caplog.at_level("WARNING"):
+        integrity.check_split(d, old, "train")
+        integrity.check_split(d, old, "test")
+    assert sum("prepared before shard sizes" in r.message for r in caplog.records) == 1
+
+
+def _verify(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.verify", *args],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+
+
+def test_verify_reports_sound_and_damaged_datasets(small_data, tmp_path):
+    from mat_effnet import integrity
+
+    d = _copy(small_data, tmp_path)
+    assert integrity.verify(d, decode=True) == []
+    shard = _train_shard(d)
+    _flip(shard)
+    problems = integrity.verify(d)
+    assert any(p.startswith(f"{shard}: checksum differs") for p in problems), problems
+    corrupted = [p for p in problems if "corrupted record" in p]
+    assert len(corrupted) == 1 and corrupted[0].startswith(f"{shard}: ")
+    r = _verify(d, "--decode")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{shard}: checksum differs" in r.stdout
+    assert "problem(s)" in r.stderr
+    clean = _verify(small_data)
+    assert clean.returncode == 0 and "ok" in clean.stderr, clean.stderr
+
+
+def _train_cfg(data_dir, model_dir, **kw):
+    base = dict(stream="spatial", data_dir=data_dir, model_dir=str(model_dir), weights=None,
+                backbone="resnet18", epochs=1, steps_per_epoch=2, batch_size=2,
+                image_size=32, validation_split=None, seed=5, strategy="default", verbose=0)
+    base.update(kw)
+    return training.TrainConfig.from_flat(**base)
+
+
+def test_train_stops_on_a_truncated_shard_before_the_first_step(small_data, tmp_path):
+    from mat_effnet import integrity
+
+    d = _copy(small_data, tmp_path)
+    shard = _train_shard(d)
+    with open(shard, "r+b") as f:  # cut at the last group's start: its index lists it
+        f.truncate(int(records.read_index(shard)[-1, 0]))
+    with pytest.raises(integrity.DataFault, match=rf"^{shard}: .*\(truncated\)"):
+        training.train(_train_cfg(d, tmp_path / "m"))
+    assert not os.path.exists(tmp_path / "m" / "train_config.json")
+
+
+def test_a_read_error_while_training_names_the_shard_and_the_video(small_data, tmp_path):
+    from mat_effnet import integrity
+
+    d = _copy(small_data, tmp_path)
+    shard = _train_shard(d)
+    _flip(shard)  # same size: passes the size check, fails when read
+    with pytest.raises(integrity.DataFault) as info:
+        training.train(_train_cfg(d, tmp_path / "m"))
+    line = str(info.value)
+    videos = {g["video_id"] for g in records.read_groups(os.path.join(small_data, _meta(d)["shards"]["train"][0]))}
+    assert line.startswith(f"{shard}: ") and line.endswith(f"; run mat-effnet-verify {d}")
+    named = line.split(": ")[1]
+    assert named in videos or named.startswith("group ") or named.startswith("its first"), line
+    assert "corrupted record" in line and "\n" not in line
