@@ -45,6 +45,11 @@ flags.DEFINE_string("runner", None,
                     "Run as an Apache Beam pipeline on this runner (DirectRunner, DataflowRunner, "
                     "FlinkRunner, SparkRunner...; needs mat-effnet[beam]); Beam's own pipeline "
                     "options go after '--'. Default: a process pool of --workers on this machine.")
+flags.DEFINE_float("min_decoded_fraction", 0.9, "A video that decodes to fewer than this "
+                   "fraction of the frames its container announces is listed under the "
+                   "metadata's warnings (kept), or with --strict_decode under failures.")
+flags.DEFINE_bool("strict_decode", False, "Leave out, as failed, videos under "
+                  "--min_decoded_fraction.")
 flags.DEFINE_bool("wait", False, "When another prep holds --out_dir's lock, wait for it to "
                   "finish instead of stopping.")
 flags.mark_flags_as_required(["dataset", "data_root", "out_dir"])
@@ -62,7 +67,8 @@ def main(argv):
         **flagdefs.flat_values(encode.EncodeSettings, exclude=("flow_implementation",)),
         flow_implementation=FLAGS.flow_implementation, flow_batch=FLAGS.flow_batch,
         workers=FLAGS.workers, videos_per_shard=FLAGS.videos_per_shard, name=FLAGS.name,
-        schema_version=int(FLAGS.schema_version))
+        schema_version=int(FLAGS.schema_version),
+        min_decoded_fraction=FLAGS.min_decoded_fraction, strict_decode=FLAGS.strict_decode)
     if FLAGS.runner:
         from data_prep import beam_pipeline
 

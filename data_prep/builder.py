@@ -149,6 +149,8 @@ def build(cfg: PrepConfig) -> dict:
     for result in _run_tasks(pending, cfg):
         if result["status"] == "failed":
             log.warning("skipped %s: %s", result["path"], result["reason"])
+        elif result.get("warning"):
+            log.warning("%s: %s", result["path"], result["warning"])
         progress.update(result["status"] == "failed")
         key = shard_of[result["video_id"], result["split"]]
         waiting[key] -= 1
@@ -234,7 +236,7 @@ def finish(cfg: PrepConfig, layout: layouts.Layout, summaries: dict[str, list]) 
 
 
 def _metadata(cfg, layout, summaries) -> dict:
-    splits, shard_files, failures, checks = {}, {}, [], {}
+    splits, shard_files, failures, checks, warnings = {}, {}, [], {}, []
     frames = rgb_bytes = flow_bytes = 0
     sizes: dict[str, int] = {}
     for f in layout.failures:
@@ -245,6 +247,9 @@ def _metadata(cfg, layout, summaries) -> dict:
         ok = [v for v in vids if v["status"] == "done"]
         failures += [{"video_id": v["video_id"], "path": v["path"], "reason": v["reason"],
                       "split": split} for v in vids if v["status"] != "done"]
+        warnings += [{"video_id": v["video_id"], "path": v["path"], "warning": v["warning"],
+                      "decoded": v["frames"], "announced": v["announced_frames"],
+                      "split": split} for v in ok if v.get("warning")]
         split_frames = sum(v["frames"] for v in ok)
         splits[split] = {"videos": len(ok), "failed": len(vids) - len(ok),
                          "records": sum(v["records"] for v in ok), "frames": split_frames}
@@ -284,5 +289,7 @@ def _metadata(cfg, layout, summaries) -> dict:
             "flow_xy": flow_bytes / flow_frames if flow_frames and cfg.flow != "none" else 0.0,
         },
         "failures": failures,
+        # Videos kept with fewer frames than their container announces.
+        "warnings": warnings,
         "settings": cfg.settings(),
     }

@@ -58,6 +58,11 @@ class PrepConfig:
     flow_batch: int | None = None
     flow_devices: int | None = None
     schema_version: int = records.SCHEMA_VERSION
+    # A video that yields fewer than this fraction of the frames its
+    # container announces is listed under the metadata's warnings, or with
+    # strict_decode under failures (a damaged file that decodes only in part).
+    min_decoded_fraction: float = 0.9
+    strict_decode: bool = False
 
     @property
     def encoding(self) -> encode.EncodeSettings:
@@ -80,6 +85,9 @@ class PrepConfig:
             raise bad_argument("flow_batch", self.flow_batch, "must be >= 1")
         if self.flow_devices is not None and self.flow_devices < 1:
             raise bad_argument("flow_devices", self.flow_devices, "must be >= 1")
+        if not 0.0 <= self.min_decoded_fraction <= 1.0:
+            raise bad_argument("min_decoded_fraction", self.min_decoded_fraction,
+                               "must be between 0 and 1")
         if self.schema_version not in records.SCHEMA_VERSIONS:
             raise bad_argument("schema_version", self.schema_version,
                                f"must be one of {records.SCHEMA_VERSIONS}")
@@ -94,4 +102,7 @@ class PrepConfig:
             "dataset": self.dataset, "split": self.split, "split_file": self.split_file,
             **self.encoding.to_dict(), "videos_per_shard": self.videos_per_shard,
             "name": self.dataset_name, "schema_version": self.schema_version,
+            # Only strict decoding changes what is written (a short video left out).
+            **({"strict_decode": True, "min_decoded_fraction": self.min_decoded_fraction}
+               if self.strict_decode else {}),
         }

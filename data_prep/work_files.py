@@ -118,6 +118,13 @@ def _write_video(task: Task, produce, result: dict | None = None,
                 groups = records.write_videos(writer, produce(stats), task.cfg.schema_version)
         if task.cfg.schema_version != 1:
             stats["groups"] = groups
+        short = _decoded_too_few(task, stats)
+        if short and task.cfg.strict_decode:
+            from data_prep import video
+
+            raise video.VideoError(task.entry.path, short)
+        if short:
+            result["warning"] = short
         result.update(stats, status="done", seconds=seconds + time.perf_counter() - start)
         atomic.write_text(f"{base}.done.json", json.dumps(result))
     except Exception as e:  # noqa: BLE001
@@ -126,6 +133,26 @@ def _write_video(task: Task, produce, result: dict | None = None,
             raise fault from None
         write_failure(task, e, result)
     return result
+
+
+def _decoded_too_few(task: Task, stats: dict) -> str | None:
+    """Why the video kept too few of its announced frames (a damaged file), else None.
+
+    Kept frames, against the container's count: a chunked video drops at
+    most a 1-frame tail, well inside the tolerance.
+    """
+    from data_prep import video
+
+    try:
+        announced = video.probe(task.entry.path).frame_count
+    except video.VideoError:
+        return None
+    kept = int(stats.get("frames", 0))
+    stats["announced_frames"] = announced
+    if announced and kept < task.cfg.min_decoded_fraction * announced:
+        return (f"decoded {kept} of the {announced} frames its container announces "
+                f"(under --min_decoded_fraction={task.cfg.min_decoded_fraction})")
+    return None
 
 
 def _result(task: Task) -> dict:

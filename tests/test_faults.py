@@ -27,8 +27,9 @@ def _tree(root, lengths=(5, 6, 7)):
 
 def _cfg(root, out, **kw):
     kw.setdefault("videos_per_shard", 2)
-    return PrepConfig(dataset="folder", data_root=str(root), out_dir=str(out), flow="dis",
-                      short_side=32, **kw)
+    kw.setdefault("flow", "dis")
+    return PrepConfig(dataset="folder", data_root=str(root), out_dir=str(out), short_side=32,
+                      **kw)
 
 
 def _shard_bytes(out_dir):
@@ -427,3 +428,72 @@ def test_a_read_error_while_training_names_the_shard_and_the_video(small_data, t
     named = line.split(": ")[1]
     assert named in videos or named.startswith("group ") or named.startswith("its first"), line
     assert "corrupted record" in line and "\n" not in line
+
+
+# ---------------------------------------------------------------------------
+# Videos that decode only in part; rotation
+
+def _garbled_tree(root):
+    """Class a: a 100-frame MJPEG avi whose middle 20 % of bytes is garbled; b: a sound one."""
+    import random
+
+    for cls in ("a", "b"):
+        os.makedirs(os.path.join(root, cls), exist_ok=True)
+        synthetic.write_video(os.path.join(root, cls, "v.avi"), synthetic.index_frames(100, 48, 64))
+    path = os.path.join(root, "a", "v.avi")
+    data = bytearray(open(path, "rb").read())
+    rng = random.Random(0)
+    for i in range(int(len(data) * 0.4), int(len(data) * 0.6)):
+        data[i] = rng.randrange(256)
+    open(path, "wb").write(bytes(data))
+
+
+def test_a_partly_decodable_video_is_a_warning_or_with_strict_decode_a_failure(tmp_path):
+    _garbled_tree(tmp_path / "v")
+    meta = builder.build(_cfg(tmp_path / "v", tmp_path / "o", flow="none"))
+    assert meta["failures"] == []
+    (w,) = meta["warnings"]
+    assert w["video_id"] == "a/v" and w["announced"] == 100 and 10 < w["decoded"] < 90
+    assert f"decoded {w['decoded']} of the 100 frames" in w["warning"]
+    strict = builder.build(_cfg(tmp_path / "v", tmp_path / "s", flow="none", strict_decode=True))
+    assert strict["warnings"] == []
+    assert [f["video_id"] for f in strict["failures"]] == ["a/v"]
+    assert "of the 100 frames its container announces" in strict["failures"][0]["reason"]
+    lenient = builder.build(_cfg(tmp_path / "v", tmp_path / "l", flow="none",
+                                 min_decoded_fraction=0.1))
+    assert lenient["warnings"] == [] and lenient["failures"] == []
+
+
+def test_frames_are_decoded_upright_and_the_rotation_is_read(monkeypatch):
+    # No tool here writes a display matrix (no ffmpeg, no PyAV): a stub
+    # capture checks that auto-orientation is asked for and the rotation read.
+    import cv2
+
+    from data_prep import video
+
+    asked = {}
+
+    class StubCapture:
+        def __init__(self, path, api):
+            pass
+
+        def set(self, prop, value):
+            asked[prop] = value
+            return True
+
+        def isOpened(self):
+            return True
+
+        def get(self, prop):
+            return {cv2.CAP_PROP_FPS: 30.0, cv2.CAP_PROP_FRAME_WIDTH: 64,
+                    cv2.CAP_PROP_FRAME_HEIGHT: 48, cv2.CAP_PROP_FRAME_COUNT: 10,
+                    cv2.CAP_PROP_ORIENTATION_META: 90.0}[prop]
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(cv2, "VideoCapture", StubCapture)
+    monkeypatch.setattr(video, "_check_file", lambda path: None)
+    info = video.probe("phone.mp4")
+    assert asked == {cv2.CAP_PROP_ORIENTATION_AUTO: 1}
+    assert info.rotation == 90 and info.frame_count == 10
