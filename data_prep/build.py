@@ -50,6 +50,9 @@ flags.DEFINE_float("min_decoded_fraction", 0.9, "A video that decodes to fewer t
                    "metadata's warnings (kept), or with --strict_decode under failures.")
 flags.DEFINE_bool("strict_decode", False, "Leave out, as failed, videos under "
                   "--min_decoded_fraction.")
+flags.DEFINE_float("video_timeout_s", None, "Seconds one video may take; a video still "
+                   "decoding then has its process killed and is listed as failed (one "
+                   "process per video: for datasets with files that hang a decoder).")
 flags.DEFINE_bool("wait", False, "When another prep holds --out_dir's lock, wait for it to "
                   "finish instead of stopping.")
 flags.mark_flags_as_required(["dataset", "data_root", "out_dir"])
@@ -68,7 +71,8 @@ def main(argv):
         flow_implementation=FLAGS.flow_implementation, flow_batch=FLAGS.flow_batch,
         workers=FLAGS.workers, videos_per_shard=FLAGS.videos_per_shard, name=FLAGS.name,
         schema_version=int(FLAGS.schema_version),
-        min_decoded_fraction=FLAGS.min_decoded_fraction, strict_decode=FLAGS.strict_decode)
+        min_decoded_fraction=FLAGS.min_decoded_fraction, strict_decode=FLAGS.strict_decode,
+        video_timeout_s=FLAGS.video_timeout_s)
     if FLAGS.runner:
         from data_prep import beam_pipeline
 

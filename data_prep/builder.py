@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import time
 
-from data_prep import datasets, flow_batches, layouts, shards, work_files
+from data_prep import datasets, flow_batches, layouts, shards, watchdog, work_files
 from data_prep import flow as flow_lib
 from data_prep.prep_config import AUTO, PrepConfig
 from data_prep.progress import Progress, fmt_seconds
@@ -178,6 +178,9 @@ def _run_tasks(tasks: list[work_files.Task], cfg: PrepConfig):
             yield from flow_batches.run(tasks, cfg, steps)
         except flow_batches.FlowProcessError as e:
             raise PrepError(str(e)) from None
+        return
+    if cfg.video_timeout_s:
+        yield from watchdog.run(tasks, cfg.workers, cfg.video_timeout_s)
         return
     if cfg.workers == 1:
         for t in tasks:

@@ -63,6 +63,9 @@ class PrepConfig:
     # strict_decode under failures (a damaged file that decodes only in part).
     min_decoded_fraction: float = 0.9
     strict_decode: bool = False
+    # Seconds one video may take before its process is killed and the video
+    # listed as failed (`data_prep.watchdog`); None: no limit.
+    video_timeout_s: float | None = None
 
     @property
     def encoding(self) -> encode.EncodeSettings:
@@ -88,6 +91,8 @@ class PrepConfig:
         if not 0.0 <= self.min_decoded_fraction <= 1.0:
             raise bad_argument("min_decoded_fraction", self.min_decoded_fraction,
                                "must be between 0 and 1")
+        if self.video_timeout_s is not None and self.video_timeout_s <= 0:
+            raise bad_argument("video_timeout_s", self.video_timeout_s, "must be > 0")
         if self.schema_version not in records.SCHEMA_VERSIONS:
             raise bad_argument("schema_version", self.schema_version,
                                f"must be one of {records.SCHEMA_VERSIONS}")
