@@ -13,6 +13,7 @@ flow from --frames_root, and nothing is decoded or computed:
         --frames_root=/data/ucf101/rawframes --frames_layout=rawframes --out_dir=...
 
 --short_side then defaults to keeping the stored size.
+One prep at a time per --out_dir (`data_prep.out_lock`); --wait waits for the other.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 
 from absl import flags
 
-from data_prep import builder, datasets, encode, rawframes
+from data_prep import builder, datasets, encode, out_lock, rawframes
 from data_prep import flow as flow_lib
 from data_prep.prep_config import AUTO, PrepConfig
 from experiments import cli, flagdefs
@@ -67,6 +68,16 @@ flags.DEFINE_enum("frames_rounding", None, list(rawframes.ROUNDINGS),
                   "Import: the stored flow's rounding: cvround (denseflow), truncate (mmaction2's "
                   "tools/misc/flow_extraction.py) or half_up (default: the folder's "
                   f"{rawframes.CONVENTIONS_FILE}, else cvround).")
+flags.DEFINE_float("min_decoded_fraction", 0.9, "A video that decodes to fewer than this "
+                   "fraction of the frames its container announces is listed under the "
+                   "metadata's warnings (kept), or with --strict_decode under failures.")
+flags.DEFINE_bool("strict_decode", False, "Leave out, as failed, videos under "
+                  "--min_decoded_fraction.")
+flags.DEFINE_float("video_timeout_s", None, "Seconds one video may take; a video still "
+                   "decoding then has its process killed and is listed as failed (one "
+                   "process per video: for datasets with files that hang a decoder).")
+flags.DEFINE_bool("wait", False, "When another prep holds --out_dir's lock, wait for it to "
+                  "finish instead of stopping.")
 flags.mark_flags_as_required(["dataset", "data_root", "out_dir"])
 
 
@@ -86,7 +97,9 @@ def main(argv):
         frames_bound=FLAGS.frames_bound, frames_rounding=FLAGS.frames_rounding,
         flow_implementation=FLAGS.flow_implementation, flow_batch=FLAGS.flow_batch,
         workers=FLAGS.workers, videos_per_shard=FLAGS.videos_per_shard, name=FLAGS.name,
-        schema_version=int(FLAGS.schema_version))
+        schema_version=int(FLAGS.schema_version),
+        min_decoded_fraction=FLAGS.min_decoded_fraction, strict_decode=FLAGS.strict_decode,
+        video_timeout_s=FLAGS.video_timeout_s)
     if FLAGS.runner:
         from data_prep import beam_pipeline
 
@@ -99,7 +112,9 @@ def main(argv):
 
 
 def run():
-    cli.run(main, "mat-effnet-prep")
+    # The lock is taken before TensorFlow is imported: the first to start holds it.
+    cli.run(main, "mat-effnet-prep",
+            hold=lambda: out_lock.holding(FLAGS.out_dir, wait=FLAGS.wait))
 
 
 if __name__ == "__main__":

@@ -26,11 +26,11 @@ import multiprocessing
 import os
 import time
 
-from data_prep import datasets, flow_batches, layouts, shards, work_files
+from data_prep import datasets, flow_batches, layouts, shards, watchdog, work_files
 from data_prep import flow as flow_lib
 from data_prep.prep_config import AUTO, PrepConfig
 from data_prep.progress import Progress, fmt_seconds
-from mat_effnet import atomic, quiet, records
+from mat_effnet import atomic, integrity, quiet, records
 from mat_effnet.errors import MatEffNetError
 
 log = logging.getLogger("mat_effnet.prep")
@@ -149,6 +149,8 @@ def build(cfg: PrepConfig) -> dict:
     for result in _run_tasks(pending, cfg):
         if result["status"] == "failed":
             log.warning("skipped %s: %s", result["path"], result["reason"])
+        elif result.get("warning"):
+            log.warning("%s: %s", result["path"], result["warning"])
         progress.update(result["status"] == "failed")
         key = shard_of[result["video_id"], result["split"]]
         waiting[key] -= 1
@@ -176,6 +178,9 @@ def _run_tasks(tasks: list[work_files.Task], cfg: PrepConfig):
             yield from flow_batches.run(tasks, cfg, steps)
         except flow_batches.FlowProcessError as e:
             raise PrepError(str(e)) from None
+        return
+    if cfg.video_timeout_s:
+        yield from watchdog.run(tasks, cfg.workers, cfg.video_timeout_s)
         return
     if cfg.workers == 1:
         for t in tasks:
@@ -246,7 +251,7 @@ def _common_short_side(sizes: dict[str, int]) -> int | None:
 
 
 def _metadata(cfg, layout, summaries) -> dict:
-    splits, shard_files, failures = {}, {}, []
+    splits, shard_files, failures, checks, warnings = {}, {}, [], {}, []
     frames = rgb_bytes = flow_bytes = 0
     sizes: dict[str, int] = {}
     for f in layout.failures:
@@ -257,10 +262,18 @@ def _metadata(cfg, layout, summaries) -> dict:
         ok = [v for v in vids if v["status"] == "done"]
         failures += [{"video_id": v["video_id"], "path": v["path"], "reason": v["reason"],
                       "split": split} for v in vids if v["status"] != "done"]
+        warnings += [{"video_id": v["video_id"], "path": v["path"], "warning": v["warning"],
+                      "decoded": v["frames"], "announced": v["announced_frames"],
+                      "split": split} for v in ok if v.get("warning")]
         split_frames = sum(v["frames"] for v in ok)
         splits[split] = {"videos": len(ok), "failed": len(vids) - len(ok),
                          "records": sum(v["records"] for v in ok), "frames": split_frames}
         shard_files[split] = [s["file"] for s in summaries[split]]
+        for s in summaries[split]:
+            index = s.get("index")
+            checks[s["file"]] = integrity.record(
+                s["num_bytes"], s[integrity.CHECKSUM],
+                work_files.gfile().stat(os.path.join(cfg.out_dir, index)).length if index else None)
         frames += split_frames
         rgb_bytes += sum(v["rgb_bytes"] for v in ok)
         flow_bytes += sum(v["flow_bytes"] for v in ok)
@@ -301,11 +314,15 @@ def _metadata(cfg, layout, summaries) -> dict:
                        "stored_short_side": _common_short_side(sizes)},
         "flow": flow,
         "jpeg_quality": jpeg_quality,
+        # Each shard's size and checksum, and its index's size (mat_effnet.integrity).
+        "shard_files": checks,
         "chunk_frames": cfg.chunk_frames,
         "bytes_per_frame": {
             "rgb": rgb_bytes / frames if frames else 0.0,
             "flow_xy": flow_bytes / flow_frames if flow_frames and cfg.flow != "none" else 0.0,
         },
         "failures": failures,
+        # Videos kept with fewer frames than their container announces.
+        "warnings": warnings,
         "settings": settings,
     }

@@ -70,6 +70,14 @@ class PrepConfig:
     frames_layout: str = "rawframes"
     frames_bound: float | None = None
     frames_rounding: str | None = None
+    # A video that yields fewer than this fraction of the frames its
+    # container announces is listed under the metadata's warnings, or with
+    # strict_decode under failures (a damaged file that decodes only in part).
+    min_decoded_fraction: float = 0.9
+    strict_decode: bool = False
+    # Seconds one video may take before its process is killed and the video
+    # listed as failed (`data_prep.watchdog`); None: no limit.
+    video_timeout_s: float | None = None
 
     @property
     def encoding(self) -> encode.EncodeSettings:
@@ -100,6 +108,11 @@ class PrepConfig:
         if self.frames_rounding is not None and self.frames_rounding not in rawframes.ROUNDINGS:
             raise bad_argument("frames_rounding", self.frames_rounding,
                                f"expected one of {', '.join(rawframes.ROUNDINGS)}")
+        if not 0.0 <= self.min_decoded_fraction <= 1.0:
+            raise bad_argument("min_decoded_fraction", self.min_decoded_fraction,
+                               "must be between 0 and 1")
+        if self.video_timeout_s is not None and self.video_timeout_s <= 0:
+            raise bad_argument("video_timeout_s", self.video_timeout_s, "must be > 0")
         if self.schema_version not in records.SCHEMA_VERSIONS:
             raise bad_argument("schema_version", self.schema_version,
                                f"must be one of {records.SCHEMA_VERSIONS}")
@@ -122,6 +135,9 @@ class PrepConfig:
             "dataset": self.dataset, "split": self.split, "split_file": self.split_file,
             **self.encoding.to_dict(), "videos_per_shard": self.videos_per_shard,
             "name": self.dataset_name, "schema_version": self.schema_version,
+            # Only strict decoding changes what is written (a short video left out).
+            **({"strict_decode": True, "min_decoded_fraction": self.min_decoded_fraction}
+               if self.strict_decode else {}),
         }
         if self.frames_root is not None:
             bound, rounding = self.frames_quantization

@@ -20,7 +20,7 @@ import random
 
 from data_prep import work_files
 from data_prep.prep_config import PrepConfig
-from mat_effnet import atomic, records
+from mat_effnet import atomic, faults, integrity, records
 
 
 def plan_shards(entries: list, videos_per_shard: int) -> list[list]:
@@ -32,15 +32,27 @@ def plan_shards(entries: list, videos_per_shard: int) -> list[list]:
 
 
 def finished_shard(cfg: PrepConfig, split: str, index: int) -> dict | None:
-    """The summary of a shard an earlier run finished (file and summary exist), else None."""
+    """The summary of a shard an earlier run finished (file and summary exist), else None.
+
+    A shard that a run from before `mat_effnet.faults` finished without a
+    video whose failure was the machine's (a full disk) is not finished: its
+    videos are made again and it is rebuilt.
+    """
     gfile = work_files.gfile()
     path = os.path.join(work_files.work_dir(cfg.out_dir, split), f"shard-{index:05d}.json")
     if not gfile.exists(path):
         return None
     summary = work_files.read_json(path)
+    if any(v["status"] == "failed" and faults.is_machine_reason(v.get("reason"))
+           for v in summary["videos"]):
+        return None
     shard = os.path.join(cfg.out_dir, summary["file"])
     needed = [shard] + ([records.index_path(shard)] if summary.get("index") else [])
-    return summary if all(gfile.exists(p) for p in needed) else None
+    if not all(gfile.exists(p) for p in needed):
+        return None
+    if integrity.CHECKSUM not in summary:  # finished by a run from before checksums
+        summary[integrity.CHECKSUM] = integrity.file_sha256(shard)
+    return summary
 
 
 def assemble_shard(cfg: PrepConfig, split: str, index: int, count: int,
@@ -66,7 +78,12 @@ def _assemble(out_dir: str, work_dir: str, name: str, split: str, index: int,
     done = [m for m in videos if m["status"] == "done"]
     paths = [os.path.join(work_dir, m["key"] + ".tfrecord") for m in done]
 
+    hashed = []
+
     def write(out):
+        # Hashed on the way out: the shard's checksum costs no extra read.
+        out = integrity.HashingWriter(out)
+        hashed.append(out)
         for path in paths:
             with gfile.GFile(path, "rb") as f:
                 while chunk := f.read(1 << 22):
@@ -83,6 +100,7 @@ def _assemble(out_dir: str, work_dir: str, name: str, split: str, index: int,
         records.write_index(final, groups)
     atomic.write_with(final, write)
     summary = {"file": filename, "num_bytes": gfile.stat(final).length,
+               integrity.CHECKSUM: hashed[-1].hash.hexdigest(),
                "index": None if version == 1 else filename + records.INDEX_SUFFIX,
                "records": sum(v.get("records", 0) for v in videos), "videos": videos}
     atomic.write_text(os.path.join(work_dir, f"shard-{index:05d}.json"), json.dumps(summary))

@@ -57,6 +57,9 @@ class VideoInfo:
     width: int
     height: int
     frame_count: int
+    # The container's rotation (degrees, CAP_PROP_ORIENTATION_META: a phone
+    # video's display matrix); frames are decoded upright (see `_open`).
+    rotation: int = 0
 
 
 def _open(path: str) -> cv2.VideoCapture:
@@ -64,7 +67,11 @@ def _open(path: str) -> cv2.VideoCapture:
     # contains '%' to its image-sequence backend, which would treat it as a
     # file-name pattern rather than a video.
     api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
-    return cv2.VideoCapture(path, api)
+    cap = cv2.VideoCapture(path, api)
+    # Upright frames whatever OpenCV's default (it changed between releases,
+    # opencv #22088, #26795): apply the container's rotation when decoding.
+    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+    return cap
 
 
 def _check_file(path: str) -> None:
@@ -86,6 +93,7 @@ def probe(path: str) -> VideoInfo:
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        rotation = cap.get(cv2.CAP_PROP_ORIENTATION_META)
     finally:
         cap.release()
     if width <= 0 or height <= 0:
@@ -94,7 +102,9 @@ def probe(path: str) -> VideoInfo:
         fps = DEFAULT_FPS
     # OpenCV reports -1 (or NaN) when the container has no frame count.
     frame_count = int(count) if math.isfinite(count) and count > 0 else 0
-    return VideoInfo(fps=float(fps), width=width, height=height, frame_count=frame_count)
+    rotation = int(rotation) % 360 if math.isfinite(rotation) else 0
+    return VideoInfo(fps=float(fps), width=width, height=height, frame_count=frame_count,
+                     rotation=rotation)
 
 
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:

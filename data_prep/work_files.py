@@ -27,7 +27,7 @@ import time
 from data_prep import encode, frames_import, layouts
 from data_prep import flow as flow_lib
 from data_prep.prep_config import PrepConfig
-from mat_effnet import atomic, records
+from mat_effnet import atomic, faults, records
 
 WORK_DIR = ".work"
 
@@ -66,14 +66,21 @@ class Task:
 
 
 def marker(work_dir: str, entry) -> dict | None:
-    """The video's marker content (done or failed) if an earlier run left one, else None."""
+    """The video's marker content (done or failed) if an earlier run left one, else None.
+
+    A failure that was the machine's (a run from before `mat_effnet.faults`
+    recorded a full disk as the video's failure) is no marker: redo the video.
+    """
     base = os.path.join(work_dir, video_key(entry))
     for suffix in (".done.json", ".failed.json"):
         if gfile().exists(base + suffix):
             try:
-                return read_json(base + suffix)
+                content = read_json(base + suffix)
             except (json.JSONDecodeError, OSError):
                 return None  # a torn marker: redo the video
+            if suffix == ".failed.json" and faults.is_machine_reason(content.get("reason")):
+                return None
+            return content
     return None
 
 
@@ -93,7 +100,9 @@ def _write_video(task: Task, produce, result: dict | None = None,
 
     Never raises for a bad video: `data_prep.video.VideoError` and any
     other error (an unexpected decoder or flow failure must not kill the
-    run) become a ``.failed.json`` marker with the reason.
+    run) become a ``.failed.json`` marker with the reason. A fault of the
+    machine (full disk ...) is not the video's: it raises
+    `mat_effnet.faults.MachineFault` and the run stops, the video unmarked.
     """
     import tensorflow as tf
 
@@ -109,11 +118,41 @@ def _write_video(task: Task, produce, result: dict | None = None,
                 groups = records.write_videos(writer, produce(stats), task.cfg.schema_version)
         if task.cfg.schema_version != 1:
             stats["groups"] = groups
+        short = _decoded_too_few(task, stats)
+        if short and task.cfg.strict_decode:
+            from data_prep import video
+
+            raise video.VideoError(task.entry.path, short)
+        if short:
+            result["warning"] = short
         result.update(stats, status="done", seconds=seconds + time.perf_counter() - start)
         atomic.write_text(f"{base}.done.json", json.dumps(result))
     except Exception as e:  # noqa: BLE001
+        fault = faults.output_fault(e, task.cfg.out_dir, f"{base}.tfrecord")
+        if fault is not None:
+            raise fault from None
         write_failure(task, e, result)
     return result
+
+
+def _decoded_too_few(task: Task, stats: dict) -> str | None:
+    """Why the video kept too few of its announced frames (a damaged file), else None.
+
+    Kept frames, against the container's count: a chunked video drops at
+    most a 1-frame tail, well inside the tolerance.
+    """
+    from data_prep import video
+
+    try:
+        announced = video.probe(task.entry.path).frame_count
+    except video.VideoError:
+        return None
+    kept = int(stats.get("frames", 0))
+    stats["announced_frames"] = announced
+    if announced and kept < task.cfg.min_decoded_fraction * announced:
+        return (f"decoded {kept} of the {announced} frames its container announces "
+                f"(under --min_decoded_fraction={task.cfg.min_decoded_fraction})")
+    return None
 
 
 def _result(task: Task) -> dict:

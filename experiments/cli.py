@@ -3,7 +3,10 @@
 * Errors: the library raises `mat_effnet.errors.MatEffNetError` for anything
   the user handed in; here it becomes ``mat-effnet-X: error: <message>`` on
   stderr and exit code 2 (argument names are shown as ``--flag``). A missing
-  file (FileNotFoundError) is reported the same way. absl's own flag-parsing
+  file (FileNotFoundError) is reported the same way, and so is a fault of the
+  machine (a full disk, no permission, an I/O error, a lost mount), whose
+  line `mat_effnet.faults` writes: the file, the free space, and that the
+  same command resumes. absl's own flag-parsing
   errors keep absl's behaviour; anything else is a bug and keeps its
   traceback.
 * A quiet start: unless the user asks for TensorFlow's C++ start-up lines
@@ -14,15 +17,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
-from typing import Callable
+from typing import Callable, ContextManager
 
 from absl import app, flags
 
-from mat_effnet import quiet
+from mat_effnet import faults, quiet
 from mat_effnet.errors import MatEffNetError
 
 FLAGS = flags.FLAGS
@@ -42,24 +46,34 @@ def _wants_tf_logs() -> bool:
 
 
 def run(main: Callable[[list], int | None], prog: str, log_level: int = logging.INFO,
-        uses_tensorflow: bool = True) -> None:
+        uses_tensorflow: bool = True,
+        hold: Callable[[], ContextManager] | None = None) -> None:
     """``app.run(main)`` with the project's error format and a quiet start.
 
     ``uses_tensorflow=False`` for a binary that never imports it (fuse):
-    it then starts without paying for the import.
+    it then starts without paying for the import. ``hold()``, if given, is
+    entered once the flags are parsed and before TensorFlow is imported,
+    and held while ``main`` runs (prep's output-folder lock: the first to
+    start holds it).
     """
 
     def wrapped(argv):
         logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s",
                             datefmt="%H:%M:%S")
-        if uses_tensorflow and not _wants_tf_logs():
-            # Worker processes the library spawns inherit the wish (quiet.py).
-            os.environ[quiet.ENV] = "1"
-            quiet.import_tensorflow_quietly()
         try:
-            return main(argv)
+            with hold() if hold is not None else contextlib.nullcontext():
+                if uses_tensorflow and not _wants_tf_logs():
+                    # Worker processes the library spawns inherit the wish (quiet.py).
+                    os.environ[quiet.ENV] = "1"
+                    quiet.import_tensorflow_quietly()
+                return main(argv)
         except (MatEffNetError, FileNotFoundError) as e:
             print(f"{prog}: error: {as_flag_message(e)}", file=sys.stderr)
+            return 2
+        except Exception as e:  # noqa: BLE001  # a machine fault, else a bug: re-raised
+            if faults.machine_errno(e) is None:
+                raise
+            print(f"{prog}: error: {faults.describe(e)}", file=sys.stderr)
             return 2
 
     app.run(wrapped)

@@ -15,6 +15,8 @@ import os
 import uuid
 from typing import Callable, IO, Iterator
 
+from mat_effnet import faults
+
 _TMP_MARK = ".tmp-"  # .gitignore and the builders' clean-up know this suffix
 
 
@@ -44,9 +46,10 @@ def replacing(path: str, suffix: str = "") -> Iterator[str]:
         try:
             yield tmp
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             if os.path.exists(tmp):
                 os.remove(tmp)
+            _raise_named(e, path)
             raise
         return
     import tensorflow as tf  # remote filesystems go through tf.io.gfile
@@ -55,10 +58,23 @@ def replacing(path: str, suffix: str = "") -> Iterator[str]:
     try:
         yield tmp
         tf.io.gfile.rename(tmp, path, overwrite=True)
-    except BaseException:
+    except BaseException as e:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
+        _raise_named(e, path)
         raise
+
+
+def _raise_named(error: BaseException, path: str) -> None:
+    """A full disk (or other machine fault) while writing ``path``: the fault naming it.
+
+    Writers such as ``zipfile`` (Keras's .keras) raise ENOSPC without a file
+    name; this is where the name is known (`mat_effnet.faults`).
+    """
+    if isinstance(error, Exception) and not isinstance(error, faults.MachineFault):
+        fault = faults.output_fault(error, os.path.dirname(path) or ".", path)
+        if fault is not None:
+            raise fault from None
 
 
 def write_with(path: str, write: Callable[[IO[bytes]], None]) -> None:

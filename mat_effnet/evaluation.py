@@ -99,6 +99,24 @@ def check_data(ident, meta: dict, data_dir: str) -> list[str]:
     return notes
 
 
+def _score_batch(predict, clips, batch_labels, ids, crops, max_clips_per_step, sums, counts,
+                 labels, done) -> int:
+    """Adds one batch's video scores (averaged over crops) to the sums; returns records done."""
+    import tensorflow as tf
+
+    b = int(clips.shape[0])
+    flat = tf.reshape(clips, [-1, *clips.shape[2:]])  # (B*crops, N, S, S, C)
+    probs = np.concatenate([predict(flat[i:i + max_clips_per_step]).numpy()
+                            for i in range(0, int(flat.shape[0]), max_clips_per_step)])
+    probs = probs.reshape(b, crops, -1).mean(axis=1)
+    for vid, label, p in zip(ids.numpy(), batch_labels.numpy(), probs):
+        vid = vid.decode("utf-8")
+        sums[vid] = sums.get(vid, 0) + p.astype(np.float64)
+        counts[vid] = counts.get(vid, 0) + 1
+        labels[vid] = int(label)
+    return done + b
+
+
 def evaluate(model, data_dir: str, split: str = "test", num_segments: int = 25,
              crops: int = 1, batch_size: int = 1, max_clips_per_step: int = 8,
              progress_seconds: float = 30.0) -> dict:
@@ -110,7 +128,7 @@ def evaluate(model, data_dir: str, split: str = "test", num_segments: int = 25,
     """
     import tensorflow as tf
 
-    from mat_effnet import input_pipeline, metrics, records
+    from mat_effnet import input_pipeline, integrity, metrics, records
     from mat_effnet.sampling import PipelineConfig
 
     from mat_effnet.identity import identity
@@ -136,24 +154,21 @@ def evaluate(model, data_dir: str, split: str = "test", num_segments: int = 25,
     counts: dict[str, int] = {}
     labels: dict[str, int] = {}
     done, start, last = 0, time.monotonic(), time.monotonic()
-    for clips, batch_labels, ids in ds:
-        b = int(clips.shape[0])
-        flat = tf.reshape(clips, [-1, *clips.shape[2:]])  # (B*crops, N, S, S, C)
-        probs = np.concatenate([predict(flat[i:i + max_clips_per_step]).numpy()
-                                for i in range(0, int(flat.shape[0]), max_clips_per_step)])
-        probs = probs.reshape(b, crops, -1).mean(axis=1)
-        for vid, label, p in zip(ids.numpy(), batch_labels.numpy(), probs):
-            vid = vid.decode("utf-8")
-            sums[vid] = sums.get(vid, 0) + p.astype(np.float64)
-            counts[vid] = counts.get(vid, 0) + 1
-            labels[vid] = int(label)
-        done += b
-        now = time.monotonic()
-        if now - last >= progress_seconds:
-            last = now
-            rate = done / (now - start)
-            log.info("%d/%d records, %.2f records/s, ETA %.0fs", done, total, rate,
-                     (total - done) / max(rate, 1e-9))
+    integrity.check_split(data_dir, meta, split)  # sizes: a stat per shard, before any step
+    try:
+        for clips, batch_labels, ids in ds:
+            done = _score_batch(predict, clips, batch_labels, ids, crops, max_clips_per_step,
+                                sums, counts, labels, done)
+            now = time.monotonic()
+            if now - last >= progress_seconds:
+                last = now
+                rate = done / (now - start)
+                log.info("%d/%d records, %.2f records/s, ETA %.0fs", done, total, rate,
+                         (total - done) / max(rate, 1e-9))
+    except Exception as e:  # noqa: BLE001  # a damaged shard: named, not TF's op trace
+        if not integrity.read_error(e):
+            raise
+        raise integrity.locate(data_dir, meta, [split], e) from None
     video_ids = sorted(sums)
     scores = np.stack([sums[v] / counts[v] for v in video_ids]).astype(np.float32)
     y = np.asarray([labels[v] for v in video_ids], np.int64)

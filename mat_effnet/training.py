@@ -55,8 +55,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from mat_effnet import (atomic, config, distributed, input_pipeline, models, records,
-                        task)
+from mat_effnet import (atomic, config, distributed, input_pipeline, integrity, models,
+                        records, task)
 from mat_effnet.sampling import PipelineConfig
 from mat_effnet.errors import bad_argument
 
@@ -231,6 +231,9 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
         raise ValueError(f"jit_compile=True with loop='fit' over {replicas} replicas: Keras's "
                          "XLA step cannot reach other devices' variables; use loop='auto' "
                          "or 'custom'")
+    read_splits = ["train", *([cfg.data.validation_split] if has_val else [])]
+    for split in read_splits:  # sizes against the metadata: a stat each, before any step
+        integrity.check_split(cfg.data.data_dir, meta, split)
     if custom:
         # Fail before any work when the shard files cannot feed the workers.
         distributed.plan_sharding(records.split_files(cfg.data.data_dir, meta, "train"),
@@ -253,14 +256,19 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
                             dict(cfg.to_dict(), num_classes=num_classes,
                                  classes=meta["classes"], replicas=replicas,
                                  workers=info.num_workers, steps_per_epoch=steps))
-            if custom:
-                history = _train_custom(cfg, model, stream_task, strategy, info, meta,
-                                        steps, has_val, out_dir, all_callbacks)
-            else:
-                val = _val_dataset(cfg, meta) if has_val else None
-                history = model.fit(_train_dataset(cfg, meta), epochs=cfg.optim.epochs,
-                                    steps_per_epoch=steps, validation_data=val,
-                                    callbacks=all_callbacks, verbose=cfg.runtime.verbose)
+            try:
+                if custom:
+                    history = _train_custom(cfg, model, stream_task, strategy, info, meta,
+                                            steps, has_val, out_dir, all_callbacks)
+                else:
+                    val = _val_dataset(cfg, meta) if has_val else None
+                    history = model.fit(_train_dataset(cfg, meta), epochs=cfg.optim.epochs,
+                                        steps_per_epoch=steps, validation_data=val,
+                                        callbacks=all_callbacks, verbose=cfg.runtime.verbose)
+            except Exception as e:  # noqa: BLE001  # a damaged shard: named, not TF's op trace
+                if not integrity.read_error(e):
+                    raise
+                raise integrity.locate(cfg.data.data_dir, meta, read_splits, e) from None
             save_model(_float32_model(model, cfg, num_classes, meta),
                        os.path.join(out_dir, MODEL_FILENAME))
             if distributed.is_multi_worker(strategy):
@@ -307,9 +315,9 @@ def _standard_callbacks(cfg: TrainConfig, out_dir: str, steps: int, monitor: str
             double_checkpoint=True))
     return callbacks + [
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "best.keras"),
-                                        monitor=monitor, mode="max", save_best_only=True),
-        keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "last.keras")),
+        AtomicModelCheckpoint(os.path.join(out_dir, "best.keras"), monitor=monitor,
+                              mode="max", save_best_only=True),
+        AtomicModelCheckpoint(os.path.join(out_dir, "last.keras")),
         keras.callbacks.CSVLogger(os.path.join(out_dir, "training_log.csv"), append=True),
         # The custom loop has no Keras train_function graph to draw.
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch",
@@ -358,6 +366,28 @@ def _float32_model(model: keras.Model, cfg: TrainConfig, num_classes: int,
     for target, value in zip(twin.optimizer.variables, source.variables):
         target.assign(value)
     return twin
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras's ModelCheckpoint, saving through `save_model` (temp name, then rename).
+
+    Keras's own saves in place: a kill or a full disk during the write left
+    a broken ``best.keras``/``last.keras`` under the final name, and the
+    previous, good one gone (issue 17). Keras decides when and where to save
+    (``_should_save_model`` keeps the best-so-far bookkeeping); only the
+    write is replaced. Every worker of a multi-worker run saves (off the
+    chief into its private temp dir, `distributed.WriteDir`), so their saves
+    go through here too.
+    """
+
+    def _save_model(self, epoch, batch, logs):
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):
+            if self.save_weights_only:
+                with atomic.replacing(filepath, suffix=".weights.h5") as tmp:
+                    self.model.save_weights(tmp, overwrite=True)
+            else:
+                save_model(self.model, filepath)
 
 
 def save_model(model: keras.Model, path: str) -> None:

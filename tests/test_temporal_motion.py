@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from mat_effnet import backbones, input_pipeline, layers, records
+from mat_effnet.sampling import PipelineConfig
 
 H, W = 24, 32  # stored frame size
 SIZE = 20  # crop size
@@ -95,10 +96,10 @@ def _tiny_flow_model():
 def test_flow_direction_survives_the_pipeline_and_is_learned(tmp_path):
     keras.utils.set_random_seed(0)
     data = _write_dataset(tmp_path, {"train": 8, "test": 4})
-    train_cfg = input_pipeline.PipelineConfig(
+    train_cfg = PipelineConfig(
         stream="temporal", num_segments=2, image_size=SIZE, flow_length=FLOW_LENGTH,
         training=True, flip=True, seed=0)
-    test_cfg = input_pipeline.PipelineConfig(
+    test_cfg = PipelineConfig(
         stream="temporal", image_size=SIZE, flow_length=FLOW_LENGTH, training=False,
         test_segments=3, crops=1)
     train = input_pipeline.build_dataset(data, "train", train_cfg, 8, epochs=30)
