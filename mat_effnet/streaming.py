@@ -249,20 +249,25 @@ class StreamingPredictor:
         if self._last_end is not None and self._last_end > last:
             return []
         start = self._start(self._next)
-        end = min(start + self.window_s, last + self._last_gap)
-        window = self._window(start, end, start + self.window_s)
+        end = min(self._end(self._next), last + self._last_gap)
+        window = self._window(start, end, self._end(self._next))
         self._next += 1
         return [window] if window is not None else []
 
     # -- windows -------------------------------------------------------------
     def _start(self, k: int) -> float:
-        return self._t0 + k * self.stride_s
+        # Rounded to the nanosecond, so that a frame dated exactly on a window
+        # edge (1.4 s at 25 fps) is not put on the wrong side by float error.
+        return round(self._t0 + k * self.stride_s, 9)
+
+    def _end(self, k: int) -> float:
+        return round(self._t0 + k * self.stride_s + self.window_s, 9)
 
     def _emit_until(self, timestamp: float) -> list[WindowPrediction]:
         out = []
-        while self._t0 is not None and self._start(self._next) + self.window_s <= timestamp:
-            start = self._start(self._next)
-            window = self._window(start, start + self.window_s, start + self.window_s)
+        while self._t0 is not None and self._end(self._next) <= timestamp:
+            start, end = self._start(self._next), self._end(self._next)
+            window = self._window(start, end, end)
             self._next += 1
             if window is not None:
                 out.append(window)
