@@ -23,8 +23,9 @@ Bounded work and memory:
 * each flow pair (frame i -> i + 1) is computed once, when frame i + 1
   arrives, and shared by every window that holds both frames;
 * a frame is dropped as soon as no window still to come can hold it, so at
-  most one window's frames (plus the frame that closed it) are held,
-  whatever the stream's length (`held`).
+  most one window's frames are held (one stride's, when the stride is the
+  longer), whatever the stream's length (`held`); the frame that closes a
+  window comes in after that window's first frames are dropped.
 
 A pair straddling a window's end belongs to no window that ends there, as
 a record's flow never crosses its video's end.

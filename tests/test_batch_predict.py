@@ -141,7 +141,6 @@ def test_cli_many_videos_with_workers(setup, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     ([], "give exactly one of --video"),
-    (["--video=a.avi", "--videos=b"], "give exactly one of --video"),
     (["--videos=b"], "--videos needs --output"),
     (["--video=a.avi", "--stride_s=1"], "--stride_s and --timeline_png need --window_s"),
 ])
