@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
     videos = tmp / "videos"
     videos.mkdir()
     rng = np.random.default_rng(0)
-    # Two frame sizes (short side 40 after resizing: 53x40 and 40x71), and a
+    # Two frame sizes (short side 40 after resizing: 53x40 and 40x72), and a
     # file that is no video in the middle of the sorted list.
     for i, (cls, (h, w)) in enumerate([("RedSquareRight", (48, 64)), ("PurpleCrossSpin", (72, 40)),
                                        ("BlueSquareRight", (48, 64)), ("RedSquareRight", (72, 40))]):
@@ -77,7 +77,7 @@ def test_rows_errors_mixed_sizes_and_resume_after_a_kill(setup, tmp_path):
     bad = rows[paths[2]]
     assert bad == {"path": paths[2], "error": "cannot open (not a video or unsupported codec)"}
     s, t = _models(setup)["spatial"], _models(setup)["temporal"]
-    for p in (paths[0], paths[1]):  # 53x40 and 40x71 frames, in one batch of clips
+    for p in (paths[0], paths[1]):  # 53x40 and 40x72 frames, in one batch of clips
         ref = inference.predict_video(p, s, t, setup["resolved"].settings,
                                       num_segments=SEGMENTS)
         np.testing.assert_allclose(rows[p]["spatial"], ref["spatial"], atol=1e-5)
@@ -151,3 +151,47 @@ def test_cli_modes_one_clear_line(flags, message):
                        timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith(f"mat-effnet-predict: error: {message}")
+
+
+def test_keras_tvl1_route_batches_flow_across_videos(setup, tmp_path, monkeypatch):
+    """The Keras TV-L1 route (flow in this process, through `data_prep.flow_batches`).
+
+    DIS stands in for the compiled TV-L1 behind `batch_tvl1`'s contract (no XLA
+    compile in a unit test); the rows equal `predict_video` with the same flow
+    function, and the pairs of both frame sizes went through batches.
+    """
+    import dataclasses
+
+    import cv2
+
+    from data_prep import flow as flow_lib
+    from data_prep import tvl1
+
+    batches = []
+
+    def fake_batch_tvl1(params=None):
+        solver = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+        def fn(prev, nxt):
+            batches.append(prev.shape)
+            return np.stack([solver.calc(p, n, None) for p, n in zip(prev, nxt)]).astype(
+                np.float32)
+        return fn
+
+    monkeypatch.setattr(tvl1, "batch_tvl1", fake_batch_tvl1)
+    monkeypatch.setattr(flow_lib, "_KERAS_FNS", {})
+    resolved = dataclasses.replace(setup["resolved"], settings={
+        s: dataclasses.replace(v, flow="tvl1", flow_implementation="keras")
+        for s, v in setup["resolved"].settings.items()})
+    paths = batch_predict.list_videos(setup["videos"])
+    out = str(tmp_path / "keras.jsonl")
+    summary = batch_predict.predict_many(paths, _models(setup), resolved, out,
+                                         num_segments=SEGMENTS)
+    assert (summary["done"], summary["failed"]) == (4, 1)
+    assert {shape[1:] for shape in batches} == {(40, 53), (72, 40)}
+    assert all(shape[0] == flow_lib.DEFAULT_BATCH for shape in batches)  # full batches
+    rows = {r["path"]: r for r in _rows(out)}
+    s, t = _models(setup)["spatial"], _models(setup)["temporal"]
+    ref = inference.predict_video(paths[1], s, t, resolved.settings, num_segments=SEGMENTS)
+    np.testing.assert_allclose(rows[paths[1]]["temporal"], ref["temporal"], atol=1e-5)
+    assert rows[paths[1]]["preparation"]["temporal"]["flow_implementation"] == "keras"
