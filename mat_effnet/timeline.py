@@ -38,7 +38,8 @@ def video_timeline(path: str, spatial_model, temporal_model, settings: dict, win
     """The windows of ``path`` with their times and scores, and what it cost.
 
     Returns ``{"windows": [WindowPrediction.to_dict()...], "frames",
-    "duration_s", "window_s", "stride_s", "seconds": {stage: s},
+    "duration_s", "window_s", "stride_s", "fusion_weights": {stream: w},
+    "seconds": {stage: s},
     "max_frames_held", "peak_rss_mb"}``. Raises `data_prep.video.VideoError`
     for a file that cannot be decoded.
     """
@@ -67,6 +68,8 @@ def video_timeline(path: str, spatial_model, temporal_model, settings: dict, win
     return {"windows": [w.to_dict(top_k, class_names) for w in windows],
             "frames": frames, "duration_s": (last - first) if frames else 0.0,
             "window_s": predictor.window_s, "stride_s": predictor.stride_s,
+            "fusion_weights": {lane.stream: float(w)
+                               for lane, w in zip(predictor.lanes, predictor.weights)},
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
             "max_frames_held": predictor.max_held,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
@@ -110,11 +113,15 @@ def write_png(result: dict, path: str, class_names=None, max_classes: int = 8) -
                    alpha=0.35 + 0.65 * t["probability"])
     strip.set_yticks([])
     strip.set_ylabel("top-1", rotation=0, ha="right", va="center")
+    weights = result.get("fusion_weights") or {}
     for i in shown:
         fused = []
         for w in windows:
-            by_index = {t["index"]: t["probability"] for t in w["top"]}
-            fused.append(by_index.get(i, np.nan))
+            if weights and all(w.get(stream) is not None for stream in weights):
+                # Every class's fused score, not only the top-k's.
+                fused.append(sum(weight * w[stream][i] for stream, weight in weights.items()))
+            else:
+                fused.append({t["index"]: t["probability"] for t in w["top"]}.get(i, np.nan))
         curves.plot(centres, fused, marker="o", ms=3, color=colours[i], label=label[i])
     curves.set_ylim(0, 1)
     curves.set_ylabel("fused score")

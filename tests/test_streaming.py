@@ -170,5 +170,6 @@ def test_cli_timeline_json_and_png(setup):
     assert set(out["windows"][0]) == {"start_s", "end_s", "frames", "top", "spatial",
                                       "temporal"}
     assert out["preparation"]["temporal"]["flow"] == "dis"
+    assert out["fusion_weights"] == {"spatial": 0.5, "temporal": 0.5}
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
