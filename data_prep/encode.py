@@ -109,6 +109,21 @@ def _flow_jpegs(quantized: np.ndarray, quality: int) -> tuple[list, list]:
     return fx, fy
 
 
+def stored_jpegs(rgb: np.ndarray | None, flow: np.ndarray | None, quality: int) -> tuple:
+    """One frame's JPEGs exactly as a record stores them: (rgb, flow_x, flow_y) bytes.
+
+    ``rgb``: uint8 (H, W, 3); ``flow``: one quantized field, uint8 (H, W, 2);
+    either may be None (its bytes are then None). The seam for
+    `mat_effnet.streaming`, which keeps a live stream's frames as the
+    training data's records hold them without writing records.
+    """
+    image = None if rgb is None else _rgb_jpeg(rgb, quality)
+    if flow is None:
+        return image, None, None
+    return (image, _jpeg(np.ascontiguousarray(flow[..., 0]), quality),
+            _jpeg(np.ascontiguousarray(flow[..., 1]), quality))
+
+
 def _count(stats: dict, rgb, fx, fy) -> None:
     stats["frames"] += len(rgb)
     stats["records"] += 1

@@ -2,8 +2,9 @@
 
 `probe` reads a video's container metadata, `iter_frames` decodes it one
 frame at a time (so memory stays bounded whatever the video length) and
-resizes each frame so that its short side has a given length, and
-`resized_size` is the size arithmetic they share. Every failure that is the
+resizes each frame so that its short side has a given length
+(`resize_frame`, with `resized_size` the size arithmetic), and
+`iter_timed_frames` adds each frame's decoder timestamp. Every failure that is the
 video's fault (missing, empty, not a video, nothing decodable) surfaces as
 `VideoError` with a short machine-readable `reason`, so that a dataset build
 can log and skip the video instead of crashing.
@@ -136,13 +137,31 @@ def _to_rgb(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
-def _generate(path: str, short_side: int) -> Iterator[np.ndarray]:
+def resize_frame(frame: np.ndarray, short_side: int) -> np.ndarray:
+    """One decoded frame resized as `iter_frames` resizes it (short side ``short_side``).
+
+    cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when enlarging; the same
+    array back when the size is already right (or ``short_side <= 0``).
+    Channel order does not matter (each channel is resized alone), so
+    `mat_effnet.streaming` resizes a caller's RGB frames with it.
+    """
+    h, w = frame.shape[:2]
+    out_w, out_h = resized_size(w, h, short_side)
+    if (out_w, out_h) == (w, h):
+        return frame
+    # INTER_AREA averages source pixels when shrinking (no aliasing);
+    # it degenerates to nearest-like output when enlarging, where
+    # bilinear is the better choice.
+    interp = cv2.INTER_AREA if out_w * out_h < w * h else cv2.INTER_LINEAR
+    return cv2.resize(frame, (out_w, out_h), interpolation=interp)
+
+
+def _generate(path: str, short_side: int, timed: bool = False) -> Iterator:
     cap = _open(path)
     try:
         if not cap.isOpened():
             raise VideoError(path, REASON_CANNOT_OPEN)
         produced = 0
-        target = None  # (source shape, output size), computed once per source size
         while True:
             ok, frame = cap.read()
             # A read failure is the end of the usable stream: for truncated or
@@ -152,19 +171,11 @@ def _generate(path: str, short_side: int) -> Iterator[np.ndarray]:
             if frame.dtype != np.uint8:
                 # Some backends return 16-bit frames for high-bit-depth video.
                 frame = (frame >> 8).astype(np.uint8) if frame.dtype == np.uint16 else frame.astype(np.uint8)
-            h, w = frame.shape[:2]
-            if target is None or target[0] != (h, w):
-                target = ((h, w), resized_size(w, h, short_side))
-            out_w, out_h = target[1]
-            if (out_w, out_h) != (w, h):
-                # INTER_AREA averages source pixels when shrinking (no aliasing);
-                # it degenerates to nearest-like output when enlarging, where
-                # bilinear is the better choice.
-                shrinking = out_w * out_h < w * h
-                interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-                frame = cv2.resize(frame, (out_w, out_h), interpolation=interp)
             produced += 1
-            yield _to_rgb(frame)
+            rgb = _to_rgb(resize_frame(frame, short_side))
+            # After a read, POS_MSEC is the presentation time of the frame just
+            # read (checked on variable-frame-rate files: each frame's own pts).
+            yield (cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, rgb) if timed else rgb
         if produced == 0:
             raise VideoError(path, REASON_NO_FRAMES)
     finally:
@@ -187,3 +198,15 @@ def iter_frames(path: str, short_side: int = 256) -> Iterator[np.ndarray]:
     # first next(); the decoding itself is the lazy generator below.
     probe(path)
     return _generate(path, short_side)
+
+
+def iter_timed_frames(path: str, short_side: int = 256) -> Iterator[tuple[float, np.ndarray]]:
+    """`iter_frames` with each frame's decoder timestamp: yields (seconds, RGB frame).
+
+    The timestamp is the container's presentation time of the frame
+    (OpenCV's CAP_PROP_POS_MSEC after the read), so a variable-frame-rate
+    video gets its real times, not ``index / fps``.
+    """
+    path = os.fspath(path)
+    probe(path)
+    return _generate(path, short_side, timed=True)

@@ -1,8 +1,15 @@
-"""``mat-effnet-predict``: the fused two-stream prediction for one video file.
+"""``mat-effnet-predict``: the fused two-stream prediction for videos.
 
     mat-effnet-predict --video=clip.mp4 \\
         --spatial_model=runs/ucf101/spatial/model.keras \\
         --temporal_model=runs/ucf101/temporal/model.keras [--json] [--attention_png=att.png]
+
+Three ways at scale (issue 16): ``--videos=DIR|GLOB|LIST.txt --output=preds.jsonl``
+(or ``.csv``) predicts many videos in one process, one row each, and a rerun
+resumes (`mat_effnet.batch_predict`); ``--video=LONG --window_s=W
+[--stride_s=S] [--timeline_png=t.png]`` gives a timeline of windows dated by
+the decoder's timestamps (`mat_effnet.timeline`); live frames go through
+`mat_effnet.streaming.StreamingPredictor` from Python.
 
 Any resolution, avi or mp4 (whatever OpenCV decodes). The ``.keras`` files
 are enough: each model carries its class names and the preparation settings
@@ -24,7 +31,18 @@ from experiments import cli
 from mat_effnet.errors import MatEffNetError, bad_argument
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("video", None, "The video file.")
+flags.DEFINE_string("video", None, "The video file (give this or --videos).")
+flags.DEFINE_string("videos", None, "Many videos: a folder, a glob, or a LIST.txt of paths "
+                    "(one a line); needs --output.")
+flags.DEFINE_string("output", None, "--videos: the rows file, JSON lines or .csv; a rerun "
+                    "skips the videos already in it.")
+flags.DEFINE_integer("workers", 1, "--videos: decoding processes.")
+flags.DEFINE_integer("batch_clips", 8, "--videos: clips per model call.")
+flags.DEFINE_float("window_s", None, "--video: predict windows of this many seconds (a "
+                   "timeline) instead of the whole video.")
+flags.DEFINE_float("stride_s", None, "--window_s: seconds between window starts "
+                   "(default: --window_s).")
+flags.DEFINE_string("timeline_png", None, "--window_s: write the timeline picture here.")
 flags.DEFINE_string("spatial_model", None, "Spatial stream model (.keras).")
 flags.DEFINE_string("temporal_model", None, "Temporal stream model (.keras).")
 flags.DEFINE_integer("num_segments", 25, "Positions sampled per video.")
@@ -38,7 +56,6 @@ flags.DEFINE_enum("flow", "tvl1", ["tvl1", "dis"], "Used only for a model that d
                   "its preparation settings.")
 flags.DEFINE_float("flow_bound", 20.0, "Used only for a model that does not carry its "
                    "preparation settings.")
-flags.mark_flags_as_required(["video"])
 
 PROG = "mat-effnet-predict"
 
@@ -55,12 +72,28 @@ def _weights() -> list[float]:
                            "expected two non-negative numbers, not both 0") from None
 
 
-def main(argv):
-    del argv
+def _check_modes() -> None:
+    """Exactly one of --video / --videos, and each mode's flags only with it."""
+    if bool(FLAGS.video) == bool(FLAGS.videos):
+        raise MatEffNetError("give exactly one of --video (one video, or a timeline with "
+                             "--window_s) and --videos (many, with --output)")
+    if FLAGS.videos and not FLAGS.output:
+        raise MatEffNetError("--videos needs --output (a .jsonl or .csv rows file)")
+    if FLAGS.video and FLAGS.output:
+        raise MatEffNetError("--output is for --videos; --video prints its result")
+    if FLAGS.window_s is None and (FLAGS.stride_s is not None or FLAGS.timeline_png):
+        raise MatEffNetError("--stride_s and --timeline_png need --window_s")
+    if FLAGS.videos and FLAGS.window_s is not None:
+        raise MatEffNetError("--window_s is for one long --video")
     if not FLAGS.spatial_model and not FLAGS.temporal_model:
         raise MatEffNetError("give --spatial_model, --temporal_model or both")
-    if not os.path.isfile(FLAGS.video):
+    if FLAGS.video and not os.path.isfile(FLAGS.video):
         raise bad_argument("video", FLAGS.video, "no such file")
+
+
+def main(argv):
+    del argv
+    _check_modes()
     weights = _weights()
 
     from data_prep import video
@@ -80,6 +113,10 @@ def main(argv):
             raise MatEffNetError(f"--{stream}_model is a {got} stream model")
         streams[stream] = (path, model)
     resolved = inference.resolve(streams, default)
+    if FLAGS.videos:
+        return _many(streams, resolved, weights)
+    if FLAGS.window_s is not None:
+        return _timeline(streams, resolved, weights)
     try:
         result = inference.predict_video(
             FLAGS.video, streams.get("spatial", (None, None))[1],
@@ -116,6 +153,54 @@ def main(argv):
             print(f"  {s} prepared with: " + ", ".join(f"{k} {v}" for k, v in p.items()))
         if picture:
             print(f"  attention picture: {FLAGS.attention_png}")
+    return 0
+
+
+def _many(streams: dict, resolved, weights) -> int:
+    from mat_effnet import batch_predict
+
+    paths = batch_predict.list_videos(FLAGS.videos)
+    batch_predict.log.setLevel(logging.INFO)  # the progress line
+    summary = batch_predict.predict_many(
+        paths, {s: m for s, (_, m) in streams.items()}, resolved, FLAGS.output,
+        workers=FLAGS.workers, num_segments=FLAGS.num_segments, top_k=FLAGS.top_k,
+        fusion_weights=tuple(weights), batch_clips=FLAGS.batch_clips)
+    print(json.dumps(summary) if FLAGS.json else
+          f"{summary['videos']} videos: {summary['done']} predicted, {summary['failed']} "
+          f"failed, {summary['skipped']} already in {FLAGS.output} "
+          f"({summary['seconds']} s)")
+    return 0
+
+
+def _timeline(streams: dict, resolved, weights) -> int:
+    from data_prep import video
+    from mat_effnet import timeline
+
+    try:
+        result = timeline.video_timeline(
+            FLAGS.video, streams.get("spatial", (None, None))[1],
+            streams.get("temporal", (None, None))[1], resolved.settings, FLAGS.window_s,
+            FLAGS.stride_s, num_segments=FLAGS.num_segments, fusion_weights=tuple(weights),
+            top_k=FLAGS.top_k, class_names=resolved.class_names)
+    except video.VideoError as e:
+        raise bad_argument("video", FLAGS.video, f"not a usable video ({e.reason})") from None
+    result = {"video": FLAGS.video, **result,
+              "preparation": {s: dict(resolved.settings[s].to_dict(), source=resolved.sources[s])
+                              for s in streams}}
+    if FLAGS.timeline_png and result["windows"]:
+        result["timeline_png"] = FLAGS.timeline_png
+        timeline.write_png(result, FLAGS.timeline_png, resolved.class_names)
+    if FLAGS.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{FLAGS.video}: {result['frames']} frames, {result['duration_s']:.2f} s, "
+          f"{len(result['windows'])} windows")
+    for w in result["windows"]:
+        t = w["top"][0]
+        print(f"  {w['start_s']:9.2f} - {w['end_s']:9.2f} s  {t['class']:<30s} "
+              f"{100 * t['probability']:6.2f} %")
+    if FLAGS.timeline_png and result["windows"]:
+        print(f"  timeline picture: {FLAGS.timeline_png}")
     return 0
 
 

@@ -333,7 +333,8 @@ TINY = dict(
     pipeline_train_batches=1, pipeline_test_clips=2, pipeline_min_seconds=0.0,
     pipeline_rounds=1, pipeline_levers=False, pipeline_bound_clips=2,
     backbone="resnet18", train_batch=2, train_steps=1, infer_clips=1, predict_seconds=0.4,
-    predict_height=32, predict_width=40, predict_flow="dis", predict_short_side=40)
+    predict_height=32, predict_width=40, predict_flow="dis", predict_short_side=40,
+    at_scale=False)  # timed on its own below (test_prediction_at_scale_figures)
 
 EXPECTED = FLOW_FIGURES + [
     "prep.videos_per_s.1_worker", "prep.mb_per_video_minute", "prep.speedup_2_workers",
@@ -473,3 +474,41 @@ def test_pipeline_figures_follow_from_each_other(tiny_doc):
         read = f[f"pipeline.{stream}.train.read_bytes_per_clip"]
         assert read["settings"]["schema_version"] == 2
         assert 0 < read["value"] < read["version1"]
+
+
+# ---------------------------------------------------------------------------
+# Prediction at scale (issue 16), at tiny sizes
+
+def test_prediction_at_scale_figures(tmp_path):
+    import keras
+
+    from mat_effnet import models
+    from mat_effnet.benchmark import inference as bench_inference
+
+    s = settings.InferenceSettings(
+        predict_height=32, predict_width=40, predict_flow="dis", predict_short_side=40,
+        scale_videos=2, scale_video_seconds=0.4, scale_workers=1, scale_cli_videos=1,
+        timeline_short_s=0.4, timeline_long_s=1.6, timeline_window_s=0.4,
+        timeline_stride_s=0.2)
+    keras.utils.set_random_seed(0)
+    kw = dict(num_segments=None, image_size=32, flow_length=2, backbone="resnet18")
+    spatial = models.build_stream(3, "spatial", **kw)
+    temporal = models.build_stream(3, "temporal", **kw)
+    ctx = report.Context(work_dir=str(tmp_path), machine="test")
+    f = bench_inference.scale_figures(s, spatial, temporal, ctx)
+    assert set(f) == {
+        "inference.many.videos_per_s", "inference.many.cli_loop_videos_per_s",
+        "inference.many.speedup_over_cli_loop", "inference.many.per_video_over_flow_and_models",
+        *[f"inference.timeline.{n}.{w}" for n in ("short", "long")
+          for w in ("frames_per_s", "peak_rss_mb", "window_latency_s")]}
+    assert all(v["value"] > 0 for v in f.values())
+    assert f["inference.many.videos_per_s"]["failed"] == 0
+    speedup = f["inference.many.speedup_over_cli_loop"]["value"]
+    assert speedup == pytest.approx(
+        f["inference.many.videos_per_s"]["value"] / f["inference.many.cli_loop_videos_per_s"]
+        ["value"], rel=1e-6)
+    short, long = (f[f"inference.timeline.{n}.peak_rss_mb"] for n in ("short", "long"))
+    # 0.4-s windows at 25 fps: 10 frames held at most, at any length.
+    assert short["max_frames_held"] == long["max_frames_held"] == 10
+    # 40 frames (0 .. 1.56 s): 6 full windows, starts 0 .. 1.0 s, and the last, shorter one.
+    assert f["inference.timeline.long.frames_per_s"]["windows"] == 7

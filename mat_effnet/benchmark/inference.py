@@ -7,6 +7,15 @@ video at UCF101's 320x240, prepared exactly as the training data (decode,
 resize, flow, JPEG, records); its wall time is split into decode, flow,
 JPEG+records and the models by timing decode and flow again in separate
 passes.
+
+Prediction at scale (issue 16, ``at_scale``; `scale_figures`): the same
+models, saved, predict ``scale_videos`` generated videos in one process
+(`mat_effnet.batch_predict`) against a loop of the single-video CLI over
+some of them (each run pays the start-up: TF import, model load); and the
+timeline (`mat_effnet.timeline` on `mat_effnet.streaming`) runs on a short
+and a long video, each in a process of its own so that its peak RSS is its
+own, with the time of each stage (decode, resize, flow, quantize, JPEG,
+models) and the latency of one window.
 """
 
 from __future__ import annotations
@@ -103,4 +112,176 @@ def measure(s: InferenceSettings, clip: ClipSettings, ctx: Context,
         extra = {"prepare_s": out["prepare_s"]} if part == "total" else {}
         figures[f"inference.predict.{part}_s"] = ctx.figure(value, "s", dict(base, measured=how),
                                                             **extra)
+    if s.at_scale:
+        figures.update(scale_figures(s, spatial, temporal, ctx))
+    return figures
+
+
+# ---------------------------------------------------------------------------
+# Prediction at scale
+
+def _save_models(spatial, temporal, settings: EncodeSettings, work: str) -> dict:
+    """The timed models with their preparation, as a user's trained ones: {stream: (path, model)}."""
+    out = {}
+    prep_dict = dict(settings.to_dict(), schema_version=2)
+    for name, model in (("spatial", spatial), ("temporal", temporal)):
+        path = os.path.join(work, f"{name}.keras")
+        fresh = _with_preparation(model, prep_dict)
+        fresh.save(path)
+        out[name] = (path, fresh)
+    return out
+
+
+def _with_preparation(model, preparation: dict):
+    """``model`` rebuilt with the same weights and ``preparation`` in its identity."""
+    from mat_effnet import identity, models
+
+    ident = identity.identity(model)
+    num_classes = int(model.outputs[0].shape[-1])
+    fresh = models.build_stream(
+        num_classes, ident.stream, backbone=ident.backbone, image_size=ident.image_size[0],
+        num_segments=ident.num_segments, flow_length=ident.flow_length or 10, weights=None,
+        class_names=[f"class_{i}" for i in range(num_classes)], dataset="benchmark",
+        preparation=preparation)
+    fresh.set_weights(model.get_weights())
+    return fresh
+
+
+def _child(code: str) -> dict:
+    """Runs ``code`` (which prints one JSON line last) in a fresh Python; its answer."""
+    import json
+    import subprocess
+    import sys
+
+    from mat_effnet import quiet
+
+    env = dict(os.environ, **{quiet.ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({r.returncode}): {r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def timeline_child(video_path: str, spatial_path: str, temporal_path: str, window_s: float,
+                   stride_s: float, num_segments: int) -> None:
+    """In a child process: loads the models, runs the timeline, prints its figures as JSON."""
+    import json
+    import resource
+
+    from mat_effnet import evaluation, inference, timeline
+
+    streams = {s: (p, evaluation.load_model(p)) for s, p in (("spatial", spatial_path),
+                                                            ("temporal", temporal_path))}
+    resolved = inference.resolve(streams, EncodeSettings())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = timeline.video_timeline(video_path, streams["spatial"][1], streams["temporal"][1],
+                                  resolved.settings, window_s, stride_s,
+                                  num_segments=num_segments)
+    windows = out.pop("windows")
+    out["windows"] = len(windows)
+    out["rss_before_mb"] = round(before, 1)
+    print(json.dumps(out))
+
+
+def _cli_seconds(video: str, spatial_path: str, temporal_path: str, segments: int) -> float:
+    import subprocess
+    import sys
+
+    with Stopwatch() as sw:
+        subprocess.run([sys.executable, "-m", "experiments.predict", f"--video={video}",
+                        f"--spatial_model={spatial_path}", f"--temporal_model={temporal_path}",
+                        f"--num_segments={segments}", "--json"],
+                       check=True, capture_output=True, text=True)
+    return sw.seconds
+
+
+def scale_figures(s: InferenceSettings, spatial, temporal, ctx: Context) -> dict:
+    """Many videos in one process against the CLI loop; the timeline at two lengths."""
+    from data_prep import video
+    from mat_effnet import batch_predict, evaluation, inference
+
+    work = os.path.join(ctx.work_dir, "predict_at_scale")
+    os.makedirs(work, exist_ok=True)
+    settings = EncodeSettings(short_side=s.predict_short_side, flow=s.predict_flow,
+                              flow_implementation=s.predict_flow_implementation)
+    streams = _save_models(spatial, temporal, settings, work)
+    (spatial_path, spatial), (temporal_path, temporal) = streams["spatial"], streams["temporal"]
+    segments = evaluation.stream_spec(spatial).num_segments or 25
+    base = {"flow": s.predict_flow, "flow_implementation": s.predict_flow_implementation,
+            "short_side": s.predict_short_side, "source_size": f"{s.predict_width}x"
+            f"{s.predict_height}", "segments": segments, "crops": 1}
+    figures = {}
+
+    # Many videos: one process against the CLI loop.
+    paths = []
+    for i in range(s.scale_videos):
+        path = os.path.join(work, "videos", f"v{i}.avi")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        prep.write_long_video(path, s.scale_video_seconds, VIDEO_FPS, s.predict_height,
+                              s.predict_width, ctx.seed + i)
+        paths.append(path)
+    resolved = inference.resolve(streams, settings)
+    output = os.path.join(work, "preds.jsonl")
+    if os.path.exists(output):
+        os.remove(output)
+    with Stopwatch() as sw_many:
+        summary = batch_predict.predict_many(
+            paths, {"spatial": spatial, "temporal": temporal}, resolved, output,
+            workers=s.scale_workers, num_segments=segments)
+    import json
+
+    with open(output) as f:
+        rows = [json.loads(line) for line in f]
+    models_per_video = sum(r["seconds"].get("spatial_model_s", 0) +
+                           r["seconds"].get("temporal_model_s", 0) for r in rows) / len(rows)
+    frames = list(video.iter_frames(paths[0], s.predict_short_side))
+    with Stopwatch() as sw_flow:
+        _flow_pass(frames, s.predict_flow, s.predict_flow_implementation)
+    del frames
+    cli = [_cli_seconds(p, spatial_path, temporal_path, segments)
+           for p in paths[:s.scale_cli_videos]]
+    many = dict(base, videos=s.scale_videos, video_seconds=s.scale_video_seconds,
+                workers=s.scale_workers, batch_clips=8)
+    per_video = sw_many.seconds / s.scale_videos
+    figures["inference.many.videos_per_s"] = ctx.figure(
+        s.scale_videos / sw_many.seconds, "videos/s",
+        dict(many, measured="batch_predict.predict_many, models loaded before"),
+        seconds=sw_many.seconds, failed=summary["failed"])
+    figures["inference.many.cli_loop_videos_per_s"] = ctx.figure(
+        len(cli) / sum(cli), "videos/s",
+        dict(many, videos=len(cli), measured="one mat-effnet-predict --video run per video "
+                                             "(start-up, model load and TF import included)"),
+        seconds=sum(cli))
+    figures["inference.many.speedup_over_cli_loop"] = ctx.figure(
+        (sum(cli) / len(cli)) / per_video, "x", dict(many, measured="CLI s/video over "
+                                                                     "predict_many s/video"))
+    figures["inference.many.per_video_over_flow_and_models"] = ctx.figure(
+        per_video / (sw_flow.seconds + models_per_video), "x",
+        dict(many, measured="predict_many s/video over (one video's flow pass + its rows' "
+                            "mean model seconds); the issue's goal is <= 1.15 with one "
+                            "flow process"),
+        flow_s=sw_flow.seconds, models_s=models_per_video, per_video_s=per_video)
+
+    # The timeline at two lengths, each in its own process.
+    for label, seconds in (("short", s.timeline_short_s), ("long", s.timeline_long_s)):
+        path = os.path.join(work, f"timeline_{label}.avi")
+        frames_written = prep.write_long_video(path, seconds, VIDEO_FPS, s.predict_height,
+                                               s.predict_width, ctx.seed)
+        out = _child(f"from mat_effnet.benchmark.inference import timeline_child; "
+                     f"timeline_child({path!r}, {spatial_path!r}, {temporal_path!r}, "
+                     f"{s.timeline_window_s!r}, {s.timeline_stride_s!r}, {segments!r})")
+        conf = dict(base, video_seconds=seconds, video_frames=frames_written,
+                    window_s=s.timeline_window_s, stride_s=s.timeline_stride_s)
+        total = out["seconds"]["total"]
+        figures[f"inference.timeline.{label}.frames_per_s"] = ctx.figure(
+            out["frames"] / total, "frames/s",
+            dict(conf, measured="timeline.video_timeline in a fresh process, models loaded "
+                                "before"), seconds=out["seconds"], windows=out["windows"])
+        figures[f"inference.timeline.{label}.peak_rss_mb"] = ctx.figure(
+            out["peak_rss_mb"], "MB", dict(conf, measured="ru_maxrss of that process"),
+            rss_before_mb=out["rss_before_mb"], max_frames_held=out["max_frames_held"])
+        figures[f"inference.timeline.{label}.window_latency_s"] = ctx.figure(
+            out["seconds"]["models"] / max(out["windows"], 1), "s",
+            dict(conf, measured="both streams' clip and model time per window"))
     return figures

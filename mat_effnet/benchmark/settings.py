@@ -204,9 +204,25 @@ class InferenceSettings:
     predict_flow_implementation: str = setting("opencv", "Flow implementation of the predict "
                                                          "figures.", choices=FLOW_IMPLEMENTATIONS)
     predict_short_side: int = setting(256, "Short side predict prepares the video at.")
+    # Prediction at scale (issue 16): predict_flow and predict_short_side apply.
+    at_scale: bool = setting(True, "Also time prediction at scale: many videos against the "
+                                   "single-video CLI loop, and the timeline at two lengths.")
+    scale_videos: int = setting(6, "Videos of the many-video figure.")
+    scale_video_seconds: float = setting(4.0, "Length of each of those videos.")
+    scale_workers: int = setting(2, "Decoding workers of the many-video figure.")
+    scale_cli_videos: int = setting(3, "Of those, how many the single-video CLI loop runs "
+                                       "(each run pays the start-up).")
+    timeline_short_s: float = setting(10.0, "The short video of the timeline figures.")
+    timeline_long_s: float = setting(600.0, "The long video of the timeline figures.")
+    timeline_window_s: float = setting(10.0, "Window of the timeline figures.")
+    timeline_stride_s: float = setting(10.0, "Stride of the timeline figures.")
 
     def __post_init__(self):
-        _at_least(self, 1, "infer_clips")
+        _at_least(self, 1, "infer_clips", "scale_videos", "scale_workers", "scale_cli_videos")
+        for name in ("scale_video_seconds", "timeline_short_s", "timeline_long_s",
+                     "timeline_window_s", "timeline_stride_s"):
+            if not getattr(self, name) > 0:
+                raise bad_argument(name, getattr(self, name), "must be > 0")
         _at_least(self, 16, "predict_height", "predict_width")
         _at_least(self, 0, "predict_short_side")
         if not self.predict_seconds > 0:
@@ -229,6 +245,8 @@ QUICK = dict(
     pipeline_test_clips=6, pipeline_min_seconds=2.0, pipeline_rounds=1, pipeline_levers=False,
     train_steps=2,
     infer_clips=2, predict_flow="dis",
+    scale_videos=3, scale_video_seconds=2.0, scale_cli_videos=1, timeline_short_s=4.0,
+    timeline_long_s=40.0, timeline_window_s=4.0, timeline_stride_s=4.0,
 )
 
 

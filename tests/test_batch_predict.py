@@ -1,0 +1,197 @@
+"""Many videos in one process (issue 16, part 1): rows, a bad video, mixed sizes, resume.
+
+Tiny saved models and DIS flow (`tests/stream_helpers.py`). The resume
+after a kill is simulated the way a kill leaves the output: complete rows,
+then half a line.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_prep import synthetic
+from mat_effnet import batch_predict, evaluation, inference
+from mat_effnet.errors import MatEffNetError
+
+sys.path.insert(0, os.path.dirname(__file__))
+import stream_helpers as H  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEGMENTS = 3
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("many")
+    paths = H.save_models(tmp)
+    streams = {s: (p, evaluation.load_model(p)) for s, p in zip(("spatial", "temporal"), paths)}
+    resolved = inference.resolve(streams, inference.PrepSettings())
+    videos = tmp / "videos"
+    videos.mkdir()
+    rng = np.random.default_rng(0)
+    # Two frame sizes (short side 40 after resizing: 53x40 and 40x72), and a
+    # file that is no video in the middle of the sorted list.
+    for i, (cls, (h, w)) in enumerate([("RedSquareRight", (48, 64)), ("PurpleCrossSpin", (72, 40)),
+                                       ("BlueSquareRight", (48, 64)), ("RedSquareRight", (72, 40))]):
+        synthetic.write_video(str(videos / f"v{2 * i}.avi"),
+                              synthetic.render_clip(cls, rng, 12, h, w))
+    (videos / "v3.avi").write_text("not a video")
+    return dict(tmp=tmp, paths=paths, streams=streams, resolved=resolved, videos=str(videos))
+
+
+def _models(setup):
+    return {s: m for s, (_, m) in setup["streams"].items()}
+
+
+def _rows(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_list_videos_dir_glob_and_list(setup, tmp_path):
+    d = setup["videos"]
+    listed = batch_predict.list_videos(d)
+    assert [os.path.basename(p) for p in listed] == [f"v{i}.avi" for i in range(7) if i in
+                                                     (0, 2, 3, 4, 6)]
+    assert batch_predict.list_videos(os.path.join(d, "v[02]*.avi")) == listed[:2]
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# two\n{d}/v0.avi\n\n{os.path.relpath(d, tmp_path)}/v2.avi\n{d}/v0.avi\n")
+    assert batch_predict.list_videos(str(lst)) == listed[:2]
+    with pytest.raises(MatEffNetError, match=r"^videos=.*no videos found"):
+        batch_predict.list_videos(str(tmp_path / "none*.mp4"))
+
+
+def test_rows_errors_mixed_sizes_and_resume_after_a_kill(setup, tmp_path):
+    paths = batch_predict.list_videos(setup["videos"])
+    out = str(tmp_path / "preds.jsonl")
+    summary = batch_predict.predict_many(paths, _models(setup), setup["resolved"], out,
+                                         num_segments=SEGMENTS, top_k=2, batch_clips=3)
+    assert (summary["videos"], summary["done"], summary["failed"], summary["skipped"]) == \
+        (5, 4, 1, 0)
+    rows = {r["path"]: r for r in _rows(out)}
+    assert set(rows) == set(paths)
+    bad = rows[paths[2]]
+    assert bad == {"path": paths[2], "error": "cannot open (not a video or unsupported codec)"}
+    s, t = _models(setup)["spatial"], _models(setup)["temporal"]
+    for p in (paths[0], paths[1]):  # 53x40 and 40x72 frames, in one batch of clips
+        ref = inference.predict_video(p, s, t, setup["resolved"].settings,
+                                      num_segments=SEGMENTS)
+        np.testing.assert_allclose(rows[p]["spatial"], ref["spatial"], atol=1e-5)
+        np.testing.assert_allclose(rows[p]["temporal"], ref["temporal"], atol=1e-5)
+        assert rows[p]["top"][0]["probability"] == pytest.approx(ref["fused"].max(), abs=1e-5)
+        assert rows[p]["preparation"]["temporal"]["flow"] == "dis"
+        assert rows[p]["frames"] == 12
+
+    # A kill mid-row: the file ends in half a line. The rerun cuts it off,
+    # redoes that video only, and skips the rest (the error row included).
+    with open(out, "rb") as f:
+        data = f.read()
+    lines = data.splitlines(keepends=True)
+    torn = json.loads(lines[-1])["path"]
+    with open(out, "wb") as f:
+        f.write(b"".join(lines[:-1]) + lines[-1][:len(lines[-1]) // 2])
+    again = batch_predict.predict_many(paths, _models(setup), setup["resolved"], out,
+                                       num_segments=SEGMENTS, top_k=2)
+    assert (again["skipped"], again["done"] + again["failed"]) == (4, 1)
+    after = _rows(out)
+    assert sorted(r["path"] for r in after) == sorted(paths)
+    assert after[-1]["path"] == torn
+    # Nothing left to do: a third run predicts nothing.
+    third = batch_predict.predict_many(paths, _models(setup), setup["resolved"], out)
+    assert (third["skipped"], third["done"], third["failed"]) == (5, 0, 0)
+
+
+def test_csv_output_resumes_too(setup, tmp_path):
+    paths = batch_predict.list_videos(setup["videos"])[1:3]
+    out = tmp_path / "preds.csv"
+    batch_predict.predict_many(paths[:1], _models(setup), setup["resolved"], str(out),
+                               num_segments=SEGMENTS)
+    with open(out, "a") as f:
+        f.write(f'"{paths[1]}",half')  # a torn row
+    summary = batch_predict.predict_many(paths, _models(setup), setup["resolved"], str(out),
+                                         num_segments=SEGMENTS)
+    assert (summary["skipped"], summary["failed"]) == (1, 1)
+    import csv
+
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == paths
+    assert json.loads(rows[0]["top"])[0]["probability"] > 0 and rows[0]["error"] == ""
+    assert rows[1]["error"].startswith("cannot open")
+
+
+def test_cli_many_videos_with_workers(setup, tmp_path):
+    out = tmp_path / "cli.jsonl"
+    cmd = [sys.executable, "-m", "experiments.predict", f"--videos={setup['videos']}",
+           f"--output={out}", f"--spatial_model={setup['paths'][0]}",
+           f"--temporal_model={setup['paths'][1]}", "--workers=2", "--num_segments=3",
+           "--json"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["failed"]) == (4, 1)
+    assert "5/5 videos (100%)" in r.stderr and "ETA" in r.stderr  # the progress line
+    assert len(_rows(out)) == 5
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "give exactly one of --video"),
+    (["--videos=b"], "--videos needs --output"),
+    (["--video=a.avi", "--stride_s=1"], "--stride_s and --timeline_png need --window_s"),
+])
+def test_cli_modes_one_clear_line(flags, message):
+    r = subprocess.run([sys.executable, "-m", "experiments.predict", *flags,
+                        "--spatial_model=x.keras"], cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(f"mat-effnet-predict: error: {message}")
+
+
+def test_keras_tvl1_route_batches_flow_across_videos(setup, tmp_path, monkeypatch):
+    """The Keras TV-L1 route (flow in this process, through `data_prep.flow_batches`).
+
+    DIS stands in for the compiled TV-L1 behind `batch_tvl1`'s contract (no XLA
+    compile in a unit test); the rows equal `predict_video` with the same flow
+    function, and the pairs of both frame sizes went through batches.
+    """
+    import dataclasses
+
+    import cv2
+
+    from data_prep import flow as flow_lib
+    from data_prep import tvl1
+
+    batches = []
+
+    def fake_batch_tvl1(params=None):
+        solver = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+        def fn(prev, nxt):
+            batches.append(prev.shape)
+            return np.stack([solver.calc(p, n, None) for p, n in zip(prev, nxt)]).astype(
+                np.float32)
+        return fn
+
+    monkeypatch.setattr(tvl1, "batch_tvl1", fake_batch_tvl1)
+    monkeypatch.setattr(flow_lib, "_KERAS_FNS", {})
+    resolved = dataclasses.replace(setup["resolved"], settings={
+        s: dataclasses.replace(v, flow="tvl1", flow_implementation="keras")
+        for s, v in setup["resolved"].settings.items()})
+    paths = batch_predict.list_videos(setup["videos"])
+    out = str(tmp_path / "keras.jsonl")
+    summary = batch_predict.predict_many(paths, _models(setup), resolved, out,
+                                         num_segments=SEGMENTS)
+    assert (summary["done"], summary["failed"]) == (4, 1)
+    assert {shape[1:] for shape in batches} == {(40, 53), (72, 40)}
+    assert all(shape[0] == flow_lib.DEFAULT_BATCH for shape in batches)  # full batches
+    rows = {r["path"]: r for r in _rows(out)}
+    s, t = _models(setup)["spatial"], _models(setup)["temporal"]
+    ref = inference.predict_video(paths[1], s, t, resolved.settings, num_segments=SEGMENTS)
+    np.testing.assert_allclose(rows[paths[1]]["temporal"], ref["temporal"], atol=1e-5)
+    assert rows[paths[1]]["preparation"]["temporal"]["flow_implementation"] == "keras"
