@@ -77,7 +77,7 @@ def _write_dataset(root, per_class):
 def _tiny_flow_model():
     """The temporal stream's input normalisation, then a two-layer CNN."""
     channels = 2 * FLOW_LENGTH
-    mean, std, reverse = backbones.input_statistics("efficientnet_b0", channels)
+    mean, std, reverse = backbones.backbone_spec("efficientnet_b0").input_statistics(channels)
     clips = keras.Input((None, SIZE, SIZE, channels), name="flow")
     frames = keras.layers.Lambda(lambda t: tf.reshape(t, (-1, SIZE, SIZE, channels)),
                                  name="fold")(clips)
