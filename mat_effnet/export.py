@@ -24,7 +24,7 @@ file, with each model's own preparation settings (its identity):
 6. optionally the JPEG round trip that prep applies (``tf.io.encode_jpeg``
    at the model's quality; on by default, since the models were trained on
    JPEG frames);
-7. the test views of `mat_effnet.clips.test_clip_from_frames`, both
+7. the test views of `mat_effnet.clips.eval_clip_from_frames`, both
    streams, crops and chunks averaged, and the fusion.
 
 Frame sizes and XLA.  TV-L1's pyramid is built from static sizes and a loaded
@@ -299,7 +299,7 @@ class _Serving:
 
         from mat_effnet import clips
 
-        clip = clips.test_clip_from_frames(frames, stream.cfg)
+        clip = clips.eval_clip_from_frames(frames, stream.cfg)
         probs = stream.model(tf.cast(clip, tf.float32), training=False)
         return tf.reduce_mean(tf.cast(probs, tf.float32), axis=0)  # crops averaged
 
@@ -324,7 +324,7 @@ class _Serving:
         # Only the flow fields the test positions read (the others never reach
         # the model): positions p, fields p .. p+L-1 clamped to the last.
         positions = sampling.sample_positions(t, cfg, training=False)
-        needed = sampling.flow_indices(positions, fields, cfg.flow_length)
+        needed = sampling.frame_indices(fields, positions, cfg)
         unique, _ = tf.unique(tf.reshape(needed, [-1]))
         flow = self.flow(tf.gather(grey, unique), tf.gather(grey, unique + 1))
         q = quantize(flow, float(s.flow_bound))
@@ -443,7 +443,6 @@ def export(spatial_path: str, temporal_path: str, output_dir: str,
 
     Returns the metadata, plus the export's size in bytes.
     """
-    import keras
     import tensorflow as tf
 
     from mat_effnet import atomic
@@ -454,22 +453,24 @@ def export(spatial_path: str, temporal_path: str, output_dir: str,
 
     serve = tf.function(serving.serve, autograph=False, input_signature=[
         tf.TensorSpec([None, None, None, 3], tf.uint8, name="frames")])
-    serve.get_concrete_function()
 
     @tf.function(autograph=False, input_signature=[])
     def describe():
         return {"metadata": tf.constant(text)}
 
-    describe.get_concrete_function()
-    archive = keras.export.ExportArchive()
-    archive.track(serving.spatial.model)
-    archive.track(serving.temporal.model)
-    archive.add_endpoint("serving_default", serve)
-    archive.add_endpoint("metadata", describe)
+    # A plain tf.Module, not keras.export.ExportArchive: in Keras 3.15 the
+    # archive saves every variable twice (measured: 8.19 M values for a
+    # 4.09 M-parameter stream).
+    module = tf.Module()
+    module.spatial_model = serving.spatial.model
+    module.temporal_model = serving.temporal.model
+    module.serve, module.describe = serve, describe
+    signatures = {"serving_default": serve.get_concrete_function(),
+                  "metadata": describe.get_concrete_function()}
     output_dir = os.path.abspath(output_dir)
     tmp = atomic.tmp_name(output_dir)
     try:
-        archive.write_out(tmp, verbose=False)
+        tf.saved_model.save(module, tmp, signatures=signatures)
         with open(os.path.join(tmp, "assets.mat_effnet.json"), "w") as f:
             f.write(json.dumps(metadata, indent=2) + "\n")
         old = None
