@@ -409,8 +409,8 @@ def build(spatial_path: str, temporal_path: str, settings: ExportSettings):
     streams = {}
     for s, (path, model, spec) in loaded.items():
         segments = spec.num_segments or settings.num_segments
-        cfg = sampling.PipelineConfig(stream=s, image_size=spec.image_size,
-                                      flow_length=max(spec.flow_length, 1), training=False,
+        cfg = sampling.PipelineConfig(stream=s, image_size=spec.image_size[0],
+                                      flow_length=spec.flow_length or 1, training=False,
                                       test_segments=segments, crops=settings.crops)
         streams[s] = _Stream(model, cfg, resolved.settings[s])
     num_classes = {s: spec.num_classes for s, (_, _, spec) in loaded.items()}

@@ -36,7 +36,7 @@ def convert(model, segments: int = 25, variant: str = "float32") -> bytes:
 
     spec = evaluation.stream_spec(model)
     channels = int(model.inputs[0].shape[-1])
-    shape = [1, segments, spec.image_size, spec.image_size, channels]
+    shape = [1, segments, *spec.image_size, channels]
 
     @tf.function(autograph=False, input_signature=[tf.TensorSpec(shape, tf.uint8, name="clip")])
     def probabilities(clip):
@@ -122,3 +122,57 @@ def write_streams(model_paths: dict, output_dir: str, segments: int = 25) -> dic
             atomic.write_bytes(os.path.join(output_dir, name), data)
             sizes[name] = len(data)
     return sizes
+
+
+# ---------------------------------------------------------------------------
+# TV-L1 itself, for a client that computes the flow on the device
+
+#: The flow file's inputs. Feed them by name (`run_flow` does, through the
+#: signature runner), never by position: ``get_input_details()`` is not in
+#: argument order (the previous frame came second), and swapped frames solve
+#: next -> prev, about minus the flow: that was the 4.76 px "error" of the
+#: issue's probe on a 3 px translation, not any op of TFLite.
+FLOW_INPUTS = ("frame0_prev", "frame1_next")
+
+
+def convert_flow(height: int, width: int) -> bytes:
+    """`data_prep.tvl1`'s graph for one (1, height, width) uint8 pair, builtins only.
+
+    Outputs ``flow`` (1, H, W, 2) float32. The same graph as the export's;
+    unfused, it differs from the XLA-compiled one by rounding order only.
+    """
+    import tempfile
+
+    import tensorflow as tf
+
+    from data_prep import tvl1
+
+    params = tvl1.TVL1Params()
+    spec = [tf.TensorSpec((1, height, width), tf.uint8, name=n) for n in FLOW_INPUTS]
+
+    def graph(frame0_prev, frame1_next):
+        return {"flow": tvl1.flow_graph(frame0_prev, frame1_next, params)}
+
+    module = tf.Module()
+    module.flow = tf.function(graph, input_signature=spec, autograph=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(module, tmp, signatures=module.flow.get_concrete_function())
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        data = converter.convert()
+    found = flex_ops(data)
+    if found:
+        raise TFLiteError(f"TV-L1 at {height}x{width} needs select TF ops {', '.join(found)}")
+    return data
+
+
+def run_flow(data: bytes, prev, nxt) -> "np.ndarray":  # noqa: F821
+    """(H, W, 2) flow of one uint8 (H, W) pair through a `convert_flow` file."""
+    import numpy as np
+
+    interpreter = _interpreter(data)
+    interpreter.allocate_tensors()
+    runner = interpreter.get_signature_runner()
+    out = runner(**dict(zip(FLOW_INPUTS, (np.asarray(prev, np.uint8)[None],
+                                          np.asarray(nxt, np.uint8)[None]))))
+    return np.asarray(out["flow"], np.float32)[0]
