@@ -414,6 +414,15 @@ def _tvl1_graph(prev, nxt, params: TVL1Params):
     return ops.stack([u1, u2], axis=-1), ops.stack(counts, axis=1)
 
 
+def flow_graph(prev, nxt, params: TVL1Params):
+    """(B, H, W) uint8 pair batch -> (B, H, W, 2) float32 flow, as a traceable graph.
+
+    For graphs that embed TV-L1 (`mat_effnet.export`): the same computation
+    as `batch_tvl1`, uncompiled, for the caller to trace at a static size.
+    """
+    return _tvl1_graph(prev, nxt, params)[0]
+
+
 def _check_batch(prev, nxt) -> tuple[np.ndarray, np.ndarray]:
     from mat_effnet.errors import bad_argument
 
