@@ -458,19 +458,34 @@ def export(spatial_path: str, temporal_path: str, output_dir: str,
     def describe():
         return {"metadata": tf.constant(text)}
 
-    # A plain tf.Module, not keras.export.ExportArchive: in Keras 3.15 the
-    # archive saves every variable twice (measured: 8.19 M values for a
-    # 4.09 M-parameter stream).
+    # The models' variables are folded into the graph as constants: the
+    # export is for serving, and `saved_model_cli run` (a TF1 session
+    # loader) cannot find Keras 3 variables in a TF2 SavedModel ("Could not
+    # find variable ..."), while a graph of constants runs under both loaders.
+    # (Not keras.export.ExportArchive either: in Keras 3.15 it saves every
+    # variable twice, 8.19 M values for a 4.09 M-parameter stream.)
+    from tensorflow.python.framework import convert_to_constants
+
+    concrete = serve.get_concrete_function()
+    frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
+    names = sorted(concrete.structured_outputs)  # the frozen outputs' (flattened) order
+
+    @tf.function(autograph=False, input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.uint8, name="frames")])
+    def serving_default(frames):
+        return dict(zip(names, frozen(frames)))
+
     module = tf.Module()
-    module.spatial_model = serving.spatial.model
-    module.temporal_model = serving.temporal.model
-    module.serve, module.describe = serve, describe
-    signatures = {"serving_default": serve.get_concrete_function(),
+    module.serve, module.describe = serving_default, describe
+    signatures = {"serving_default": serving_default.get_concrete_function(),
                   "metadata": describe.get_concrete_function()}
     output_dir = os.path.abspath(output_dir)
     tmp = atomic.tmp_name(output_dir)
     try:
-        tf.saved_model.save(module, tmp, signatures=signatures)
+        # No gradients are served; the activations' custom gradients capture
+        # tensors of the unfrozen graph and cannot be saved with it.
+        tf.saved_model.save(module, tmp, signatures=signatures,
+                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         with open(os.path.join(tmp, "assets.mat_effnet.json"), "w") as f:
             f.write(json.dumps(metadata, indent=2) + "\n")
         old = None
