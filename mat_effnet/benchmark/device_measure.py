@@ -159,7 +159,7 @@ def train_step(stream: str, policy: str, batch: int, steps: int, *, image_size: 
         model = models.build_stream(num_classes, stream, num_segments=num_segments,
                                     image_size=image_size, flow_length=flow_length,
                                     backbone=backbone, weights=None)
-        channels = models.input_channels(stream, flow_length)
+        channels = model.spec.channels  # 3, or 2L interleaved flow
         optimizer = _sgd()
         optimizer.build(model.trainable_variables)
         loss_fn = keras.losses.SparseCategoricalCrossentropy()
