@@ -14,7 +14,7 @@ import os
 
 from data_prep.layouts import (
     Collector, FrameFolders, Layout, LayoutError, REASON_ESCAPES, VIDEO_EXTENSIONS, is_video_name, join_rel,
-    locate, normalize_rel, one_line, read_lines, sorted_subdirs, strip_ext, walk_files,
+    normalize_rel, one_line, read_lines, sorted_subdirs, strip_ext, walk_files,
 )
 
 _FOLDER_SPLIT_WORDS = {"train": "train", "test": "test", "val": "validation",
@@ -105,9 +105,5 @@ def _folder_from_split_file(root: str, classes: list[str], split_file: str,
         if class_name not in out.label_of:
             out.fail(video_id, abs_path, f"unknown class {class_name!r} in {fname} line {lineno}")
             continue
-        abs_path, missing = locate(video_id, abs_path, frames)
-        if missing:
-            out.fail(video_id, abs_path, f"listed in {fname} but {missing}")
-            continue
-        out.add(video_id, abs_path, class_name, split_name, fname)
+        out.add_listed(video_id, abs_path, class_name, split_name, fname, frames)
     return out.finish(root)

@@ -14,7 +14,7 @@ import re
 
 from data_prep.layouts import (
     Collector, FrameFolders, Layout, LayoutError, REASON_ESCAPES, join_rel, normalize_rel, one_line,
-    locate, read_lines, sorted_subdirs, strip_ext,
+    read_lines, sorted_subdirs, strip_ext,
 )
 
 _HMDB_SPLIT_DIR = "testTrainMulti_7030_splits"
@@ -86,8 +86,4 @@ def _hmdb_entry(out: Collector, video_root: str, class_name: str, fname: str,
         # Inside the root but another class's folder: the label would be wrong.
         out.fail(video_id, path, f"path leaves class folder {class_name!r} in {fname}")
         return
-    path, missing = locate(video_id, path, frames)
-    if missing:
-        out.fail(video_id, path, f"listed in {fname} but {missing}")
-        return
-    out.add(video_id, path, class_name, _HMDB_FLAGS[flag], fname)
+    out.add_listed(video_id, path, class_name, _HMDB_FLAGS[flag], fname, frames)

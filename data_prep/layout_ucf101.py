@@ -13,7 +13,7 @@ import os
 
 from data_prep.layouts import (
     Collector, FrameFolders, Layout, LayoutError, REASON_ESCAPES, join_rel, normalize_rel, one_line,
-    locate, read_lines, strip_ext,
+    read_lines, strip_ext,
 )
 
 _UCF_VIDEO_DIR = "UCF-101"
@@ -95,8 +95,4 @@ def _ucf_entry(out: Collector, video_root: str, split_name: str, fname: str,
         out.fail(video_id, path, f"label {listed_label} in {fname} line {lineno} "
                                  f"disagrees with class folder {class_name!r}")
         return
-    path, missing = locate(video_id, path, frames)
-    if missing:
-        out.fail(video_id, path, f"listed in {fname} but {missing}")
-        return
-    out.add(video_id, path, class_name, split_name, fname)
+    out.add_listed(video_id, path, class_name, split_name, fname, frames)

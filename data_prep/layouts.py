@@ -196,6 +196,15 @@ class Collector:
         self.splits.setdefault(split, []).append(
             VideoEntry(video_id, path, self.label_of[class_name], class_name, split))
 
+    def add_listed(self, video_id: str, path: str, class_name: str, split: str, source: str,
+                   frames: FrameFolders | None) -> None:
+        """`add` a video a list file names, once its file (or frame folder) is found."""
+        path, missing = locate(video_id, path, frames)
+        if missing:
+            self.fail(video_id, path, f"listed in {source} but {missing}")
+            return
+        self.add(video_id, path, class_name, split, source)
+
     def finish(self, root: str) -> Layout:
         if not any(self.splits.values()):
             detail = (f"{len(self.failures)} listed entries skipped, first: "
