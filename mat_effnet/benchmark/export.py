@@ -46,7 +46,7 @@ def measure(work_dir: str, seconds: float = 4.0, short_side: int = 256, image_si
     import tensorflow as tf
 
     from data_prep import synthetic
-    from mat_effnet import evaluation, export, inference, tflite_export
+    from mat_effnet import evaluation, export, frames_graph, inference, tflite_export
     from mat_effnet import models as M
 
     prep = {"short_side": short_side, "flow": "tvl1", "flow_implementation": "keras",
@@ -94,8 +94,8 @@ def measure(work_dir: str, seconds: float = 4.0, short_side: int = 256, image_si
         f = tf.function(fn, autograph=False)
         return _timed(lambda: f(*args), repeat=2)
 
-    resized = export.resize_short_side(x, short_side)
-    grey = export.to_grey(resized)
+    resized = frames_graph.resize_short_side(x, short_side)
+    grey = frames_graph.to_grey(resized)
     from mat_effnet import sampling
 
     positions = sampling.sample_positions(tf.shape(grey)[0], cfg, training=False)
@@ -104,11 +104,11 @@ def measure(work_dir: str, seconds: float = 4.0, short_side: int = 256, image_si
     prev, nxt = tf.gather(grey, unique), tf.gather(grey, unique + 1)
     flow = serving.flow(prev, nxt)
     out["stages_warm_s"] = {
-        "resize": stage(lambda v: export.resize_short_side(v, short_side), x),
-        "grey": stage(export.to_grey, resized),
+        "resize": stage(lambda v: frames_graph.resize_short_side(v, short_side), x),
+        "grey": stage(frames_graph.to_grey, resized),
         f"tvl1 ({int(tf.size(unique))} pairs of {count - 1})": stage(serving.flow, prev, nxt),
-        "quantize+jpeg": stage(lambda f: export.jpeg_round_trip(
-            tf.reshape(tf.transpose(export.quantize(f, 20.0), [0, 3, 1, 2]),
+        "quantize+jpeg": stage(lambda f: frames_graph.jpeg_round_trip(
+            tf.reshape(tf.transpose(frames_graph.quantize(f, 20.0), [0, 3, 1, 2]),
                        [-1, flow.shape[1], flow.shape[2], 1]), 90), flow),
         "spatial stream (resize, jpeg, views, model)": stage(serving.spatial_scores, x),
     }
