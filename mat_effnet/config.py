@@ -41,6 +41,7 @@ SCHEDULES = ("cosine", "step", "constant")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 LOOPS = ("auto", "fit", "custom")
 SHARD_POLICIES = ("auto", "file", "data")
+ON_CORRUPT = ("stop", "skip")  # mat_effnet.corrupt_skip
 
 
 def setting(default, help: str, choices: tuple | None = None, **kwargs):  # noqa: A002
@@ -82,12 +83,17 @@ class DataConfig:
     data_service: str | None = setting(
         None, "tf.data service dispatcher (grpc://HOST:PORT): run the input "
         "pipeline on its workers instead of this machine.")
+    on_corrupt: str = setting(
+        "stop", "A damaged record while training: stop (one line naming the shard and "
+        "video) or skip (leave the video out, count it in training_log.csv and name it in "
+        "skipped_videos.json; version-2 data, Keras fit loop).", choices=ON_CORRUPT)
 
     def __post_init__(self):
         for name in ("num_segments", "flow_length", "image_size", "shuffle_buffer"):
             _at_least(name, getattr(self, name), 1)
         if self.validation_split == "":
             object.__setattr__(self, "validation_split", None)
+        _choice("on_corrupt", self.on_corrupt, ON_CORRUPT)
         if self.data_service == "":
             object.__setattr__(self, "data_service", None)
         if self.data_service is not None and "://" not in self.data_service:

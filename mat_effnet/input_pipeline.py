@@ -16,6 +16,7 @@ op thread (parallelism across elements, not inside one).
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from typing import Sequence
@@ -127,7 +128,8 @@ def _options(threads: int | None) -> tf.data.Options:
 def build_dataset(data_dir: str, split: str, cfg: PipelineConfig, batch_size: int, *,
                   files: Sequence[str] | None = None, with_ids: bool = False,
                   epochs: int | None = None, data_service: str | None = None,
-                  threads: int | None = None, meta: dict | None = None) -> tf.data.Dataset:
+                  threads: int | None = None, meta: dict | None = None,
+                  skip=frozenset()) -> tf.data.Dataset:
     """The batched dataset of one split.
 
     Training (``cfg.training``): endless (or ``epochs`` passes), shuffled;
@@ -156,6 +158,8 @@ def build_dataset(data_dir: str, split: str, cfg: PipelineConfig, batch_size: in
     order.  Batches are formed on the workers.  ``threads``: a private
     tf.data thread pool of that many threads (default: TF's shared pool).
     ``meta``: the folder's metadata when the caller has read it already.
+    ``skip``: (shard file name, byte offset) of version-2 groups to leave
+    out (`mat_effnet.corrupt_skip`).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise MatEffNetError(f"batch_size={batch_size!r}: must be an integer >= 1")
@@ -176,9 +180,12 @@ def build_dataset(data_dir: str, split: str, cfg: PipelineConfig, batch_size: in
     # Unordered parallelism is faster; a seed asks for reproducible batches.
     deterministic = not cfg.training or cfg.seed is not None
     if meta.get("schema_version", 1) == 1:
+        if skip:
+            raise MatEffNetError(f"{data_dir}: version-1 records cannot be skipped one by "
+                                 "one; re-prepare it (version 2) or repair it")
         ds = _version1_clips(files, cfg, epochs, with_ids, deterministic)
     else:
-        ds = _version2_clips(files, cfg, epochs, with_ids, deterministic)
+        ds = _version2_clips(files, cfg, epochs, with_ids, deterministic, skip)
     ds = ds.batch(batch_size, drop_remainder=cfg.training)
     ds = ds.with_options(_options(threads))
     if data_service is not None:
@@ -194,9 +201,14 @@ def _global_seed(cfg: PipelineConfig) -> int:
     return random.SystemRandom().randrange(2**31) if cfg.seed is None else cfg.seed
 
 
-def _version2_clips(files, cfg: PipelineConfig, epochs, with_ids: bool, deterministic: bool):
+def _version2_clips(files, cfg: PipelineConfig, epochs, with_ids: bool, deterministic: bool,
+                    skip=frozenset()):
     """Unbatched clips from version-2 shards: each reads its header and its frames only."""
     table = _group_table(files)
+    if skip:
+        names = [os.path.basename(f) for f in files]
+        keep = [(names[int(i)], int(off)) not in skip for i, off, _ in table]
+        table = table[np.asarray(keep, bool)]
     if not len(table):
         raise MatEffNetError(f"{files[0]}...: the split's shard indexes list no videos")
     seed = _global_seed(cfg)

@@ -14,6 +14,10 @@ size, under ``shard_files`` in ``mat_effnet_meta.json`` (`record`).
 * `locate`: after a read error (TensorFlow names neither file nor video of
   a byte-offset read), an eager scan of the split's shards finds the first
   damaged one and the video in it; `DataFault` carries the line.
+* `damaged_groups`: every damaged group (video or chunk) of a version-2
+  split, each read on its own by its index, so one bad record does not hide
+  the groups after it; `--on_corrupt=skip` (`mat_effnet.corrupt_skip`)
+  leaves them out of training.
 * `verify` (``mat-effnet-verify``): reads every record (TFRecord's CRCs),
   checks checksums, indexes and groups, and with ``decode`` decodes every
   JPEG; returns the problems found.
@@ -21,6 +25,7 @@ size, under ``shard_files`` in ``mat_effnet_meta.json`` (`record`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -221,6 +226,92 @@ def locate(data_dir: str, meta: dict, splits, error: BaseException) -> DataFault
     first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
     return DataFault(f"{data_dir}: a read error that a scan of its shards does not find "
                      f"again ({type(error).__name__}: {first}); {_advice(data_dir)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DamagedGroup:
+    """One unreadable version-2 group: shard file name, byte offset, its video, why."""
+
+    shard: str
+    offset: int
+    video: str
+    problem: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.shard, self.offset
+
+
+_read_fn = None
+
+
+def _read_records(path: str, offset: int, count: int, num_bytes: int) -> list[bytes]:
+    """Up to ``count`` records from byte ``offset`` (the seeking reader runs in a graph)."""
+    global _read_fn
+    import tensorflow as tf
+
+    if _read_fn is None:
+        _read_fn = tf.function(lambda p, o, c, n: records._payloads_at(p, o, c, n).batch(
+            c + 1).get_single_element(), reduce_retracing=True)
+    return list(_read_fn(tf.constant(path), tf.constant(offset, tf.int64),
+                         tf.constant(count, tf.int64), tf.constant(num_bytes, tf.int64)).numpy())
+
+
+def _group_problem(path: str, offset: int, header_bytes: int, num_bytes: int,
+                   decode: bool) -> tuple[str, str | None]:
+    """(video id, problem or None) of the group at ``offset``, read eagerly on its own."""
+    import tensorflow as tf
+
+    video = f"the group at byte {offset}"
+    try:
+        (head,) = _read_records(path, offset, 1, header_bytes + records.FRAMING_BYTES) or [b""]
+        header = tf.io.parse_single_example(head, records.header_spec())
+        video = header[records.VIDEO_ID].numpy().decode("utf-8")
+        expected = int(tf.size(header[records.RGB_BYTES]) + tf.size(header[records.FLOW_BYTES]))
+        frames = _read_records(path, offset, 1 + expected, num_bytes)[1:]
+        if len(frames) < expected:
+            return video, (f"its group ends after {len(frames)} of the {expected} frames "
+                           "its header lists")
+        if decode:
+            for jpeg in frames:
+                tf.io.decode_jpeg(jpeg)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        return video, f"corrupted record ({type(e).__name__}: {first})"
+    return video, None
+
+
+def damaged_groups(data_dir: str, meta: dict, split: str, decode: bool = False,
+                   known=frozenset()) -> list[DamagedGroup]:
+    """Every damaged group of a version-2 split, each read by its index entry.
+
+    ``known`` (``DamagedGroup.key``s) are not read again. A missing shard or
+    index cannot be skipped group by group: that stays a `DataFault`.
+    """
+    import tensorflow as tf
+
+    out = []
+    for path in records.split_files(data_dir, meta, split):
+        name = os.path.basename(path)
+        try:
+            index = records.read_index(path)
+            size = tf.io.gfile.stat(path).length
+        except (records.MetadataError, tf.errors.NotFoundError) as e:
+            raise DataFault(f"{path}: {str(e).split(': ', 1)[-1]}; a missing shard or index "
+                            f"cannot be skipped video by video: restore it or re-run "
+                            f"mat-effnet-prep") from None
+        ends = [*index[1:, 0].tolist(), size]
+        for (offset, header_bytes), end in zip(index.tolist(), ends):
+            if (name, offset) in known:
+                continue
+            if offset >= size:
+                out.append(DamagedGroup(name, offset, f"the group at byte {offset}",
+                                        "its index lists it past the end of the shard"))
+                continue
+            video, problem = _group_problem(path, offset, header_bytes, end - offset, decode)
+            if problem:
+                out.append(DamagedGroup(name, offset, video, problem))
+    return out
 
 
 def read_error(error: BaseException) -> bool:

@@ -55,8 +55,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from mat_effnet import (atomic, config, distributed, input_pipeline, integrity, models,
-                        records, task)
+from mat_effnet import (atomic, config, corrupt_skip, distributed, input_pipeline, integrity,
+                        models, records, task)
 from mat_effnet.sampling import PipelineConfig
 from mat_effnet.errors import bad_argument
 
@@ -232,8 +232,24 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
                          "XLA step cannot reach other devices' variables; use loop='auto' "
                          "or 'custom'")
     read_splits = ["train", *([cfg.data.validation_split] if has_val else [])]
+    skips = None
+    if cfg.data.on_corrupt == "skip":
+        if custom:
+            raise bad_argument("on_corrupt", "skip", "works with the Keras fit loop (one "
+                               "machine); the custom loop stops on a damaged record: run "
+                               "mat-effnet-verify and mat-effnet-prep --rebuild_damaged")
+        if int(meta.get("schema_version", 1)) == 1:
+            raise bad_argument("on_corrupt", "skip", f"{cfg.data.data_dir} holds version-1 "
+                               "records, which cannot be skipped one by one")
+        skips = corrupt_skip.SkipList(cfg.runtime.model_dir)
     for split in read_splits:  # sizes against the metadata: a stat each, before any step
-        integrity.check_split(cfg.data.data_dir, meta, split)
+        try:
+            integrity.check_split(cfg.data.data_dir, meta, split)
+        except integrity.DataFault:
+            # A truncated shard: with skip, the groups past its end are left out.
+            if skips is None or not skips.add(integrity.damaged_groups(
+                    cfg.data.data_dir, meta, split, known=skips.keys), split):
+                raise
     if custom:
         # Fail before any work when the shard files cannot feed the workers.
         distributed.plan_sharding(records.split_files(cfg.data.data_dir, meta, "train"),
@@ -249,26 +265,34 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
         monitor = "val_accuracy" if has_val else "accuracy"
         # Off the chief everything goes to a temp dir that is then deleted.
         with distributed.WriteDir(cfg.runtime.model_dir, info) as out_dir:
-            all_callbacks = [*_standard_callbacks(cfg, out_dir, steps, monitor, custom),
-                             *callbacks]
             if info.is_chief:
                 _write_json(os.path.join(cfg.runtime.model_dir, "train_config.json"),
                             dict(cfg.to_dict(), num_classes=num_classes,
                                  classes=meta["classes"], replicas=replicas,
                                  workers=info.num_workers, steps_per_epoch=steps))
-            try:
-                if custom:
-                    history = _train_custom(cfg, model, stream_task, strategy, info, meta,
-                                            steps, has_val, out_dir, all_callbacks)
-                else:
-                    val = _val_dataset(cfg, meta) if has_val else None
-                    history = model.fit(_train_dataset(cfg, meta), epochs=cfg.optim.epochs,
-                                        steps_per_epoch=steps, validation_data=val,
-                                        callbacks=all_callbacks, verbose=cfg.runtime.verbose)
-            except Exception as e:  # noqa: BLE001  # a damaged shard: named, not TF's op trace
-                if not integrity.read_error(e):
-                    raise
-                raise integrity.locate(cfg.data.data_dir, meta, read_splits, e) from None
+            while True:  # more than once only with on_corrupt=skip, after a damaged record
+                all_callbacks = [*_standard_callbacks(cfg, out_dir, steps, monitor, custom,
+                                                      skips), *callbacks]
+                try:
+                    if custom:
+                        history = _train_custom(cfg, model, stream_task, strategy, info, meta,
+                                                steps, has_val, out_dir, all_callbacks)
+                    else:
+                        skip = skips.keys if skips is not None else frozenset()
+                        val = _val_dataset(cfg, meta, skip=skip) if has_val else None
+                        history = model.fit(_train_dataset(cfg, meta, skip=skip),
+                                            epochs=cfg.optim.epochs, steps_per_epoch=steps,
+                                            validation_data=val, callbacks=all_callbacks,
+                                            verbose=cfg.runtime.verbose)
+                    break
+                except Exception as e:  # noqa: BLE001  # a damaged shard: named, not TF's trace
+                    if not integrity.read_error(e):
+                        raise
+                    # Skip: every damaged video found in one scan, then resume from the
+                    # last backup (BackupAndRestore) as after a kill.
+                    if skips is None or not skips.scan(cfg.data.data_dir, meta, read_splits, e):
+                        raise integrity.locate(cfg.data.data_dir, meta, read_splits,
+                                               e) from None
             save_model(_float32_model(model, cfg, num_classes, meta),
                        os.path.join(out_dir, MODEL_FILENAME))
             if distributed.is_multi_worker(strategy):
@@ -281,32 +305,34 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
                "epochs_run": len(history.history.get("loss", [])),
                "final": last, "replicas": replicas, "workers": info.num_workers,
                "worker": info.name, "loop": "custom" if custom else "fit",
-               "steps_per_epoch": steps}
+               "steps_per_epoch": steps,
+               "skipped": skips.videos() if skips is not None else []}
     if info.is_chief:
         _write_json(os.path.join(cfg.runtime.model_dir, "train_summary.json"), summary)
     return summary
 
 
-def _train_dataset(cfg: TrainConfig, meta: dict, files=None,
-                   batch_size=None) -> tf.data.Dataset:
+def _train_dataset(cfg: TrainConfig, meta: dict, files=None, batch_size=None,
+                   skip=frozenset()) -> tf.data.Dataset:
     # With a tf.data service the clips are made on its workers; validation
     # stays local (one pass in file order, small).
     return input_pipeline.build_dataset(cfg.data.data_dir, "train", pipeline_config(cfg, True),
                                         batch_size or cfg.optim.batch_size, files=files,
-                                        data_service=cfg.data.data_service, meta=meta)
+                                        data_service=cfg.data.data_service, meta=meta,
+                                        skip=skip)
 
 
-def _val_dataset(cfg: TrainConfig, meta: dict, files=None,
-                 batch_size=None) -> tf.data.Dataset:
+def _val_dataset(cfg: TrainConfig, meta: dict, files=None, batch_size=None,
+                 skip=frozenset()) -> tf.data.Dataset:
     # The test pipeline yields (B, crops=1, K, S, S, C): drop the crop axis.
     return input_pipeline.build_dataset(
         cfg.data.data_dir, cfg.data.validation_split, pipeline_config(cfg, False),
-        batch_size or cfg.optim.batch_size, files=files, meta=meta,
+        batch_size or cfg.optim.batch_size, files=files, meta=meta, skip=skip,
     ).map(lambda clips, labels: (clips[:, 0], labels))
 
 
 def _standard_callbacks(cfg: TrainConfig, out_dir: str, steps: int, monitor: str,
-                        custom: bool) -> list:
+                        custom: bool, skips=None) -> list:
     callbacks = [LearningRateSetter(cfg, steps)]
     if not custom:
         # The custom loop checkpoints with tf.train.Checkpoint instead.
@@ -318,6 +344,8 @@ def _standard_callbacks(cfg: TrainConfig, out_dir: str, steps: int, monitor: str
         AtomicModelCheckpoint(os.path.join(out_dir, "best.keras"), monitor=monitor,
                               mode="max", save_best_only=True),
         AtomicModelCheckpoint(os.path.join(out_dir, "last.keras")),
+        # Before the CSV and TensorBoard loggers, which read the logs it adds to.
+        corrupt_skip.SkippedCount(skips, os.path.join(out_dir, "training_log.csv")),
         keras.callbacks.CSVLogger(os.path.join(out_dir, "training_log.csv"), append=True),
         # The custom loop has no Keras train_function graph to draw.
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch",

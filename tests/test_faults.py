@@ -431,6 +431,68 @@ def test_a_read_error_while_training_names_the_shard_and_the_video(small_data, t
     assert "corrupted record" in line and "\n" not in line
 
 
+def _damage_group(shard, g):
+    """Flips bytes inside group g's frame records only; returns that video's id."""
+    index = records.read_index(shard)
+    start = int(index[g, 0] + index[g, 1]) + 40
+    end = int(index[g + 1, 0]) if g + 1 < len(index) else os.path.getsize(shard)
+    data = bytearray(open(shard, "rb").read())
+    for i in range(start, end - 8, 53):
+        data[i] ^= 0xFF
+    open(shard, "wb").write(bytes(data))
+    return [v["video_id"] for v in records.read_groups(shard + ".orig")][g]
+
+
+def _csv(path):
+    import csv
+
+    return list(csv.DictReader(open(path)))
+
+
+def test_on_corrupt_skip_leaves_the_video_out_counts_and_names_it(small_data, tmp_path):
+    import shutil
+
+    from mat_effnet import integrity
+
+    d = _copy(small_data, tmp_path)
+    shard = _train_shard(d)
+    shutil.copy(shard, shard + ".orig")
+    video = _damage_group(shard, 1)
+    os.remove(shard + ".orig")
+    train_videos = sum(len(records.read_index(p)) for p in records.split_files(d, _meta(d), "train"))
+    kw = dict(epochs=2, steps_per_epoch=train_videos // 2, batch_size=2)
+    # The default stops, naming the video.
+    with pytest.raises(integrity.DataFault, match=rf"^{shard}: {video}: corrupted record"):
+        training.train(_train_cfg(d, tmp_path / "stop", **kw))
+    # skip: the run finishes, the video is named and counted from epoch 1.
+    summary = training.train(_train_cfg(d, tmp_path / "m", on_corrupt="skip", **kw))
+    assert summary["epochs_run"] >= 1 and summary["skipped"] == [video]
+    listed = json.load(open(tmp_path / "m" / "skipped_videos.json"))["skipped"]
+    assert [(e["shard"], e["video"], e["split"]) for e in listed] == [
+        (os.path.basename(shard), video, "train")]
+    assert "corrupted record" in listed[0]["problem"]
+    rows = _csv(tmp_path / "m" / "training_log.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1"]  # resumed from the backup: no repeat
+    assert float(rows[-1]["skipped"]) == 1.0
+    # A sound run carries the column too (CSVLogger fixes its columns at the first write).
+    training.train(_train_cfg(small_data, tmp_path / "clean", epochs=1))
+    assert [float(r["skipped"]) for r in _csv(tmp_path / "clean" / "training_log.csv")] == [0.0]
+
+
+def test_on_corrupt_skip_leaves_out_the_groups_past_a_truncated_shards_end(small_data, tmp_path):
+    d = _copy(small_data, tmp_path)
+    shard = _train_shard(d)
+    cut = int(records.read_index(shard)[-1, 0])
+    with open(shard, "r+b") as f:  # the last group's header is gone with it: named by offset
+        f.truncate(cut)
+    summary = training.train(_train_cfg(d, tmp_path / "m", on_corrupt="skip"))
+    assert summary["skipped"] == [f"the group at byte {cut}"]
+    (entry,) = json.load(open(tmp_path / "m" / "skipped_videos.json"))["skipped"]
+    assert entry["shard"] == os.path.basename(shard) and "past the end" in entry["problem"]
+    with pytest.raises(ValueError, match="on_corrupt"):
+        _train_cfg(d, tmp_path / "x", on_corrupt="ignore")
+
+
 # ---------------------------------------------------------------------------
 # Videos that decode only in part; rotation
 
