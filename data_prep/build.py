@@ -76,6 +76,9 @@ flags.DEFINE_bool("strict_decode", False, "Leave out, as failed, videos under "
 flags.DEFINE_float("video_timeout_s", None, "Seconds one video may take; a video still "
                    "decoding then has its process killed and is listed as failed (one "
                    "process per video: for datasets with files that hang a decoder).")
+flags.DEFINE_bool("rebuild_damaged", False, "Check every finished shard of --out_dir (size "
+                  "and SHA-256: one read of each) and make the damaged ones again from their "
+                  "videos; sound shards are kept (after mat-effnet-verify reports damage).")
 flags.DEFINE_bool("wait", False, "When another prep holds --out_dir's lock, wait for it to "
                   "finish instead of stopping.")
 flags.mark_flags_as_required(["dataset", "data_root", "out_dir"])
@@ -99,7 +102,7 @@ def main(argv):
         workers=FLAGS.workers, videos_per_shard=FLAGS.videos_per_shard, name=FLAGS.name,
         schema_version=int(FLAGS.schema_version),
         min_decoded_fraction=FLAGS.min_decoded_fraction, strict_decode=FLAGS.strict_decode,
-        video_timeout_s=FLAGS.video_timeout_s)
+        video_timeout_s=FLAGS.video_timeout_s, rebuild_damaged=FLAGS.rebuild_damaged)
     if FLAGS.runner:
         from data_prep import beam_pipeline
 

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import time
 
-from data_prep import datasets, flow_batches, layouts, shards, watchdog, work_files
+from data_prep import datasets, flow_batches, layouts, repair, shards, watchdog, work_files
 from data_prep import flow as flow_lib
 from data_prep.prep_config import AUTO, PrepConfig
 from data_prep.progress import Progress, fmt_seconds
@@ -221,6 +221,8 @@ def prepare(cfg: PrepConfig) -> tuple[layouts.Layout, dict[str, list[list]]]:
              for split, entries in layout.splits.items() if entries}
     for split in plans:
         work_files.gfile().makedirs(work_files.work_dir(cfg.out_dir, split))
+    if cfg.rebuild_damaged:
+        repair.reset_damaged(cfg, plans)
     return layout, plans
 
 

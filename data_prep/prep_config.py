@@ -78,6 +78,9 @@ class PrepConfig:
     # Seconds one video may take before its process is killed and the video
     # listed as failed (`data_prep.watchdog`); None: no limit.
     video_timeout_s: float | None = None
+    # Before the run, check every finished shard (size, SHA-256) and remove the
+    # damaged ones so they are made again (`data_prep.repair`).
+    rebuild_damaged: bool = False
 
     @property
     def encoding(self) -> encode.EncodeSettings:

@@ -1,5 +1,6 @@
 """The fault catalogue (issue 17): each fault gives one line, exit 2, and loses nothing done."""
 
+import dataclasses
 import errno
 import glob
 import json
@@ -429,6 +430,32 @@ def test_a_read_error_while_training_names_the_shard_and_the_video(small_data, t
     named = line.split(": ")[1]
     assert named in videos or named.startswith("group ") or named.startswith("its first"), line
     assert "corrupted record" in line and "\n" not in line
+
+
+def test_prep_rebuild_damaged_remakes_only_the_damaged_shards_byte_identical(small_data,
+                                                                            tmp_path):
+    import shutil
+
+    from mat_effnet import integrity
+
+    d = str(tmp_path / "data")
+    shutil.copytree(small_data, d)  # with its work folder: the shard summaries
+    clean = _shard_bytes(d)
+    names = _meta(d)["shards"]["train"]
+    flipped, cut, sound = (os.path.join(d, n) for n in names[:3])
+    _flip(flipped)
+    with open(cut, "r+b") as f:
+        f.truncate(100)
+    before = os.stat(sound).st_mtime_ns
+    cfg = PrepConfig(dataset="ucf101", data_root=os.path.join(os.path.dirname(small_data),
+                                                              "videos"),
+                     out_dir=d, flow="none", short_side=40, videos_per_shard=4)
+    builder.build(cfg)  # a plain rerun trusts its finished shards
+    assert _shard_bytes(d) != clean
+    builder.build(dataclasses.replace(cfg, rebuild_damaged=True))
+    assert _shard_bytes(d) == clean
+    assert os.stat(sound).st_mtime_ns == before  # a sound shard is not rewritten
+    assert integrity.verify(d) == []
 
 
 def _damage_group(shard, g):
