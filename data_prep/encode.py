@@ -198,7 +198,20 @@ def encode_video(path: str, settings: EncodeSettings, *, video_id: str | None = 
             height=shape[0], width=shape[1], rgb=list(rgb), flow_x=list(fx), flow_y=list(fy),
             chunk_index=chunk, frame_offset=offset)
 
-    for frame in video.iter_frames(path, settings.short_side):
+    stats["gaps"] = []
+    run = 0
+    for frame_run, frame in video.iter_frame_runs(path, settings.short_side):
+        if frame_run != run:
+            # Frames were skipped (a damaged region): flow across the jump
+            # would be wrong, so the frames after it start a new chunk.
+            stats["gaps"].append(total)
+            run = frame_run
+            if len(rgb) >= 2:  # a 1-frame run has no flow: dropped, as a tail is
+                if with_flow:
+                    run_flow()
+                yield record()
+                chunk, offset = chunk + 1, offset + len(rgb)
+            rgb, fx, fy, grays = [], [], [], []
         if shape is None:
             shape = frame.shape[:2]
             stats.update(height=int(shape[0]), width=int(shape[1]))
@@ -257,12 +270,21 @@ def decode_video(path: str, settings: EncodeSettings) -> DecodedVideo:
     with_flow = settings.flow != "none"
     chunks_rgb: list = [[]]
     chunks_gray: list = [[]]
-    total = 0
+    total = run = 0
     shape = None
-    for frame in video.iter_frames(path, settings.short_side):
+    gaps = []
+    for frame_run, frame in video.iter_frame_runs(path, settings.short_side):
         if shape is None:
             shape = frame.shape[:2]
-        if len(chunks_rgb[-1]) == settings.chunk_frames:
+        if frame_run != run:  # after a damaged region: a new chunk, as encode_video
+            gaps.append(total)
+            run = frame_run
+            if len(chunks_rgb[-1]) < 2:
+                chunks_rgb.pop()
+                chunks_gray.pop()
+            chunks_rgb.append([])
+            chunks_gray.append([])
+        elif len(chunks_rgb[-1]) == settings.chunk_frames:
             chunks_rgb.append([])
             chunks_gray.append([])
         chunks_rgb[-1].append(_rgb_jpeg(frame, settings.jpeg_quality))
@@ -274,7 +296,7 @@ def decode_video(path: str, settings: EncodeSettings) -> DecodedVideo:
         chunks_rgb.pop()
         chunks_gray.pop()
     grays = [np.stack(g) if with_flow else None for g in chunks_gray]
-    stats = {"fps": info.fps, "height": int(shape[0]), "width": int(shape[1])}
+    stats = {"fps": info.fps, "height": int(shape[0]), "width": int(shape[1]), "gaps": gaps}
     return DecodedVideo(fps=info.fps, height=int(shape[0]), width=int(shape[1]),
                         rgb=chunks_rgb, grays=grays, stats=stats)
 
@@ -289,7 +311,8 @@ def assemble_records(decoded: DecodedVideo, quantized: list, settings: EncodeSet
     `encode_video`.
     """
     stats = _start_stats(stats, decoded.fps)
-    stats.update(height=decoded.height, width=decoded.width)
+    stats.update(height=decoded.height, width=decoded.width,
+                 gaps=list(decoded.stats.get("gaps", [])))
     offset = 0
     for c, rgb in enumerate(decoded.rgb):
         fx, fy = ([], []) if quantized[c] is None else _flow_jpegs(quantized[c],

@@ -4,7 +4,9 @@
 frame at a time (so memory stays bounded whatever the video length) and
 resizes each frame so that its short side has a given length
 (`resize_frame`, with `resized_size` the size arithmetic), and
-`iter_timed_frames` adds each frame's decoder timestamp. Every failure that is the
+`iter_timed_frames` adds each frame's decoder timestamp, and
+`iter_frame_runs` decodes past damaged regions, numbering the runs of
+consecutive frames between them. Every failure that is the
 video's fault (missing, empty, not a video, nothing decodable) surfaces as
 `VideoError` with a short machine-readable `reason`, so that a dataset build
 can log and skip the video instead of crashing.
@@ -156,18 +158,35 @@ def resize_frame(frame: np.ndarray, short_side: int) -> np.ndarray:
     return cv2.resize(frame, (out_w, out_h), interpolation=interp)
 
 
-def _generate(path: str, short_side: int, timed: bool = False) -> Iterator:
+# After a failed read, how many more reads `iter_frame_runs` tries when the
+# container announces no frame count (with one: up to what it announces).
+MAX_READS_PAST_DAMAGE = 64
+
+
+def _generate(path: str, short_side: int, timed: bool = False,
+              past_damage: bool = False) -> Iterator:
     cap = _open(path)
     try:
         if not cap.isOpened():
             raise VideoError(path, REASON_CANNOT_OPEN)
-        produced = 0
+        announced = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        announced = int(announced) if math.isfinite(announced) and announced > 0 else 0
+        produced = failed = run = 0
         while True:
             ok, frame = cap.read()
-            # A read failure is the end of the usable stream: for truncated or
-            # partly corrupt files the frames decoded so far are kept.
             if not ok or frame is None or frame.size == 0:
-                break
+                # Without past_damage a read failure ends the usable stream. With
+                # it, reading goes on (FFmpeg resyncs at the next good packet,
+                # e.g. the next intact MJPEG frame) while frames may remain; the
+                # frames after the damage start a new run.
+                failed += 1
+                limit = (announced - produced) if announced else MAX_READS_PAST_DAMAGE
+                if not past_damage or failed > limit:
+                    break
+                continue
+            if failed and produced:
+                run += 1
+            failed = 0
             if frame.dtype != np.uint8:
                 # Some backends return 16-bit frames for high-bit-depth video.
                 frame = (frame >> 8).astype(np.uint8) if frame.dtype == np.uint16 else frame.astype(np.uint8)
@@ -175,7 +194,10 @@ def _generate(path: str, short_side: int, timed: bool = False) -> Iterator:
             rgb = _to_rgb(resize_frame(frame, short_side))
             # After a read, POS_MSEC is the presentation time of the frame just
             # read (checked on variable-frame-rate files: each frame's own pts).
-            yield (cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, rgb) if timed else rgb
+            if past_damage:
+                yield run, rgb
+            else:
+                yield (cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, rgb) if timed else rgb
         if produced == 0:
             raise VideoError(path, REASON_NO_FRAMES)
     finally:
@@ -198,6 +220,20 @@ def iter_frames(path: str, short_side: int = 256) -> Iterator[np.ndarray]:
     # first next(); the decoding itself is the lazy generator below.
     probe(path)
     return _generate(path, short_side)
+
+
+def iter_frame_runs(path: str, short_side: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+    """`iter_frames`, decoding past damaged regions: yields (run, RGB frame).
+
+    Where a read fails before the container's announced frame count, reading
+    goes on, and the frames after the damage belong to the next run (0, 1,
+    ...): frames of two runs are not consecutive, so no flow may join them.
+    For data preparation (`data_prep.encode`), which starts a new chunk at
+    each run.
+    """
+    path = os.fspath(path)
+    probe(path)
+    return _generate(path, short_side, past_damage=True)
 
 
 def iter_timed_frames(path: str, short_side: int = 256) -> Iterator[tuple[float, np.ndarray]]:

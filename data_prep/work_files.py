@@ -118,13 +118,13 @@ def _write_video(task: Task, produce, result: dict | None = None,
                 groups = records.write_videos(writer, produce(stats), task.cfg.schema_version)
         if task.cfg.schema_version != 1:
             stats["groups"] = groups
-        short = _decoded_too_few(task, stats)
+        short, warning = _decoded_too_few(task, stats)
         if short and task.cfg.strict_decode:
             from data_prep import video
 
-            raise video.VideoError(task.entry.path, short)
-        if short:
-            result["warning"] = short
+            raise video.VideoError(task.entry.path, warning)
+        if warning:
+            result["warning"] = warning
         result.update(stats, status="done", seconds=seconds + time.perf_counter() - start)
         atomic.write_text(f"{base}.done.json", json.dumps(result))
     except Exception as e:  # noqa: BLE001
@@ -135,24 +135,34 @@ def _write_video(task: Task, produce, result: dict | None = None,
     return result
 
 
-def _decoded_too_few(task: Task, stats: dict) -> str | None:
-    """Why the video kept too few of its announced frames (a damaged file), else None.
+def _decoded_too_few(task: Task, stats: dict) -> tuple[bool, str | None]:
+    """(too few frames kept, the warning) for a damaged file; (False, None) when sound.
 
     Kept frames, against the container's count: a chunked video drops at
-    most a 1-frame tail, well inside the tolerance.
+    most a 1-frame tail, well inside the tolerance. Frames skipped at a
+    damaged region are a warning even when enough were kept.
     """
     from data_prep import video
 
     try:
         announced = video.probe(task.entry.path).frame_count
     except video.VideoError:
-        return None
+        return False, None
     kept = int(stats.get("frames", 0))
     stats["announced_frames"] = announced
+    gaps = stats.get("gaps") or []
+    # Decoding went on past damaged regions (data_prep.video.iter_frame_runs);
+    # each one ends a chunk, so no flow joins frames across it.
+    skipped = (f"; frames were skipped at {len(gaps)} damaged region(s) (after decoded "
+               f"frame(s) {', '.join(map(str, gaps))}), each starting a new chunk"
+               if gaps else "")
     if announced and kept < task.cfg.min_decoded_fraction * announced:
-        return (f"decoded {kept} of the {announced} frames its container announces "
-                f"(under --min_decoded_fraction={task.cfg.min_decoded_fraction})")
-    return None
+        return True, (f"decoded {kept} of the {announced} frames its container announces "
+                      f"(under --min_decoded_fraction={task.cfg.min_decoded_fraction})"
+                      f"{skipped}")
+    if gaps:
+        return False, f"decoded {kept} of the {announced or '?'} frames announced{skipped}"
+    return False, None
 
 
 def _result(task: Task) -> dict:
