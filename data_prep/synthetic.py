@@ -373,7 +373,7 @@ def _video_name(cls: str, group: int, clip: int) -> str:
 
 def generate_ucf101_like(root: str, videos_per_class: int = 10, num_frames: int = 32,
                          height: int = 120, width: int = 160, seed: int = 0,
-                         texture: bool = True) -> dict:
+                         texture: bool = True, train_fraction: float = _TRAIN_FRACTION) -> dict:
     """Writes a UCF101-layout sample data set of `CLASSES` under `root`.
 
     Layout: root/UCF-101/<Class>/v_<Class>_gXX_cXX.avi and
@@ -382,7 +382,7 @@ def generate_ucf101_like(root: str, videos_per_class: int = 10, num_frames: int 
     1-based label; "Class/v_Class_g01_c01.avi"). Videos of a class form groups
     of 2 clips (g01 c01, g01 c02, g02 c01, ...); as in UCF101 the split is by
     group, so clips of one group never straddle train and test: the first
-    round(0.7 * groups) groups are train (at least 1, and at least one group
+    round(train_fraction * groups) groups are train (at least 1, and at least one group
     left for test when there are 2 or more groups). Every video is rendered
     from its own generator seeded with (seed, class, group, clip), so the
     output is identical for the same arguments. `texture`: see
@@ -391,12 +391,14 @@ def generate_ucf101_like(root: str, videos_per_class: int = 10, num_frames: int 
     """
     if videos_per_class < 1 or num_frames < 2:
         raise ValueError("need videos_per_class >= 1 and num_frames >= 2")
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction={train_fraction}: must be in (0, 1)")
     video_root = os.path.join(root, "UCF-101")
     split_dir = os.path.join(root, "ucfTrainTestlist")
     os.makedirs(split_dir, exist_ok=True)
 
     groups = math.ceil(videos_per_class / _CLIPS_PER_GROUP)
-    train_groups = int(math.floor(_TRAIN_FRACTION * groups + 0.5))
+    train_groups = int(math.floor(train_fraction * groups + 0.5))
     train_groups = max(1, min(train_groups, groups - 1)) if groups > 1 else 1
 
     train_lines, test_lines = [], []
