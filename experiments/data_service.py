@@ -1,0 +1,92 @@
+"""``mat-effnet-data-service``: the tf.data service dispatcher and workers for ``--data_service``.
+
+    mat-effnet-data-service dispatcher --port=5050 --work_dir=/shared/tfdata_dispatcher
+    mat-effnet-data-service worker --dispatcher=10.0.0.5:5050 --port=5051
+
+Plain `tf.data.experimental.service` servers (the training side's pipeline
+is `mat_effnet.input_pipeline`; workers run no project code, so the trainer
+checks the shard files for them, `mat_effnet.integrity`).
+
+Faults (issue 17):
+* A dispatcher keeps its state (datasets, jobs, which splits went where) in
+  memory unless it has a ``--work_dir``: then it runs in
+  ``fault_tolerant_mode``, journals every change there, and a dispatcher
+  restarted with the same ``--work_dir`` and ``--port`` takes the jobs up
+  again; trainers and workers reconnect by themselves.
+* A worker that dies loses the splits it held (DYNAMIC sharding is
+  at-most-once): the epoch goes on with the other workers, short of the
+  videos that worker had taken; the trainer's epochs are counted in steps,
+  so it goes on into the next epoch's videos. Start a replacement worker
+  with the same command.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+from experiments import cli
+from mat_effnet.errors import MatEffNetError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("port", 5050, "Port to serve on (0: any free one, printed).")
+flags.DEFINE_string("work_dir", None, "Dispatcher: journal its state here (fault_tolerant_mode), "
+                    "so a restart with the same --work_dir and --port resumes its jobs.")
+flags.DEFINE_float("worker_timeout_s", None, "Dispatcher: seconds without a heartbeat before "
+                   "a worker counts as lost and its tasks are dropped (default: TensorFlow's).")
+flags.DEFINE_string("dispatcher", None, "Worker: the dispatcher's HOST:PORT.")
+flags.DEFINE_string("worker_address", None, "Worker: the HOST:%port% others reach it at "
+                    "(default: localhost:%port%, fine on one machine).")
+
+PROG = "mat-effnet-data-service"
+ROLES = ("dispatcher", "worker")
+
+
+def start(role: str, port: int, work_dir: str | None = None, dispatcher: str | None = None,
+          worker_address: str | None = None, worker_timeout_s: float | None = None):
+    """Starts one server; returns it (``.join()`` serves until killed)."""
+    import tensorflow as tf
+
+    service = tf.data.experimental.service
+    if role == "dispatcher":
+        if dispatcher is not None:
+            raise MatEffNetError("--dispatcher is for workers; a dispatcher takes --port "
+                                 "and --work_dir")
+        if work_dir:
+            tf.io.gfile.makedirs(work_dir)
+        timeout = {"worker_timeout_ms": int(worker_timeout_s * 1000)} if worker_timeout_s else {}
+        return service.DispatchServer(service.DispatcherConfig(
+            port=port, work_dir=work_dir or None, fault_tolerant_mode=bool(work_dir), **timeout))
+    if not dispatcher:
+        raise MatEffNetError("--dispatcher=HOST:PORT is required for a worker")
+    if "://" in dispatcher:
+        dispatcher = dispatcher.split("://", 1)[1]
+    if work_dir:
+        raise MatEffNetError("--work_dir is the dispatcher's; a worker keeps no state")
+    kwargs = {"worker_address": worker_address} if worker_address else {}
+    return service.WorkerServer(service.WorkerConfig(dispatcher_address=dispatcher, port=port,
+                                                     **kwargs))
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in ROLES:
+        raise MatEffNetError(f"usage: {PROG} dispatcher|worker [--port=N] [--work_dir=DIR] "
+                             "[--dispatcher=HOST:PORT]")
+    server = start(argv[1], FLAGS.port, FLAGS.work_dir, FLAGS.dispatcher, FLAGS.worker_address,
+                   FLAGS.worker_timeout_s)
+    target = getattr(server, "target", None) or f"port {FLAGS.port}"
+    mode = (f", fault-tolerant (journal in {FLAGS.work_dir})" if FLAGS.work_dir else
+            ", state in memory (give --work_dir to survive a restart)"
+            if argv[1] == "dispatcher" else "")
+    print(f"{PROG}: {argv[1]} serving at {target}{mode}", file=sys.stderr, flush=True)
+    server.join()
+    return 0
+
+
+def run():
+    cli.run(main, PROG)
+
+
+if __name__ == "__main__":
+    run()
