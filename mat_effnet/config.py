@@ -75,6 +75,8 @@ class DataConfig:
         None, "Crop size; default: the paper's for --backbone "
         "(224; 112 ResNet-18, 168 ResNet-34).")
     multiscale: bool = setting(False, "TSN multi-scale crop instead of a plain random crop.")
+    flip: bool = setting(True, "Random horizontal flips in training (p = 0.5, Sect. 4.2); "
+                         "x-flow changes sign with the frame.")
     shuffle_buffer: int = setting(
         64, "Shuffle buffer, in records (version-1 data only: version 2 reads each epoch "
         "in a full permutation).")

@@ -163,7 +163,7 @@ def pipeline_config(cfg: TrainConfig, training: bool) -> PipelineConfig:
     return PipelineConfig(
         stream=cfg.stream, num_segments=data.num_segments, image_size=cfg.image_size(),
         flow_length=data.flow_length, training=training, test_segments=data.num_segments,
-        crops=1, multiscale=data.multiscale, shuffle_buffer=data.shuffle_buffer,
+        crops=1, multiscale=data.multiscale, flip=data.flip, shuffle_buffer=data.shuffle_buffer,
         seed=cfg.runtime.seed)
 
 
