@@ -6,8 +6,9 @@ Reads every record of every shard (TFRecord's CRCs), checks each shard's
 size and SHA-256 and each index against the metadata prep wrote, and each
 group against its header; ``--decode`` also decodes every JPEG
 (`mat_effnet.integrity`). Prints one line per problem and a summary; exits
-0 when the dataset is sound, 1 when anything is damaged (re-run
-mat-effnet-prep into a fresh folder, or restore the files named).
+0 when the dataset is sound, 1 when anything is damaged: then the prep
+command that wrote it, run again with ``--rebuild_damaged``, remakes just
+the damaged shards from their videos (`data_prep.repair`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def main(argv):
         print(p)
     checked = "records, sizes, checksums and indexes" + (", JPEGs" if FLAGS.decode else "")
     if problems:
-        print(f"{PROG}: {data_dir}: {len(problems)} problem(s) ({checked} checked)",
-              file=sys.stderr)
+        print(f"{PROG}: {data_dir}: {len(problems)} problem(s) ({checked} checked); "
+              "to remake the damaged shards, run the mat-effnet-prep command that wrote "
+              "them again with --rebuild_damaged", file=sys.stderr)
         return 1
     print(f"{PROG}: {data_dir}: ok ({checked} checked)", file=sys.stderr)
     return 0

@@ -71,7 +71,7 @@ class SkipList:
 
     def scan(self, data_dir: str, meta: dict, splits, error: BaseException) -> int:
         """After ``error``: every damaged group of ``splits`` added; how many were new."""
-        decode = "jpeg" in str(error).lower() or "decode" in str(error).lower()
+        decode = integrity.decode_error(error)
         return sum(self.add(integrity.damaged_groups(data_dir, meta, split, decode, self.keys),
                             split) for split in splits)
 

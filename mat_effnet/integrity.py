@@ -211,7 +211,7 @@ def locate(data_dir: str, meta: dict, splits, error: BaseException) -> DataFault
     then an eager read of each shard, decoding the JPEGs only when the
     error was a decode error.
     """
-    decode = "jpeg" in str(error).lower() or "decode" in str(error).lower()
+    decode = decode_error(error)
     version = int(meta.get("schema_version", 1))
     for split in splits:
         try:
@@ -312,6 +312,16 @@ def damaged_groups(data_dir: str, meta: dict, split: str, decode: bool = False,
             if problem:
                 out.append(DamagedGroup(name, offset, video, problem))
     return out
+
+
+def decode_error(error: BaseException) -> bool:
+    """Whether ``error`` came from decoding a JPEG, so a scan must decode to find it.
+
+    TensorFlow raises a decode failure as a plain InvalidArgumentError whose
+    text is all that tells it from a parse failure.
+    """
+    text = str(error).lower()
+    return "jpeg" in text or "decode" in text
 
 
 def read_error(error: BaseException) -> bool:

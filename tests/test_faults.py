@@ -391,7 +391,7 @@ def test_verify_reports_sound_and_damaged_datasets(small_data, tmp_path):
     r = _verify(d, "--decode")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"{shard}: checksum differs" in r.stdout
-    assert "problem(s)" in r.stderr
+    assert "problem(s)" in r.stderr and "--rebuild_damaged" in r.stderr
     clean = _verify(small_data)
     assert clean.returncode == 0 and "ok" in clean.stderr, clean.stderr
 
