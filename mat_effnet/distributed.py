@@ -93,6 +93,8 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
+from mat_effnet import worker_loss
+
 log = logging.getLogger("mat_effnet.distributed")
 
 SHARD_POLICIES = ("auto", "file", "data")
@@ -511,8 +513,21 @@ def run(model: keras.Model, task, strategy: tf.distribute.Strategy, train_datase
     """Trains ``model`` (compiled under ``strategy``) with ``fit``'s semantics.
 
     Returns the History callback.  The optimizer is the model's; the loss and
-    the metrics are ``task``'s (`mat_effnet.task.StreamTask`).
+    the metrics are ``task``'s (`mat_effnet.task.StreamTask`).  A peer lost
+    mid-run ends it with one `MatEffNetError` naming that worker
+    (`mat_effnet.worker_loss`); the chief's checkpoints stay as they were.
     """
+    try:
+        return _run(model, task, strategy, train_dataset_fn, val_dataset_fn, callbacks, cfg,
+                    verbose)
+    except worker_loss.PEER_ERRORS as e:
+        if not (is_multi_worker(strategy) and strategy_worker_info(strategy).num_workers > 1):
+            raise
+        raise worker_loss.as_error(e, strategy_worker_info(strategy).name,
+                                   cfg.read_dir) from None
+
+
+def _run(model, task, strategy, train_dataset_fn, val_dataset_fn, callbacks, cfg, verbose):
     checkpoints = Checkpoints(model, strategy, cfg)
     trainer = StreamTrainer(model, task, strategy, cfg.global_batch_size, cfg.jit_compile)
     iterator = iter(strategy.distribute_datasets_from_function(train_dataset_fn))

@@ -314,3 +314,67 @@ def test_two_workers_train_alike_and_resume(data_dir, tmp_path):
     assert not worker_dir.exists()
     log = (chief_dir / "training_log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log[1:]] == ["0", "1"]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_the_survivor_names_it_and_a_restart_resumes(data_dir, tmp_path):
+    """Issue 17: one line naming the lost worker, exit 2; the same command resumes."""
+    import signal
+    import time
+
+    chief_dir, worker_dir = tmp_path / "chief", tmp_path / "worker1"
+    epochs, steps = 6, 3
+    args = ["--stream=spatial", f"--data_dir={data_dir}", "--weights=none", "--batch_size=4",
+            f"--image_size={IMAGE}", "--flow_length=3", "--bn_momentum=0.9", "--seed=3",
+            "--backbone=resnet18", f"--steps_per_epoch={steps}", "--strategy=multi_worker",
+            "--backup_every_steps=1", f"--epochs={epochs}", "--validation_split="]
+    try:
+        ports = _free_ports(2)
+    except OSError as e:
+        pytest.skip(f"cannot bind localhost ports for the workers: {e}")
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = []
+    for i, model_dir in enumerate([chief_dir, worker_dir]):
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            TMPDIR=str(tmp_path / f"tmp{i}"), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+        os.makedirs(env["TMPDIR"], exist_ok=True)
+        with open(tmp_path / f"k-{i}.log", "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", _WORKER, str(tmp_path / f"k-{i}"), *args,
+                 f"--model_dir={model_dir}"], cwd=REPO, env=env, stdout=log,
+                stderr=subprocess.STDOUT))
+    try:
+        csv = chief_dir / "training_log.csv"
+        deadline = time.monotonic() + 240
+        while not (csv.exists() and len(csv.read_text().splitlines()) >= 3):  # 2 epochs done
+            assert time.monotonic() < deadline and procs[0].poll() is None, \
+                (tmp_path / "k-0.log").read_text()[-3000:]
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        rc = procs[0].wait(timeout=120)  # bounded: TF's collective fails on the closed port
+        took = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    text = (tmp_path / "k-0.log").read_text()
+    assert rc == 2, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    last = text.strip().splitlines()[-1]
+    assert last.startswith(f"mat-effnet-train: error: lost worker:1 (localhost:{ports[1]})"), last
+    assert "worker:0 stops here" in last and "same command" in last
+    print(f"the survivor stopped {took:.1f} s after the kill: {last}")
+    done = [row.split(",")[0] for row in csv.read_text().splitlines()[1:]]
+    assert done == [str(e) for e in range(len(done))] and 2 <= len(done) < epochs
+
+    # The same command on both: from the chief's last checkpoint to the end,
+    # every step once (the optimizer's count), every epoch once in the CSV.
+    runs = _run_workers(tmp_path, "r", [chief_dir, worker_dir], args)
+    assert [r["iterations"] for r in runs] == [epochs * steps] * 2
+    assert runs[0]["epochs"][-1] == epochs - 1 and runs[0]["epochs"][0] <= len(done)
+    _assert_same_weights(tmp_path, "r")
+    rows = [row.split(",")[0] for row in csv.read_text().splitlines()[1:]]
+    assert rows == [str(e) for e in range(epochs)]
