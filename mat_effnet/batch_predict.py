@@ -107,9 +107,36 @@ class Output:
 
     def _write(self, text: str) -> None:
         # One write of one whole line, flushed: a kill tears at most this line.
-        self._file.write(text)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(text)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            self._give_up(e)
+
+    def _give_up(self, error: OSError) -> None:
+        """A write failed (a full disk): one error naming the rows file; the rerun resumes.
+
+        The torn line stays for the rerun to cut off; the file is closed
+        without flushing again, so the interpreter's exit does not retry the
+        write and print a second error.
+        """
+        from mat_effnet import faults
+
+        broken, self._file = self._file, None
+        try:
+            os.close(broken.fileno())
+        except OSError:
+            pass
+        try:
+            broken.close()
+        except (OSError, ValueError):
+            pass
+        fault = faults.output_fault(error, os.path.dirname(os.path.abspath(self.path)),
+                                    self.path)
+        if fault is None:
+            raise error
+        raise fault from error
 
     def append(self, row: dict) -> None:
         if self.csv:
@@ -123,7 +150,11 @@ class Output:
         self.done.add(row["path"])
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as e:
+                self._give_up(e)
 
 
 # ---------------------------------------------------------------------------

@@ -357,8 +357,15 @@ def export(spatial_path: str, temporal_path: str, output_dir: str,
         os.replace(tmp, output_dir)
         if old:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        from mat_effnet import faults
+
+        # Named by the folder asked for, not the half-written temporary one
+        # (gone by now, and its free space counted after its removal).
+        code = faults.machine_errno(e)
+        if code is not None:
+            raise faults.MachineFault(faults.describe(e, output_dir), code) from e
         raise
     size = sum(os.path.getsize(os.path.join(d, f))
                for d, _, files in os.walk(output_dir) for f in files)
