@@ -22,9 +22,9 @@ whichever driver runs:
    and summary exist) is passed on as is; otherwise its videos are read from
    the plan and fanned out.
 3. Per video: `work_files.video_result`, i.e. `work_files.process_video` ->
-   `data_prep.encode.encode_video`, writing the video's work file and marker
+   `mat_effnet.encoding.encode.encode_video`, writing the video's work file and marker
    under ``out_dir/.work/<split>/``, with the builder's failure reasons.
-   Flow is the builder's batched flow function (`data_prep.flow.
+   Flow is the builder's batched flow function (`mat_effnet.ops.optical_flow.
    create_batch_flow`), batched within a video: ``--flow_implementation=keras``
    runs the compiled TV-L1 on the worker's accelerator if it has one.
    Videos are not shuffled through the runner: only their names are.
@@ -53,7 +53,8 @@ import os
 
 from data_prep import builder, layouts, shards, work_files
 from data_prep.prep_config import PrepConfig
-from mat_effnet import atomic, records
+from mat_effnet.common import atomic
+from mat_effnet import records
 
 log = logging.getLogger("mat_effnet.prep")
 

@@ -3,13 +3,13 @@
 This is the data side of the two-stream network (paper Sect. 3, Fig. 1: RGB
 frames feed the spatial stream, stacked optical flow the temporal stream;
 Sect. 4.2 uses TV-L1 flow as in TSN).  The library entry point is
-`build(PrepConfig)` (settings: `data_prep.prep_config`); `data_prep.build`
+`build(PrepConfig)` (settings: `data_prep.prep_config`); `experiments.prep`
 wraps it in a command line.
 
 This module owns the run as a whole: checking the settings against an
 earlier run in the same ``out_dir`` (so that a run killed at any moment can
 be re-run), driving the videos through a process pool or, for the Keras
-TV-L1, `data_prep.flow_batches`, and writing the metadata. Every driver
+TV-L1, `mat_effnet.encoding.flow_batches`, and writing the metadata. Every driver
 (this one, `data_prep.beam_pipeline` on Apache Beam) takes the same steps:
 `prepare` (checks, layout, shard plan), `data_prep.work_files.video_result`
 (one video -> work file + marker), `data_prep.shards.assemble_shard`
@@ -26,12 +26,15 @@ import multiprocessing
 import os
 import time
 
-from data_prep import datasets, flow_batches, layouts, repair, shards, watchdog, work_files
-from data_prep import flow as flow_lib
+from data_prep import datasets, layouts, repair, shards, watchdog, work_files
+from mat_effnet.encoding import flow_batches
+from mat_effnet.ops import optical_flow as flow_lib
 from data_prep.prep_config import AUTO, PrepConfig
-from data_prep.progress import Progress, fmt_seconds
-from mat_effnet import atomic, integrity, quiet, records
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.common.progress import Progress, fmt_seconds
+from mat_effnet.common import atomic, tf_startup
+from mat_effnet.records import integrity
+from mat_effnet import records
+from mat_effnet.common.errors import MatEffNetError
 
 log = logging.getLogger("mat_effnet.prep")
 
@@ -53,7 +56,7 @@ def auto_flow_implementation(out_dir: str, algorithm: str) -> str:
 
     Resuming a run: the implementation it was started with (so a run
     started on a GPU machine can be finished on a CPU one without a
-    settings clash). Otherwise `data_prep.flow.default_implementation`.
+    settings clash). Otherwise `mat_effnet.ops.optical_flow.default_implementation`.
     """
     path = _settings_path(out_dir)
     if work_files.gfile().exists(path):
@@ -175,7 +178,7 @@ def _run_tasks(tasks: list[work_files.Task], cfg: PrepConfig):
         steps = flow_batches.Steps(work_files.decode_task, work_files.encode_task,
                                    work_files.write_failure)
         try:
-            yield from flow_batches.run(tasks, cfg, steps)
+            yield from flow_batches.run(tasks, cfg.flow_schedule(), steps)
         except flow_batches.FlowProcessError as e:
             raise PrepError(str(e)) from None
         return
@@ -188,7 +191,7 @@ def _run_tasks(tasks: list[work_files.Task], cfg: PrepConfig):
         return
     # spawn, not fork: the parent may already hold TensorFlow's threads.
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(cfg.workers, initializer=quiet.import_tensorflow_if_quiet) as pool:
+    with ctx.Pool(cfg.workers, initializer=tf_startup.import_tensorflow_if_quiet) as pool:
         yield from pool.imap_unordered(work_files.process_video, tasks, chunksize=1)
 
 
@@ -316,7 +319,7 @@ def _metadata(cfg, layout, summaries) -> dict:
                        "stored_short_side": _common_short_side(sizes)},
         "flow": flow,
         "jpeg_quality": jpeg_quality,
-        # Each shard's size and checksum, and its index's size (mat_effnet.integrity).
+        # Each shard's size and checksum, and its index's size (mat_effnet.records.integrity).
         "shard_files": checks,
         "chunk_frames": cfg.chunk_frames,
         "bytes_per_frame": {

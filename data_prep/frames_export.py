@@ -5,15 +5,15 @@ data preparation: it writes the RGB frames and the TV-L1 flow of the paper's
 temporal stream (Sect. 4.2, TV-L1 as in TSN) in the layouts of
 `data_prep.rawframes` (its names, denseflow's ``cvRound`` quantization at
 ``±bound`` and its JPEG quality 95 by default), with this project's TV-L1
-(`data_prep.tvl1`, batched on the accelerator when there is one, or
+(`mat_effnet.ops.tvl1`, batched on the accelerator when there is one, or
 OpenCV's), installable with pip.
 
 * Frames are decoded and resized as ``mat-effnet-prep`` decodes them
-  (`data_prep.video.iter_frames`, ``short_side``; or exactly
+  (`mat_effnet.ops.video.iter_frames`, ``short_side``; or exactly
   ``new_width`` x ``new_height`` like ``build_rawframes.py``'s
   ``--new-width/--new-height``, one of them 0 keeping the aspect ratio), and
   flow is computed between consecutive frames by the same functions
-  (`data_prep.flow`), so an export imported back
+  (`mat_effnet.ops.optical_flow`), so an export imported back
   (`data_prep.frames_import`) gives the records of ``mat-effnet-prep``
   from the videos up to the JPEG and rounding conventions -- and byte for
   byte with ``jpeg_quality=90 rounding=half_up`` (the prep's own).
@@ -43,12 +43,13 @@ import time
 import cv2
 import numpy as np
 
-from data_prep import flow as flow_lib
-from data_prep import layouts, rawframes, video
-from data_prep.progress import Progress, fmt_seconds
-from mat_effnet import atomic, quiet
-from mat_effnet.config import setting
-from mat_effnet.errors import bad_argument
+from mat_effnet.ops import optical_flow as flow_lib
+from data_prep import layouts, rawframes
+from mat_effnet.ops import video
+from mat_effnet.common.progress import Progress, fmt_seconds
+from mat_effnet.common import atomic, tf_startup
+from mat_effnet.common.flagdefs import setting
+from mat_effnet.common.errors import bad_argument
 
 log = logging.getLogger("mat_effnet.flow")
 
@@ -306,7 +307,7 @@ def _run(todo: list[Video], s: FlowExportSettings, out_dir: str):
             yield export_video(v, s, out_dir)
         return
     ctx = multiprocessing.get_context("spawn")  # the parent may hold TF's threads
-    with ctx.Pool(s.workers, initializer=quiet.import_tensorflow_if_quiet) as pool:
+    with ctx.Pool(s.workers, initializer=tf_startup.import_tensorflow_if_quiet) as pool:
         yield from pool.imap_unordered(_export_task, [(v, s, out_dir) for v in todo],
                                        chunksize=1)
 

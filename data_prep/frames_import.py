@@ -1,4 +1,4 @@
-"""One folder of extracted frames -> the records `data_prep.encode` gives a video: the import.
+"""One folder of extracted frames -> the records `mat_effnet.encoding.encode` gives a video: the import.
 
 ``mat-effnet-prep --frames_root=DIR --frames_layout=rawframes|twostreamfusion``
 trains on frames and TV-L1 flow people already have (TSN / mmaction2
@@ -9,21 +9,21 @@ decoded and no flow computed:
 
 * Frames keep their stored size unless ``short_side`` is set (> 0 and
   different from the stored short side). RGB is copied byte for byte when
-  the size is kept, else decoded, resized as `data_prep.video` resizes and
+  the size is kept, else decoded, resized as `mat_effnet.ops.video` resizes and
   re-encoded at ``jpeg_quality``.
 * Flow codes are copied when the size is kept and the source bound equals
   ``flow_bound``. Otherwise each component is decoded, dequantized with the
   source's bound and rounding (`data_prep.rawframes.dequantize`), resized
   with its vectors scaled by the resize factor of its axis, and re-quantized
-  half up at ``flow_bound`` (`mat_effnet.records.quantize_flow`).
+  half up at ``flow_bound`` (`mat_effnet.ops.quantize.quantize_flow`).
 * Counts follow `data_prep.rawframes.align` (T images, T - 1 or T fields
   -> T frames, T - 1 flows); records are chunked as `encode.encode_video`
   chunks (``chunk_frames``; the pair straddling two chunks is not stored).
 * A video's fps is the conventions file's when `data_prep.frames_export`
-  wrote the folder, else `data_prep.video.DEFAULT_FPS`.
+  wrote the folder, else `mat_effnet.ops.video.DEFAULT_FPS`.
 
 Bad input -- a missing folder, a missing or unreadable frame, a count
-mismatch, mixed frame sizes -- raises `data_prep.video.VideoError` with the
+mismatch, mixed frame sizes -- raises `mat_effnet.ops.video.VideoError` with the
 reason, which the builder lists as it lists a bad video file; the run goes
 on and resumes like any other (`data_prep.work_files`).
 """
@@ -37,8 +37,10 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from data_prep import rawframes, video
+from data_prep import rawframes
+from mat_effnet.ops import video
 from mat_effnet import records
+from mat_effnet.ops import quantize
 
 # JPEG markers that start a frame header (SOF0..SOF15 less DHT, JPG, DAC).
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -101,7 +103,7 @@ def _jpeg(image: np.ndarray, quality: int) -> bytes:
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    # As data_prep.video resizes decoded frames: area when shrinking, bilinear otherwise.
+    # As mat_effnet.ops.video resizes decoded frames: area when shrinking, bilinear otherwise.
     shrinking = width * height < image.shape[1] * image.shape[0]
     return cv2.resize(image, (width, height),
                       interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
@@ -111,9 +113,9 @@ def import_video(rgb_folder: str, cfg, *, video_id: str, label: int = 0, class_n
                  stats: dict | None = None) -> Iterator[records.VideoRecord]:
     """Yields the records of one frame folder (``cfg``: a `PrepConfig` with ``frames_root``).
 
-    Raises `data_prep.video.VideoError` (path = the folder) for the bad
+    Raises `mat_effnet.ops.video.VideoError` (path = the folder) for the bad
     inputs of the module docstring. ``stats`` is filled as
-    `data_prep.encode.encode_video` fills it.
+    `mat_effnet.encoding.encode.encode_video` fills it.
     """
     try:
         yield from _import(rgb_folder, cfg, video_id, label, class_name,
@@ -169,7 +171,7 @@ def _import(rgb_folder, cfg, video_id, label, class_name, stats):
             if resize:
                 # A displacement of d source pixels is d * factor output pixels.
                 v = _resize(v, out_w, out_h) * np.float32(axis_scale)
-            out.append(_jpeg(records.quantize_flow(v, cfg.flow_bound), cfg.jpeg_quality))
+            out.append(_jpeg(quantize.quantize_flow(v, cfg.flow_bound), cfg.jpeg_quality))
         return out
 
     for chunk, offset in enumerate(range(0, total, cfg.chunk_frames)):

@@ -79,7 +79,7 @@ def _inside(x, y, height, width):
 
 
 def _check(kind, height, width, magnitude):
-    from mat_effnet.errors import bad_argument
+    from mat_effnet.common.errors import bad_argument
 
     if kind not in KINDS:
         raise bad_argument("kind", kind, f"unknown; accepted: {', '.join(KINDS)}")
@@ -229,7 +229,7 @@ def endpoint_error(flow_a, flow_b, mask=None) -> float:
     without the last axis) restricts the mean to its True pixels (an empty
     mask gives NaN).
     """
-    from mat_effnet.errors import bad_argument
+    from mat_effnet.common.errors import bad_argument
 
     a = np.asarray(flow_a, np.float64)
     b = np.asarray(flow_b, np.float64)

@@ -27,7 +27,7 @@ import re
 from typing import Iterator
 
 from data_prep import rawframes
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.common.errors import MatEffNetError
 
 # Lower-case; matched case-insensitively. Order matters for Kinetics: when the
 # same clip exists with several extensions, the earlier one wins.

@@ -26,7 +26,7 @@ import time
 import uuid
 from typing import Iterator
 
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.common.errors import MatEffNetError
 
 LOCK_FILENAME = ".prep.lock"
 log = logging.getLogger("mat_effnet.prep")

@@ -3,7 +3,7 @@
 What `data_prep.builder.build` writes and how it runs (paper Sect. 4.2:
 RGB frames and TV-L1 flow, as in TSN) is decided here; every driver
 (`data_prep.builder`, `data_prep.beam_pipeline`) and the flow scheduler
-(`data_prep.flow_batches`) read it from this module, which imports none of
+(`mat_effnet.encoding.flow_batches`) read it from this module, which imports none of
 them, so the settings sit below everything that uses them.
 """
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from data_prep import encode, rawframes
+from data_prep import rawframes
 from mat_effnet import records
-from mat_effnet.errors import bad_argument
+from mat_effnet.encoding import encode, flow_batches
+from mat_effnet.common.errors import bad_argument
 
 # flow_implementation="auto": `data_prep.builder.prepare` picks one before any work.
 AUTO = "auto"
@@ -81,6 +82,11 @@ class PrepConfig:
     # Before the run, check every finished shard (size, SHA-256) and remove the
     # damaged ones so they are made again (`data_prep.repair`).
     rebuild_damaged: bool = False
+
+    def flow_schedule(self) -> flow_batches.FlowSchedule:
+        """How `mat_effnet.encoding.flow_batches` computes this run's flow."""
+        return flow_batches.FlowSchedule(self.flow, self.flow_implementation, self.flow_bound,
+                                         self.flow_batch, self.flow_devices, self.workers)
 
     @property
     def encoding(self) -> encode.EncodeSettings:

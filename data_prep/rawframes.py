@@ -38,7 +38,7 @@ Rounding conventions (`quantize`): ``cvround`` is denseflow's (OpenCV's
 255 / 2 bound, ``astype(uint8)``; it names its fields ``x_00001.jpg`` /
 ``y_00001.jpg`` through ``'{}_{:05d}.jpg'.format('x', i)``, which the
 rawframes reader also accepts when no ``flow_x_`` files are there);
-``half_up`` is this project's (`mat_effnet.records.quantize_flow`). They
+``half_up`` is this project's (`mat_effnet.ops.quantize.quantize_flow`). They
 differ by at most one step (2 b / 255); `dequantize` gives each code's
 centre value, so truncated codes are read half a step higher.
 
@@ -60,6 +60,7 @@ import re
 import numpy as np
 
 from mat_effnet import records
+from mat_effnet.ops import quantize
 
 LAYOUTS = ("rawframes", "twostreamfusion")
 ROUNDINGS = ("cvround", "truncate", "half_up")
@@ -70,7 +71,7 @@ DENSEFLOW_JPEG_QUALITY = 95  # OpenCV's IMWRITE_JPEG_QUALITY default
 #: The name of the small JSON written beside exported frames.
 CONVENTIONS_FILE = "mat_effnet_flow.json"
 
-# Bad-input reasons, as `data_prep.video`'s: a few words each.
+# Bad-input reasons, as `mat_effnet.ops.video`'s: a few words each.
 REASON_NO_FOLDER = "frame folder missing"
 REASON_NO_FRAMES = "no frames in folder"
 REASON_MISSING_FRAME = "missing frame"
@@ -218,7 +219,7 @@ def check_rounding(rounding: str) -> str:
 def quantize(component: np.ndarray, bound: float, rounding: str) -> np.ndarray:
     """Float flow (pixels) -> uint8 codes with ``rounding``'s convention (module docstring)."""
     if check_rounding(rounding) == "half_up":
-        return records.quantize_flow(component, bound)
+        return quantize.quantize_flow(component, bound)
     bound = float(bound)
     v = np.clip(np.nan_to_num(np.asarray(component, np.float64), nan=0.0), -bound, bound)
     scaled = 255.0 * (v + bound) / (2.0 * bound)
@@ -229,7 +230,7 @@ def quantize(component: np.ndarray, bound: float, rounding: str) -> np.ndarray:
 
 def dequantize(q: np.ndarray, bound: float, rounding: str) -> np.ndarray:
     """uint8 codes -> float32 flow: the centre of each code's interval."""
-    v = records.dequantize_flow(q, bound)
+    v = quantize.dequantize_flow(q, bound)
     if check_rounding(rounding) == "truncate":
         v = v + np.float32(bound / 255.0)  # a truncated code covers [q, q + 1) steps
     return v

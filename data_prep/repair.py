@@ -1,6 +1,6 @@
 """``mat-effnet-prep --rebuild_damaged``: rebuild only the shards that are damaged (issue 17).
 
-`mat_effnet.integrity` finds a damaged shard (``mat-effnet-verify``,
+`mat_effnet.records.integrity` finds a damaged shard (``mat-effnet-verify``,
 training's check); this is the repair. Every finished shard of the run is
 compared with what its summary recorded when it was written: the shard and
 its index exist, the shard's size and SHA-256 match (one read of every
@@ -19,7 +19,8 @@ import os
 
 from data_prep import work_files
 from data_prep.prep_config import PrepConfig
-from mat_effnet import integrity, records
+from mat_effnet.records import integrity
+from mat_effnet import records
 
 log = logging.getLogger("mat_effnet.prep")
 

@@ -20,7 +20,9 @@ import random
 
 from data_prep import work_files
 from data_prep.prep_config import PrepConfig
-from mat_effnet import atomic, faults, integrity, records
+from mat_effnet.common import atomic, faults
+from mat_effnet.records import integrity
+from mat_effnet import records
 
 
 def plan_shards(entries: list, videos_per_shard: int) -> list[list]:
@@ -34,7 +36,7 @@ def plan_shards(entries: list, videos_per_shard: int) -> list[list]:
 def finished_shard(cfg: PrepConfig, split: str, index: int) -> dict | None:
     """The summary of a shard an earlier run finished (file and summary exist), else None.
 
-    A shard that a run from before `mat_effnet.faults` finished without a
+    A shard that a run from before `mat_effnet.common.faults` finished without a
     video whose failure was the machine's (a full disk) is not finished: its
     videos are made again and it is rebuilt.
     """

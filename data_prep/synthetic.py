@@ -25,7 +25,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from mat_effnet import atomic
+from mat_effnet.common import atomic
 
 # ---------------------------------------------------------------------------
 # Writing videos
@@ -38,7 +38,7 @@ def write_video(path: str, frames: Iterable[np.ndarray], fps: float = 25.0) -> i
 
     The codec follows the extension: .avi -> MJPG, .mp4 -> mp4v (case
     insensitive); anything else raises ValueError. All frames must share the
-    first frame's size. The video is written with `mat_effnet.atomic` (a
+    first frame's size. The video is written with `mat_effnet.common.atomic` (a
     temporary file in the same folder that keeps the extension, which picks
     the container, then renamed), so `path` never holds a half-written video. Frames are consumed lazily, so a
     generator of any length needs memory for one frame only.

@@ -9,7 +9,7 @@ reason "timed out") and the run goes on. A process per video costs a
 process start (about a second) per video, so this is for datasets known to
 hold such files; the default pool (`data_prep.builder`) keeps its workers.
 
-The batched Keras TV-L1 route (`data_prep.flow_batches`) does not take the
+The batched Keras TV-L1 route (`mat_effnet.encoding.flow_batches`) does not take the
 limit: its decoding runs in its own pool.
 """
 
@@ -20,7 +20,7 @@ import time
 from typing import Callable, Iterator
 
 from data_prep import work_files
-from mat_effnet import quiet
+from mat_effnet.common import tf_startup
 
 REASON_TIMEOUT = "timed out"
 
@@ -30,7 +30,7 @@ class Timeout(Exception):
 
 
 def _child(fn: Callable, task: work_files.Task, conn) -> None:
-    quiet.import_tensorflow_if_quiet()
+    tf_startup.import_tensorflow_if_quiet()
     conn.send(("started", None))  # the clock starts now, not at the process start
     try:
         conn.send(("ok", fn(task)))

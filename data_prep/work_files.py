@@ -4,13 +4,13 @@ Each video is processed by a worker into its own small TFRecord file under
 ``out_dir/.work/<split>/`` (temp name, then rename) followed by a
 ``.done.json``/``.failed.json`` marker; a re-run skips videos that have a
 marker (`marker`), and `data_prep.shards` later concatenates the work files
-of a shard. The records themselves come from `data_prep.encode`, the one
+of a shard. The records themselves come from `mat_effnet.encoding.encode`, the one
 function that turns a video into records (paper Sect. 3, Fig. 1: RGB for the
 spatial stream, TV-L1 flow for the temporal one, Sect. 4.2).
 
 Where flow runs: OpenCV's flow (one pair at a time on one core) runs inside
 each worker, next to the decoding (`process_video`). The Keras TV-L1 runs
-batched across videos in a flow process per GPU (`data_prep.flow_batches`);
+batched across videos in a flow process per GPU (`mat_effnet.encoding.flow_batches`);
 the workers then only decode (`decode_task`) and, once a video's flow is
 back, JPEG it and write its work file and marker (`encode_task`). Both
 routes write the same bytes for the same flow function.
@@ -24,10 +24,12 @@ import json
 import os
 import time
 
-from data_prep import encode, frames_import, layouts
-from data_prep import flow as flow_lib
+from mat_effnet.encoding import encode
+from data_prep import frames_import, layouts
+from mat_effnet.ops import optical_flow as flow_lib
 from data_prep.prep_config import PrepConfig
-from mat_effnet import atomic, faults, records
+from mat_effnet.common import atomic, faults
+from mat_effnet import records
 
 WORK_DIR = ".work"
 
@@ -68,7 +70,7 @@ class Task:
 def marker(work_dir: str, entry) -> dict | None:
     """The video's marker content (done or failed) if an earlier run left one, else None.
 
-    A failure that was the machine's (a run from before `mat_effnet.faults`
+    A failure that was the machine's (a run from before `mat_effnet.common.faults`
     recorded a full disk as the video's failure) is no marker: redo the video.
     """
     base = os.path.join(work_dir, video_key(entry))
@@ -98,11 +100,11 @@ def _write_video(task: Task, produce, result: dict | None = None,
                  seconds: float = 0.0) -> dict:
     """Writes the records ``produce(stats)`` yields to the video's work file, then its marker.
 
-    Never raises for a bad video: `data_prep.video.VideoError` and any
+    Never raises for a bad video: `mat_effnet.ops.video.VideoError` and any
     other error (an unexpected decoder or flow failure must not kill the
     run) become a ``.failed.json`` marker with the reason. A fault of the
     machine (full disk ...) is not the video's: it raises
-    `mat_effnet.faults.MachineFault` and the run stops, the video unmarked.
+    `mat_effnet.common.faults.MachineFault` and the run stops, the video unmarked.
     """
     import tensorflow as tf
 
@@ -120,7 +122,7 @@ def _write_video(task: Task, produce, result: dict | None = None,
             stats["groups"] = groups
         short, warning = _decoded_too_few(task, stats)
         if short and task.cfg.strict_decode:
-            from data_prep import video
+            from mat_effnet.ops import video
 
             raise video.VideoError(task.entry.path, warning)
         if warning:
@@ -142,7 +144,7 @@ def _decoded_too_few(task: Task, stats: dict) -> tuple[bool, str | None]:
     most a 1-frame tail, well inside the tolerance. Frames skipped at a
     damaged region are a warning even when enough were kept.
     """
-    from data_prep import video
+    from mat_effnet.ops import video
 
     try:
         announced = video.probe(task.entry.path).frame_count
@@ -151,7 +153,7 @@ def _decoded_too_few(task: Task, stats: dict) -> tuple[bool, str | None]:
     kept = int(stats.get("frames", 0))
     stats["announced_frames"] = announced
     gaps = stats.get("gaps") or []
-    # Decoding went on past damaged regions (data_prep.video.iter_frame_runs);
+    # Decoding went on past damaged regions (mat_effnet.ops.video.iter_frame_runs);
     # each one ends a chunk, so no flow joins frames across it.
     skipped = (f"; frames were skipped at {len(gaps)} damaged region(s) (after decoded "
                f"frame(s) {', '.join(map(str, gaps))}), each starting a new chunk"
@@ -172,7 +174,7 @@ def _result(task: Task) -> dict:
 
 def write_failure(task: Task, error: Exception, result: dict | None = None) -> dict:
     """Writes the video's ``.failed.json`` marker with the reason; returns its content."""
-    from data_prep import video
+    from mat_effnet.ops import video
 
     result = result if result is not None else _result(task)
     if isinstance(error, video.VideoError):
@@ -217,7 +219,7 @@ def _flow_fn(cfg: PrepConfig):
     process handled before, and OpenCV's solvers keep state between calls
     (DIS's results move in the last bits). The Keras TV-L1 keeps none, and
     its compiled programs are shared by the whole process (see
-    `data_prep.flow`), so making its function per video costs nothing.
+    `mat_effnet.ops.optical_flow`), so making its function per video costs nothing.
     """
     if cfg.flow == "none":
         return None
@@ -226,7 +228,7 @@ def _flow_fn(cfg: PrepConfig):
 
 
 # The two halves of process_video when flow is computed elsewhere, batched
-# across videos (`data_prep.flow_batches`).
+# across videos (`mat_effnet.encoding.flow_batches`).
 
 def decode_task(task: Task):
     """Worker: decode one video for flow computed elsewhere; a failure writes its marker."""

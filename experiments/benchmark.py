@@ -21,7 +21,7 @@ import tempfile
 
 from absl import flags
 
-from experiments import cli, flagdefs
+from mat_effnet.common import cli, flagdefs
 from mat_effnet.benchmark import settings as bench_settings
 
 PROG = "mat-effnet-benchmark"
@@ -40,7 +40,7 @@ def settings_from_flags() -> bench_settings.BenchmarkSettings:
 
 def main(argv):
     from mat_effnet.benchmark import report, runner
-    from mat_effnet.errors import MatEffNetError
+    from mat_effnet.common.errors import MatEffNetError
 
     if len(argv) > 1:
         raise MatEffNetError(f"unexpected arguments {argv[1:]}")
@@ -60,7 +60,7 @@ def main(argv):
     print(report.format_table(doc))
     print(f"written: {out.output}")
     if out.markdown:
-        from mat_effnet import atomic
+        from mat_effnet.common import atomic
 
         atomic.write_text(out.markdown, report.format_table(doc, markdown=True) + "\n")
     return 1 if doc["errors"] else 0

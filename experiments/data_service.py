@@ -4,8 +4,8 @@
     mat-effnet-data-service worker --dispatcher=10.0.0.5:5050 --port=5051
 
 Plain `tf.data.experimental.service` servers (the training side's pipeline
-is `mat_effnet.input_pipeline`; workers run no project code, so the trainer
-checks the shard files for them, `mat_effnet.integrity`).
+is `mat_effnet.data.input_pipeline`; workers run no project code, so the trainer
+checks the shard files for them, `mat_effnet.records.integrity`).
 
 Faults (issue 17):
 * A dispatcher keeps its state (datasets, jobs, which splits went where) in
@@ -29,9 +29,9 @@ import sys
 
 from absl import flags
 
-from experiments import cli
-from mat_effnet import quiet
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.common import cli
+from mat_effnet.common import tf_startup
+from mat_effnet.common.errors import MatEffNetError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("port", 5050, "Port to serve on (0: any free one, printed).")
@@ -110,7 +110,7 @@ def run():
         # stay on. The start-up chatter is still kept off (cli's quiet import,
         # which takes a level set under quiet.ENV as not the user's wish).
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-        os.environ[quiet.ENV] = "1"
+        os.environ[tf_startup.ENV] = "1"
     cli.run(main, PROG)
 
 

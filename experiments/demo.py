@@ -23,8 +23,8 @@ import time
 
 from absl import flags
 
-from experiments import cli, flagdefs
-from mat_effnet import config
+from mat_effnet.common import cli, flagdefs
+from mat_effnet.training import config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "demo_output", "Where everything is written.")
@@ -41,7 +41,7 @@ flags.DEFINE_integer("short_side", 64, "Stored frame size (short side).")
 flags.DEFINE_integer("test_segments", 8, "Positions per video at test time.")
 flags.DEFINE_integer("workers", None, "Prep workers (default: all cores).")
 # The training settings the demo exposes are mat-effnet-train's own fields
-# (mat_effnet.config); only their defaults differ: a short from-scratch run
+# (mat_effnet.training.config); only their defaults differ: a short from-scratch run
 # at a small size on tiny data. BatchNorm momentum 0.9, because Keras's 0.99
 # lags on tiny data; a gradient-norm clip of 5, because from scratch the loss
 # can otherwise run away after a few hundred steps. Learning rate 3e-2, not
@@ -66,7 +66,8 @@ def main(argv):
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     from data_prep import builder, synthetic
     from data_prep.prep_config import AUTO, PrepConfig
-    from mat_effnet import evaluation, fusion, training
+    from mat_effnet.evaluation import protocol, fusion
+    from mat_effnet.training import trainer
 
     out = os.path.abspath(FLAGS.output_dir)
     timings = {}
@@ -93,14 +94,14 @@ def main(argv):
         t = time.monotonic()
         model_dir = os.path.join(out, "models", stream)
         shutil.rmtree(model_dir, ignore_errors=True)  # a demo run starts its training afresh
-        summary = training.train(flagdefs.build(
+        summary = trainer.train(flagdefs.build(
             config.TrainConfig, only=DEMO_TRAINING, stream=stream, data_dir=data,
             model_dir=model_dir, weights=None, num_segments=3, validation_split=None,
             verbose=2))
         timings[f"train_{stream}_s"] = time.monotonic() - t
         t = time.monotonic()
-        model = evaluation.load_model(summary["model"])
-        result = evaluation.evaluate(model, data, "test", num_segments=FLAGS.test_segments,
+        model = protocol.load_model(summary["model"])
+        result = protocol.evaluate(model, data, "test", num_segments=FLAGS.test_segments,
                                      crops=1, batch_size=4)
         path = os.path.join(out, f"scores_{stream}.npz")
         fusion.save_scores(path, result["video_ids"], result["labels"], result["scores"],
@@ -109,7 +110,7 @@ def main(argv):
         timings[f"eval_{stream}_s"] = time.monotonic() - t
         print(json.dumps(dict(result["metrics"], stream=stream)), flush=True)
 
-    from mat_effnet import report as report_lib
+    from mat_effnet.evaluation import fusion_report as report_lib
 
     report = report_lib.fuse_files(score_files, None, out)  # prints the paper's table layout
     timings["total_s"] = time.monotonic() - t0
@@ -123,7 +124,7 @@ def main(argv):
 
 
 def _main_or_error(argv):
-    from mat_effnet import metrics
+    from mat_effnet.evaluation import metrics
 
     try:
         return main(argv)

@@ -18,8 +18,8 @@ import logging
 
 from absl import flags
 
-from experiments import cli
-from mat_effnet.errors import bad_argument
+from mat_effnet.common import cli
+from mat_effnet.common.errors import bad_argument
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "A folder written by mat-effnet-prep.")
@@ -36,13 +36,13 @@ PROG = "mat-effnet-eval"
 
 def main(argv):
     del argv
-    from mat_effnet import evaluation, fusion
+    from mat_effnet.evaluation import protocol, fusion
 
     for name in ("num_segments", "batch_size"):
         if FLAGS[name].value < 1:
             raise bad_argument(name, FLAGS[name].value, "must be >= 1")
-    model = evaluation.load_model(FLAGS.model)
-    result = evaluation.evaluate(model, FLAGS.data_dir, FLAGS.split, FLAGS.num_segments,
+    model = protocol.load_model(FLAGS.model)
+    result = protocol.evaluate(model, FLAGS.data_dir, FLAGS.split, FLAGS.num_segments,
                                  int(FLAGS.crops), FLAGS.batch_size)
     fusion.save_scores(FLAGS.output, result["video_ids"], result["labels"],
                        result["scores"], result["classes"], result["split"],

@@ -7,10 +7,10 @@
 The SavedModel's ``serving_default`` takes ``frames`` (uint8, T x H x W x 3,
 RGB) and returns ``scores``, ``spatial_scores``, ``temporal_scores``,
 ``top_classes`` and ``top_scores``; TV-L1 runs inside it
-(`mat_effnet.export`). Its ``metadata`` signature returns the class names,
+(`mat_effnet.serving.saved_model_export`). Its ``metadata`` signature returns the class names,
 the preparation settings and both models' identities as JSON. With
 ``--tflite`` each stream is also written as ``.tflite`` files, float32 and
-dynamic-range int8 (`mat_effnet.tflite_export`).
+dynamic-range int8 (`mat_effnet.serving.tflite_export`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import os
 
 from absl import flags
 
-from experiments import cli, flagdefs
-from mat_effnet import export as export_lib
+from mat_effnet.common import cli, flagdefs
+from mat_effnet.serving import saved_model_export as export_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("spatial_model", None, "Spatial stream model (.keras).")
@@ -47,7 +47,7 @@ def main(argv):
     summary = {"output_dir": os.path.abspath(FLAGS.output_dir), "size_bytes": out["size_bytes"],
                "class_names": len(out["class_names"]), "working_sizes": out["working_sizes"]}
     if FLAGS.tflite:
-        from mat_effnet import tflite_export
+        from mat_effnet.serving import tflite_export
 
         summary["tflite"] = tflite_export.write_streams(
             {"spatial": FLAGS.spatial_model, "temporal": FLAGS.temporal_model},

@@ -21,7 +21,7 @@ import sys
 from absl import flags
 
 from data_prep import datasets, frames_export
-from experiments import cli, flagdefs
+from mat_effnet.common import cli, flagdefs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("videos", None, "A folder of videos (searched recursively) or a list file.")

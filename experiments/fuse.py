@@ -22,9 +22,9 @@ import sys
 
 from absl import flags
 
-from experiments import cli
-from mat_effnet import report as report_lib
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.common import cli
+from mat_effnet.evaluation import fusion_report as report_lib
+from mat_effnet.common.errors import MatEffNetError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("scores", None, "Comma-separated score files (.npz), one per stream.")

@@ -6,10 +6,10 @@
 
 Three ways at scale (issue 16): ``--videos=DIR|GLOB|LIST.txt --output=preds.jsonl``
 (or ``.csv``) predicts many videos in one process, one row each, and a rerun
-resumes (`mat_effnet.batch_predict`); ``--video=LONG --window_s=W
+resumes (`mat_effnet.serving.predict_many`); ``--video=LONG --window_s=W
 [--stride_s=S] [--timeline_png=t.png]`` gives a timeline of windows dated by
-the decoder's timestamps (`mat_effnet.timeline`); live frames go through
-`mat_effnet.streaming.StreamingPredictor` from Python.
+the decoder's timestamps (`mat_effnet.serving.timeline`); live frames go through
+`mat_effnet.serving.streaming.StreamingPredictor` from Python.
 
 Any resolution, avi or mp4 (whatever OpenCV decodes). The ``.keras`` files
 are enough: each model carries its class names and the preparation settings
@@ -27,8 +27,8 @@ import os
 
 from absl import flags
 
-from experiments import cli
-from mat_effnet.errors import MatEffNetError, bad_argument
+from mat_effnet.common import cli
+from mat_effnet.common.errors import MatEffNetError, bad_argument
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("video", None, "The video file (give this or --videos).")
@@ -61,7 +61,7 @@ PROG = "mat-effnet-predict"
 
 
 def _weights() -> list[float]:
-    from mat_effnet import fusion
+    from mat_effnet.evaluation import fusion
 
     text = ",".join(FLAGS.fusion_weights)
     try:
@@ -96,29 +96,30 @@ def main(argv):
     _check_modes()
     weights = _weights()
 
-    from data_prep import video
-    from mat_effnet import evaluation, inference
-    from mat_effnet.identity import identity
+    from mat_effnet.ops import video
+    from mat_effnet.evaluation import protocol
+    from mat_effnet.serving import predict_video
+    from mat_effnet.modeling.model_identity import identity
 
-    default = inference.PrepSettings(short_side=FLAGS.short_side, flow=FLAGS.flow,
+    default = predict_video.PrepSettings(short_side=FLAGS.short_side, flow=FLAGS.flow,
                                      flow_bound=FLAGS.flow_bound)
     streams = {}
     for stream in ("spatial", "temporal"):
         path = FLAGS[f"{stream}_model"].value
         if not path:
             continue
-        model = evaluation.load_model(path)
-        got = evaluation.stream_spec(model).stream
+        model = protocol.load_model(path)
+        got = protocol.stream_spec(model).stream
         if got != stream:
             raise MatEffNetError(f"--{stream}_model is a {got} stream model")
         streams[stream] = (path, model)
-    resolved = inference.resolve(streams, default)
+    resolved = predict_video.resolve(streams, default)
     if FLAGS.videos:
         return _many(streams, resolved, weights)
     if FLAGS.window_s is not None:
         return _timeline(streams, resolved, weights)
     try:
-        result = inference.predict_video(
+        result = predict_video.predict_video(
             FLAGS.video, streams.get("spatial", (None, None))[1],
             streams.get("temporal", (None, None))[1], resolved.settings,
             FLAGS.num_segments, tuple(weights))
@@ -127,7 +128,7 @@ def main(argv):
     picture = None
     if FLAGS.attention_png:
         model = next(iter(streams.values()))[1]
-        picture = inference.attention_figure(model, result["records"][0], FLAGS.attention_png,
+        picture = predict_video.attention_figure(model, result["records"][0], FLAGS.attention_png,
                                              min(FLAGS.num_segments, 8), resolved.class_names)
 
     fused = result["fused"]
@@ -157,11 +158,11 @@ def main(argv):
 
 
 def _many(streams: dict, resolved, weights) -> int:
-    from mat_effnet import batch_predict
+    from mat_effnet.serving import predict_many
 
-    paths = batch_predict.list_videos(FLAGS.videos)
-    batch_predict.log.setLevel(logging.INFO)  # the progress line
-    summary = batch_predict.predict_many(
+    paths = predict_many.list_videos(FLAGS.videos)
+    predict_many.log.setLevel(logging.INFO)  # the progress line
+    summary = predict_many.predict_many(
         paths, {s: m for s, (_, m) in streams.items()}, resolved, FLAGS.output,
         workers=FLAGS.workers, num_segments=FLAGS.num_segments, top_k=FLAGS.top_k,
         fusion_weights=tuple(weights), batch_clips=FLAGS.batch_clips)
@@ -173,8 +174,8 @@ def _many(streams: dict, resolved, weights) -> int:
 
 
 def _timeline(streams: dict, resolved, weights) -> int:
-    from data_prep import video
-    from mat_effnet import timeline
+    from mat_effnet.ops import video
+    from mat_effnet.serving import timeline
 
     try:
         result = timeline.video_timeline(

@@ -28,11 +28,11 @@ import json
 
 from absl import flags
 
-from experiments import cli, flagdefs
-from mat_effnet import config
+from mat_effnet.common import cli, flagdefs
+from mat_effnet.training import config
 
 FLAGS = flags.FLAGS
-# Every flag comes from a field of mat_effnet.config.TrainConfig: its default,
+# Every flag comes from a field of mat_effnet.training.config.TrainConfig: its default,
 # type, choices and help text are defined there once.
 flagdefs.define_flags(config.TrainConfig)
 flags.mark_flags_as_required(["stream", "data_dir", "model_dir"])
@@ -42,9 +42,9 @@ def main(argv):
     del argv
     cfg = flagdefs.build(config.TrainConfig)
     # Imported after flag parsing so --help is instant and TF starts once.
-    from mat_effnet import training
+    from mat_effnet.training import trainer
 
-    print(json.dumps(training.train(cfg)))
+    print(json.dumps(trainer.train(cfg)))
     return 0
 
 

@@ -5,7 +5,7 @@
 Reads every record of every shard (TFRecord's CRCs), checks each shard's
 size and SHA-256 and each index against the metadata prep wrote, and each
 group against its header; ``--decode`` also decodes every JPEG
-(`mat_effnet.integrity`). Prints one line per problem and a summary; exits
+(`mat_effnet.records.integrity`). Prints one line per problem and a summary; exits
 0 when the dataset is sound, 1 when anything is damaged: then the prep
 command that wrote it, run again with ``--rebuild_damaged``, remakes just
 the damaged shards from their videos (`data_prep.repair`).
@@ -17,8 +17,8 @@ import sys
 
 from absl import flags
 
-from experiments import cli
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.common import cli
+from mat_effnet.common.errors import MatEffNetError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("decode", False, "Also decode every JPEG (slower: reads and decodes all).")
@@ -30,7 +30,7 @@ PROG = "mat-effnet-verify"
 def main(argv):
     if len(argv) != 2:
         raise MatEffNetError(f"usage: {PROG} DATA_DIR [--decode] [--split=NAME]")
-    from mat_effnet import integrity
+    from mat_effnet.records import integrity
 
     data_dir = argv[1]
     problems = integrity.verify(data_dir, decode=FLAGS.decode, splits=FLAGS.split)

@@ -1,7 +1,20 @@
 """mat-effnet: MAT-EffNet (Zhou et al., Multimedia Systems 2022) in TensorFlow/Keras.
 
-Submodules are imported explicitly (``from mat_effnet import models``) so that
-importing the package never starts TensorFlow.
+The library, in rooms that import only downwards:
+
+    common      errors, checks, atomic writes, machine faults, CLI wrapper, flags
+    ops         decoding, grey, resize, OpenCV flows, TV-L1 (keras.ops), quantization
+    records     the on-disk schema, shard index, metadata, integrity
+    data        sampling, clips, the tf.data pipelines
+    encoding    frames -> records, batched flow
+    modeling    backbones, layers, the stream spec, saved-model identity, models
+    training    config, step, fit and custom loops, distribution
+    evaluation  the test protocol, metrics, fusion, report
+    serving     one video, many, streaming, timeline, export
+    benchmark   measurements of all of the above (may import `data_prep` too)
+
+Submodules are imported explicitly (``from mat_effnet.modeling import models``)
+so that importing the package never starts TensorFlow.
 """
 
 __version__ = "0.1.0"

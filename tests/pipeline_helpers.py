@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from mat_effnet import records
-from mat_effnet.clips import make_clip
+from mat_effnet.data.clips import make_clip
 
 H, W, S = 40, 48, 32
 

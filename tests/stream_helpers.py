@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from data_prep import synthetic
-from mat_effnet import models as M
+from mat_effnet.modeling import models as M
 
 CLASSES = ["RedSquareRight", "PurpleCrossSpin", "BlueSquareRight"]
 # DIS for speed; short side 40 keeps a frame 53x40.

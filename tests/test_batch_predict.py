@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from data_prep import synthetic
-from mat_effnet import batch_predict, evaluation, inference
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.serving import predict_many, predict_video
+from mat_effnet.evaluation import protocol
+from mat_effnet.common.errors import MatEffNetError
 
 sys.path.insert(0, os.path.dirname(__file__))
 import stream_helpers as H  # noqa: E402
@@ -28,8 +29,8 @@ SEGMENTS = 3
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("many")
     paths = H.save_models(tmp)
-    streams = {s: (p, evaluation.load_model(p)) for s, p in zip(("spatial", "temporal"), paths)}
-    resolved = inference.resolve(streams, inference.PrepSettings())
+    streams = {s: (p, protocol.load_model(p)) for s, p in zip(("spatial", "temporal"), paths)}
+    resolved = predict_video.resolve(streams, predict_video.PrepSettings())
     videos = tmp / "videos"
     videos.mkdir()
     rng = np.random.default_rng(0)
@@ -54,21 +55,21 @@ def _rows(path):
 
 def test_list_videos_dir_glob_and_list(setup, tmp_path):
     d = setup["videos"]
-    listed = batch_predict.list_videos(d)
+    listed = predict_many.list_videos(d)
     assert [os.path.basename(p) for p in listed] == [f"v{i}.avi" for i in range(7) if i in
                                                      (0, 2, 3, 4, 6)]
-    assert batch_predict.list_videos(os.path.join(d, "v[02]*.avi")) == listed[:2]
+    assert predict_many.list_videos(os.path.join(d, "v[02]*.avi")) == listed[:2]
     lst = tmp_path / "list.txt"
     lst.write_text(f"# two\n{d}/v0.avi\n\n{os.path.relpath(d, tmp_path)}/v2.avi\n{d}/v0.avi\n")
-    assert batch_predict.list_videos(str(lst)) == listed[:2]
+    assert predict_many.list_videos(str(lst)) == listed[:2]
     with pytest.raises(MatEffNetError, match=r"^videos=.*no videos found"):
-        batch_predict.list_videos(str(tmp_path / "none*.mp4"))
+        predict_many.list_videos(str(tmp_path / "none*.mp4"))
 
 
 def test_rows_errors_mixed_sizes_and_resume_after_a_kill(setup, tmp_path):
-    paths = batch_predict.list_videos(setup["videos"])
+    paths = predict_many.list_videos(setup["videos"])
     out = str(tmp_path / "preds.jsonl")
-    summary = batch_predict.predict_many(paths, _models(setup), setup["resolved"], out,
+    summary = predict_many.predict_many(paths, _models(setup), setup["resolved"], out,
                                          num_segments=SEGMENTS, top_k=2, batch_clips=3)
     assert (summary["videos"], summary["done"], summary["failed"], summary["skipped"]) == \
         (5, 4, 1, 0)
@@ -78,7 +79,7 @@ def test_rows_errors_mixed_sizes_and_resume_after_a_kill(setup, tmp_path):
     assert bad == {"path": paths[2], "error": "cannot open (not a video or unsupported codec)"}
     s, t = _models(setup)["spatial"], _models(setup)["temporal"]
     for p in (paths[0], paths[1]):  # 53x40 and 40x72 frames, in one batch of clips
-        ref = inference.predict_video(p, s, t, setup["resolved"].settings,
+        ref = predict_video.predict_video(p, s, t, setup["resolved"].settings,
                                       num_segments=SEGMENTS)
         np.testing.assert_allclose(rows[p]["spatial"], ref["spatial"], atol=1e-5)
         np.testing.assert_allclose(rows[p]["temporal"], ref["temporal"], atol=1e-5)
@@ -94,25 +95,25 @@ def test_rows_errors_mixed_sizes_and_resume_after_a_kill(setup, tmp_path):
     torn = json.loads(lines[-1])["path"]
     with open(out, "wb") as f:
         f.write(b"".join(lines[:-1]) + lines[-1][:len(lines[-1]) // 2])
-    again = batch_predict.predict_many(paths, _models(setup), setup["resolved"], out,
+    again = predict_many.predict_many(paths, _models(setup), setup["resolved"], out,
                                        num_segments=SEGMENTS, top_k=2)
     assert (again["skipped"], again["done"] + again["failed"]) == (4, 1)
     after = _rows(out)
     assert sorted(r["path"] for r in after) == sorted(paths)
     assert after[-1]["path"] == torn
     # Nothing left to do: a third run predicts nothing.
-    third = batch_predict.predict_many(paths, _models(setup), setup["resolved"], out)
+    third = predict_many.predict_many(paths, _models(setup), setup["resolved"], out)
     assert (third["skipped"], third["done"], third["failed"]) == (5, 0, 0)
 
 
 def test_csv_output_resumes_too(setup, tmp_path):
-    paths = batch_predict.list_videos(setup["videos"])[1:3]
+    paths = predict_many.list_videos(setup["videos"])[1:3]
     out = tmp_path / "preds.csv"
-    batch_predict.predict_many(paths[:1], _models(setup), setup["resolved"], str(out),
+    predict_many.predict_many(paths[:1], _models(setup), setup["resolved"], str(out),
                                num_segments=SEGMENTS)
     with open(out, "a") as f:
         f.write(f'"{paths[1]}",half')  # a torn row
-    summary = batch_predict.predict_many(paths, _models(setup), setup["resolved"], str(out),
+    summary = predict_many.predict_many(paths, _models(setup), setup["resolved"], str(out),
                                          num_segments=SEGMENTS)
     assert (summary["skipped"], summary["failed"]) == (1, 1)
     import csv
@@ -154,7 +155,7 @@ def test_cli_modes_one_clear_line(flags, message):
 
 
 def test_keras_tvl1_route_batches_flow_across_videos(setup, tmp_path, monkeypatch):
-    """The Keras TV-L1 route (flow in this process, through `data_prep.flow_batches`).
+    """The Keras TV-L1 route (flow in this process, through `mat_effnet.encoding.flow_batches`).
 
     DIS stands in for the compiled TV-L1 behind `batch_tvl1`'s contract (no XLA
     compile in a unit test); the rows equal `predict_video` with the same flow
@@ -164,8 +165,8 @@ def test_keras_tvl1_route_batches_flow_across_videos(setup, tmp_path, monkeypatc
 
     import cv2
 
-    from data_prep import flow as flow_lib
-    from data_prep import tvl1
+    from mat_effnet.ops import optical_flow as flow_lib
+    from mat_effnet.ops import tvl1
 
     batches = []
 
@@ -183,15 +184,15 @@ def test_keras_tvl1_route_batches_flow_across_videos(setup, tmp_path, monkeypatc
     resolved = dataclasses.replace(setup["resolved"], settings={
         s: dataclasses.replace(v, flow="tvl1", flow_implementation="keras")
         for s, v in setup["resolved"].settings.items()})
-    paths = batch_predict.list_videos(setup["videos"])
+    paths = predict_many.list_videos(setup["videos"])
     out = str(tmp_path / "keras.jsonl")
-    summary = batch_predict.predict_many(paths, _models(setup), resolved, out,
+    summary = predict_many.predict_many(paths, _models(setup), resolved, out,
                                          num_segments=SEGMENTS)
     assert (summary["done"], summary["failed"]) == (4, 1)
     assert {shape[1:] for shape in batches} == {(40, 53), (72, 40)}
     assert all(shape[0] == flow_lib.DEFAULT_BATCH for shape in batches)  # full batches
     rows = {r["path"]: r for r in _rows(out)}
     s, t = _models(setup)["spatial"], _models(setup)["temporal"]
-    ref = inference.predict_video(paths[1], s, t, resolved.settings, num_segments=SEGMENTS)
+    ref = predict_video.predict_video(paths[1], s, t, resolved.settings, num_segments=SEGMENTS)
     np.testing.assert_allclose(rows[paths[1]]["temporal"], ref["temporal"], atol=1e-5)
     assert rows[paths[1]]["preparation"]["temporal"]["flow_implementation"] == "keras"

@@ -178,7 +178,7 @@ def test_bad_settings_are_refused_before_the_pipeline_runs(tmp_path):
 def test_beam_with_keras_flow_writes_the_builders_bytes(tmp_path, monkeypatch):
     # Beam computes flow per video (batched within it) with the same batched
     # function; the builder batches across videos: the same shards.
-    from data_prep import tvl1
+    from mat_effnet.ops import tvl1
     from test_prep import _fake_tvl1
 
     calls = []

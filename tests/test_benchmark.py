@@ -17,9 +17,10 @@ import sys
 import numpy as np
 import pytest
 
-from mat_effnet import config
-from mat_effnet.benchmark import flow, machine, prep, report, runner, settings, train_step
-from mat_effnet.errors import MatEffNetError, bad_argument
+from mat_effnet.training import config
+from mat_effnet.benchmark import flow_figures, machine, prep_figures, report, runner, settings, step_figures
+from mat_effnet.common.errors import MatEffNetError, bad_argument
+from mat_effnet.benchmark import roofline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -180,7 +181,7 @@ def test_settings_validate_and_name_the_field():
 def test_flags_are_derived_from_the_settings():
     from absl import flags
 
-    from experiments import flagdefs
+    from mat_effnet.common import flagdefs
 
     fv = flags.FlagValues()
     names = flagdefs.define_flags(settings.BenchmarkSettings, flag_values=fv)
@@ -194,7 +195,7 @@ def test_flags_are_derived_from_the_settings():
 
 
 def test_flow_choices_match_data_prep():
-    from data_prep import flow as flow_lib
+    from mat_effnet.ops import optical_flow as flow_lib
 
     assert settings.FLOW_ALGORITHMS == flow_lib.ALGORITHMS
     assert settings.FLOW_IMPLEMENTATIONS == flow_lib.IMPLEMENTATIONS
@@ -208,7 +209,7 @@ def _fake_batch_tvl1(params=None):
     """OpenCV's TV-L1 behind batch_tvl1's contract, 7 inner iterations per warp."""
     import cv2
 
-    from data_prep import tvl1
+    from mat_effnet.ops import tvl1
 
     solver = cv2.optflow.DualTVL1OpticalFlow_create()
 
@@ -241,7 +242,7 @@ FLOW_FIGURES = [  # issue 9, item 5
 def test_frames_are_the_known_flow_set_and_exact_flow_scores_zero():
     from data_prep import known_flow
 
-    frames = flow.Frames(32, 40, seed=0)
+    frames = flow_figures.Frames(32, 40, seed=0)
     assert len(frames) == len(known_flow.accuracy_set(32, 40, 0))
     assert frames.names[0].startswith("translation@")
     assert [len(frames.cycle(k, 7)) for k in (1, 5)] == [1, 5]
@@ -253,12 +254,13 @@ def test_frames_are_the_known_flow_set_and_exact_flow_scores_zero():
 
 
 def test_flow_section_emits_issue_9s_figures(monkeypatch, tmp_path):
-    from data_prep import known_flow, tvl1
+    from data_prep import known_flow
+    from mat_effnet.ops import tvl1
 
     monkeypatch.setattr(tvl1, "batch_tvl1", _fake_batch_tvl1)
     ctx = report.Context(work_dir=str(tmp_path), machine="box", info={"gpus": []}, seed=0)
     s = settings.FlowSettings(**TINY_FLOW)
-    f = flow.measure(s, ctx)
+    f = flow_figures.measure(s, ctx)
     n = len(known_flow.accuracy_set(32, 40, 0))
     assert sorted(f) == sorted(FLOW_FIGURES)
     for name, fig in f.items():
@@ -281,7 +283,7 @@ def test_flow_section_emits_issue_9s_figures(monkeypatch, tmp_path):
     assert f["flow.epe.tvl1_keras"]["value"] == pytest.approx(f["flow.epe.tvl1"]["value"])
     assert len(f["flow.epe.dis_fast"]["per_pair"]) == n
     # Roofline: the measured 7 iterations per warp priced by cost_per_pair.
-    cost = tvl1.cost_per_pair(32, 40, iterations={
+    cost = roofline.cost_per_pair(32, 40, iterations={
         "mean_per_warp": [7.0] * len(tvl1.pyramid_sizes(32, 40, tvl1.TVL1Params()))})
     assert f["flow.tvl1.roofline.iterations_per_warp"]["value"] == 7.0
     assert f["flow.tvl1.roofline.flops_per_pair"]["value"] == pytest.approx(cost["measured"]["flops"])
@@ -294,29 +296,29 @@ def test_flow_section_emits_issue_9s_figures(monkeypatch, tmp_path):
 
 
 def test_flow_section_where_the_keras_tvl1_cannot_run_says_why(monkeypatch, tmp_path):
-    from data_prep import tvl1
+    from mat_effnet.ops import tvl1
 
     def refused(params=None):
         raise bad_argument("KERAS_BACKEND", "torch", "batch_tvl1 needs tensorflow or jax")
 
     monkeypatch.setattr(tvl1, "batch_tvl1", refused)
     ctx = report.Context(work_dir=str(tmp_path), machine="box", info={"gpus": []})
-    f = flow.measure(settings.FlowSettings(**dict(TINY_FLOW, flow_workers=1)), ctx)
+    f = flow_figures.measure(settings.FlowSettings(**dict(TINY_FLOW, flow_workers=1)), ctx)
     assert sorted(f) == sorted(FLOW_FIGURES)
     for name in ("flow.tvl1_keras.pairs_per_s.batch_1", "flow.tvl1_keras_over_opencv.speed",
                  "flow.epe.tvl1_keras", "flow.tvl1_keras_vs_opencv.epe"):
         assert f[name]["value"] is None, name
-        assert f[name]["why"] == ("data_prep.tvl1.batch_tvl1() failed: MatEffNetError: "
+        assert f[name]["why"] == ("mat_effnet.ops.tvl1.batch_tvl1() failed: MatEffNetError: "
                                   "KERAS_BACKEND=torch: batch_tvl1 needs tensorflow or jax"), name
     # The roofline still prices the worst case: every iteration.
-    worst = tvl1.cost_per_pair(32, 40)["worst_case"]
+    worst = roofline.cost_per_pair(32, 40)["worst_case"]
     assert f["flow.tvl1.roofline.flops_per_pair"]["value"] == pytest.approx(worst["flops"])
     assert f["flow.tvl1.roofline.iterations_per_warp"]["value"] is None
     assert isinstance(f["flow.epe.dis_medium"]["value"], float)
 
 
 def test_long_video_frames_count_and_size():
-    frames = list(prep.long_video_frames(2.2, fps=10, height=24, width=32, clip_seconds=1.0))
+    frames = list(prep_figures.long_video_frames(2.2, fps=10, height=24, width=32, clip_seconds=1.0))
     assert len(frames) == 22
     assert all(f.shape == (24, 32, 3) and f.dtype == np.uint8 for f in frames)
 
@@ -357,7 +359,7 @@ EXPECTED = FLOW_FIGURES + [
 
 @pytest.fixture(scope="module")
 def tiny_doc(tmp_path_factory):
-    from data_prep import tvl1
+    from mat_effnet.ops import tvl1
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tvl1, "batch_tvl1", _fake_batch_tvl1)
@@ -431,10 +433,10 @@ def test_table_lists_every_figure(tiny_doc):
 
 def test_input_over_train_skips_missing_figures():
     ctx = report.Context(work_dir="", machine="m")
-    assert train_step.input_over_train({}, ctx) == {}
+    assert step_figures.input_over_train({}, ctx) == {}
     figs = {"pipeline.spatial.train.clips_per_s": report.figure(30.0, "clips/s", {}, "m"),
             "train_step.spatial.clips_per_s": report.figure(4.0, "clips/s", {}, "m")}
-    assert train_step.input_over_train(figs, ctx)["headline.spatial.input_over_train"]["value"] == 7.5
+    assert step_figures.input_over_train(figs, ctx)["headline.spatial.input_over_train"]["value"] == 7.5
 
 
 def test_cli_rejects_unknown_sections(tmp_path):
@@ -482,7 +484,7 @@ def test_pipeline_figures_follow_from_each_other(tiny_doc):
 def test_prediction_at_scale_figures(tmp_path):
     import keras
 
-    from mat_effnet import models
+    from mat_effnet.modeling import models
     from mat_effnet.benchmark import inference as bench_inference
 
     s = settings.InferenceSettings(

@@ -1,4 +1,4 @@
-"""experiments.cli: one error format and exit code, and a quiet start."""
+"""mat_effnet.common.cli: one error format and exit code, and a quiet start."""
 
 import os
 import subprocess

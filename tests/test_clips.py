@@ -1,7 +1,7 @@
-"""mat_effnet.clips: flow stacks, crops, flips, test views, both record layouts.
+"""mat_effnet.data.clips: flow stacks, crops, flips, test views, both record layouts.
 
 The clips are pinned to the frozen pre-issue-10 pipeline
-(`mat_effnet.benchmark.baseline_pipeline`) and version-2 groups to
+(`tests.baseline_pipeline`) and version-2 groups to
 version-1 records; the frames' pixel levels encode their index (see
 `pipeline_helpers`).
 """
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mat_effnet import clips, records
-from mat_effnet.benchmark import baseline_pipeline
-from mat_effnet.clips import make_clip
-from mat_effnet.sampling import PipelineConfig
+from mat_effnet.data import clips
+from mat_effnet import records
+from tests import baseline_pipeline
+from mat_effnet.data.clips import make_clip
+from mat_effnet.data.sampling import PipelineConfig
 from pipeline_helpers import (H, W, S, _clip_fn, _decoded, _flat_index, _gradient, _jpeg,
                               _mirror_flow, _noise_frames, _parse, _record, _rgb_level,
                               _smooth_noise, _x_level, _y_level)

@@ -1,4 +1,4 @@
-"""mat_effnet.config: one definition of every training setting, and its flags."""
+"""mat_effnet.training.config: one definition of every training setting, and its flags."""
 
 import dataclasses
 import json
@@ -9,9 +9,9 @@ import sys
 import pytest
 from absl import flags
 
-from experiments import flagdefs
-from mat_effnet import config
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.common import flagdefs
+from mat_effnet.training import config
+from mat_effnet.common.errors import MatEffNetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,8 +8,8 @@ import re
 import pytest
 from absl import flags
 
-from experiments import flagdefs
-from mat_effnet import config
+from mat_effnet.common import flagdefs
+from mat_effnet.training import config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "experiments", "configs")
@@ -23,7 +23,7 @@ PAPER_IMAGE_SIZE = {"resnet18": 112, "resnet34": 168, "resnet50": 224, "efficien
 def _parse(path):
     """Parses a flagfile with throwaway FlagValues holding the train binary's flags.
 
-    The flags are derived from mat_effnet.config.TrainConfig exactly as
+    The flags are derived from mat_effnet.training.config.TrainConfig exactly as
     mat-effnet-train derives them, so an unknown flag or a bad value in a
     flagfile raises here.
     """

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mat_effnet import input_pipeline
-from mat_effnet.errors import MatEffNetError
-from mat_effnet.input_pipeline import build_dataset
-from mat_effnet.sampling import PipelineConfig
+from mat_effnet.data import input_pipeline
+from mat_effnet.common.errors import MatEffNetError
+from mat_effnet.data.input_pipeline import build_dataset
+from mat_effnet.data.sampling import PipelineConfig
 
 S = 32
 service = tf.data.experimental.service

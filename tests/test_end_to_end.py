@@ -11,8 +11,11 @@ import pytest
 import tensorflow as tf
 
 from data_prep import synthetic
-from mat_effnet import evaluation, fusion, inference, records, training
-from mat_effnet import identity as I
+from mat_effnet.evaluation import protocol, fusion
+from mat_effnet.serving import predict_video
+from mat_effnet import records
+from mat_effnet.training import trainer
+from mat_effnet.modeling import model_identity as I
 
 IMAGE = 32
 
@@ -22,7 +25,7 @@ def _cfg(data_dir, model_dir, stream, **kw):
                 epochs=1, batch_size=4, image_size=IMAGE, flow_length=3, bn_momentum=0.9,
                 validation_split=None, seed=3, verbose=0)
     base.update(kw)
-    return training.TrainConfig.from_flat(**base)
+    return trainer.TrainConfig.from_flat(**base)
 
 
 def _run(module, *args):
@@ -37,7 +40,7 @@ def trained(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     out = {}
     for stream in ("spatial", "temporal"):
-        summary = training.train(_cfg(data_dir, root / stream, stream, strategy="mirrored",
+        summary = trainer.train(_cfg(data_dir, root / stream, stream, strategy="mirrored",
                                       steps_per_epoch=2))
         assert summary["replicas"] == 2
         out[stream] = summary["model"]
@@ -61,7 +64,7 @@ def test_train_writes_model_logs_and_checkpoints(trained):
 def test_saved_model_reloads_with_identical_predictions(trained, data_dir):
     _, models = trained
     model = keras.models.load_model(models["spatial"], safe_mode=True)
-    again = evaluation.load_model(models["spatial"])
+    again = protocol.load_model(models["spatial"])
     x = np.random.default_rng(0).uniform(0, 255, (2, 3, IMAGE, IMAGE, 3)).astype(np.float32)
     np.testing.assert_allclose(model(x).numpy(), again(x).numpy(), rtol=1e-6, atol=1e-6)
 
@@ -117,16 +120,16 @@ def test_eval_fuse_and_predict(trained, data_dir, tmp_path):
 
     # The predicted fused scores equal the average of the two streams' scores
     # computed through the library on the same video.
-    spatial = evaluation.load_model(models["spatial"])
-    temporal = evaluation.load_model(models["temporal"])
+    spatial = protocol.load_model(models["spatial"])
+    temporal = protocol.load_model(models["temporal"])
     ident = I.identity(spatial)
     assert ident.class_names == tuple(synthetic.CLASSES) and ident.train_segments == 3
     assert (ident.preparation["flow"], ident.preparation["short_side"]) == ("dis", 40)
     # The older route (train_config.json -> the data's metadata) agrees.
-    settings, classes = inference.settings_for(models["spatial"], inference.PrepSettings())
+    settings, classes = predict_video.settings_for(models["spatial"], predict_video.PrepSettings())
     assert (settings.flow, settings.short_side) == ("dis", 40)
     assert classes == list(synthetic.CLASSES)
-    res = inference.predict_video(video, spatial, temporal, settings, num_segments=4)
+    res = predict_video.predict_video(video, spatial, temporal, settings, num_segments=4)
     np.testing.assert_allclose(res["fused"], (res["spatial"] + res["temporal"]) / 2, atol=1e-6)
     top = res["fused"].argsort()[::-1][0]
     assert pred["top"][0]["index"] == int(top)
@@ -151,7 +154,7 @@ def test_bad_inputs_give_one_line_errors(trained, data_dir, tmp_path):
     assert r.returncode == 2 and "--spatial_model is a temporal stream model" in r.stderr
 
     # A model with another class count than the data.
-    other = training.build_model(_cfg(data_dir, tmp_path, "spatial"), num_classes=3)
+    other = trainer.build_model(_cfg(data_dir, tmp_path, "spatial"), num_classes=3)
     path = str(tmp_path / "three.keras")
     other.save(path)
     r = _run("experiments.evaluate", f"--data_dir={data_dir}", f"--model={path}",
@@ -190,7 +193,7 @@ def test_training_resumes_after_a_kill(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(keras.Model, "fit", fit_with_kill)
     with pytest.raises(KeyboardInterrupt):
-        training.train(cfg)
+        trainer.train(cfg)
     assert epochs_seen == [0, 1]  # killed in the 2nd epoch, after its 2nd step
     backup = tmp_path / "m" / "backup"
     assert backup.exists()
@@ -205,7 +208,7 @@ def test_training_resumes_after_a_kill(data_dir, tmp_path, monkeypatch):
         return real_fit(self, *args, callbacks=[*callbacks, Record()], **kw)
 
     monkeypatch.setattr(keras.Model, "fit", fit_recording)
-    summary = training.train(cfg)
+    summary = trainer.train(cfg)
     # The backup was taken after the last step of epoch 1 completed its
     # epoch-end, so the run continues at epoch 2 instead of from scratch.
     assert epochs_seen[0] >= 1 and epochs_seen[-1] == 2

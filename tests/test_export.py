@@ -4,7 +4,7 @@ One export of two tiny calibrated streams is shared by the module. A client
 process in which importing ``mat_effnet`` or ``data_prep`` fails loads it and
 runs ``serving_default`` on every input the tests need (one load and one XLA
 compile); the tests compare its answers with ``mat-effnet-predict``'s path
-(`mat_effnet.inference.predict_video`) on the same video files.
+(`mat_effnet.serving.predict_video.predict_video`) on the same video files.
 
 Why 0.05 on every fused score: the export and prep differ in three known
 places, each measured small: TF's area resize against OpenCV's INTER_AREA
@@ -26,8 +26,9 @@ import numpy as np
 import pytest
 
 from data_prep import synthetic
-from mat_effnet import evaluation, export, inference, tflite_export
-from mat_effnet import models as M
+from mat_effnet.evaluation import protocol
+from mat_effnet.serving import saved_model_export, predict_video, tflite_export
+from mat_effnet.modeling import models as M
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["Drift", "Jump", "Spin", "Wave"]
@@ -98,8 +99,9 @@ def _real_clips(stream, videos):
     """One test clip (3 positions) per video, as the records hold it (DIS flow)."""
     import tensorflow as tf
 
-    from data_prep import encode
-    from mat_effnet import clips, records, sampling
+    from mat_effnet.encoding import encode
+    from mat_effnet.data import clips, sampling
+    from mat_effnet import records
 
     cfg = sampling.PipelineConfig(stream=stream, image_size=32, flow_length=2,
                                   training=False, test_segments=3)
@@ -157,8 +159,8 @@ def exported(tmp_path_factory):
     paths = {"spatial": str(root / "spatial.keras"), "temporal": str(root / "temporal.keras")}
     for seed, stream in enumerate(paths):
         _calibrated(stream, seed, real=_real_clips(stream, videos.values())).save(paths[stream])
-    settings = export.ExportSettings(num_segments=SEGMENTS, frame_sizes=("4:3",))
-    meta = export.export(paths["spatial"], paths["temporal"], str(root / "saved"), settings)
+    settings = saved_model_export.ExportSettings(num_segments=SEGMENTS, frame_sizes=("4:3",))
+    meta = saved_model_export.export(paths["spatial"], paths["temporal"], str(root / "saved"), settings)
     inputs = {name: _decoded(path) for name, path in videos.items()}
     inputs["two_frames"] = inputs["landscape"][:2]      # T = 2: one flow field, fewer than L
     inputs["short"] = inputs["landscape"][:3]           # fewer frames than positions (N = 5)
@@ -173,10 +175,10 @@ def exported(tmp_path_factory):
 
 
 def _predict(exported, name):
-    models = {s: evaluation.load_model(p) for s, p in exported["paths"].items()}
-    resolved = inference.resolve({s: (exported["paths"][s], m) for s, m in models.items()},
-                                 inference.PrepSettings())
-    return inference.predict_video(exported["videos"][name], models["spatial"],
+    models = {s: protocol.load_model(p) for s, p in exported["paths"].items()}
+    resolved = predict_video.resolve({s: (exported["paths"][s], m) for s, m in models.items()},
+                                 predict_video.PrepSettings())
+    return predict_video.predict_video(exported["videos"][name], models["spatial"],
                                    models["temporal"], resolved.settings, SEGMENTS)
 
 
@@ -236,8 +238,8 @@ def test_the_export_says_what_it_is(exported):
 
 
 def test_working_sizes_round_as_prep():
-    # 320x240 -> 341x256 and 1920x1080 -> 455x256, as data_prep.video.resized_size.
-    assert export.working_sizes(256, ("4:3", "16:9", "3:4", "8:6")) == [
+    # 320x240 -> 341x256 and 1920x1080 -> 455x256, as mat_effnet.ops.video.resized_size.
+    assert saved_model_export.working_sizes(256, ("4:3", "16:9", "3:4", "8:6")) == [
         (256, 341), (256, 455), (341, 256)]
 
 
@@ -245,8 +247,8 @@ def test_a_dis_model_is_refused(tmp_path, exported):
     dis = dict(PREP, flow="dis", flow_implementation="opencv")
     path = str(tmp_path / "dis.keras")
     _calibrated("temporal", 3, preparation=dis).save(path)
-    with pytest.raises(export.ExportError, match="dis flow.*not a TF op"):
-        export.export(exported["paths"]["spatial"], path, str(tmp_path / "out"))
+    with pytest.raises(saved_model_export.ExportError, match="dis flow.*not a TF op"):
+        saved_model_export.export(exported["paths"]["spatial"], path, str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
 
 
@@ -313,7 +315,8 @@ def test_flex_ops_are_found():
 def test_tvl1_converts_to_tflite_and_matches_the_keras_flow():
     """Builtins only, and fed by name the flow is the Keras TV-L1's (the issue's
     4.76 px probe had fed the frames swapped: that check is here too)."""
-    from data_prep import known_flow, tvl1
+    from data_prep import known_flow
+    from mat_effnet.ops import tvl1
 
     prev, nxt, truth = known_flow.known_flow_pair("translation", 32, 40, seed=1, magnitude=2.0)
     data = tflite_export.convert_flow(32, 40)

@@ -15,7 +15,9 @@ import tensorflow as tf
 
 from data_prep import builder, synthetic, work_files
 from data_prep.prep_config import PrepConfig
-from mat_effnet import faults, records, training
+from mat_effnet.common import faults
+from mat_effnet import records
+from mat_effnet.training import trainer
 
 
 def _tree(root, lengths=(5, 6, 7)):
@@ -56,7 +58,7 @@ def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_file(tmp_path, 
     model = _tiny_model()
     path = str(tmp_path / "last.keras")
     x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")
-    model.fit(x, y, epochs=1, verbose=0, callbacks=[training.AtomicModelCheckpoint(path)])
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[trainer.AtomicModelCheckpoint(path)])
     saved = keras.models.load_model(path).get_weights()
 
     real_save = keras.Model.save
@@ -69,7 +71,7 @@ def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_file(tmp_path, 
     monkeypatch.setattr(keras.Model, "save", torn_save)
     model.get_layer("dense").set_weights([w + 1 for w in model.get_layer("dense").get_weights()])
     with pytest.raises(faults.MachineFault) as info:
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[training.AtomicModelCheckpoint(path)])
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[trainer.AtomicModelCheckpoint(path)])
     assert faults.machine_errno(info.value) == errno.ENOSPC
     assert str(info.value).startswith(f"{path}: no space left on device")
     monkeypatch.setattr(keras.Model, "save", real_save)
@@ -80,12 +82,12 @@ def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_file(tmp_path, 
 
 
 def test_the_standard_callbacks_save_atomically(tmp_path):
-    cfg = training.TrainConfig.from_flat(stream="spatial", data_dir="d", model_dir=str(tmp_path))
-    cbs = training._standard_callbacks(cfg, str(tmp_path), 1, "accuracy", custom=True)
+    cfg = trainer.TrainConfig.from_flat(stream="spatial", data_dir="d", model_dir=str(tmp_path))
+    cbs = trainer._standard_callbacks(cfg, str(tmp_path), 1, "accuracy", custom=True)
     checkpoints = [c for c in cbs if isinstance(c, keras.callbacks.ModelCheckpoint)]
     assert sorted(os.path.basename(c.filepath) for c in checkpoints) == ["best.keras",
                                                                          "last.keras"]
-    assert all(isinstance(c, training.AtomicModelCheckpoint) for c in checkpoints)
+    assert all(isinstance(c, trainer.AtomicModelCheckpoint) for c in checkpoints)
 
 
 # ---------------------------------------------------------------------------
@@ -197,7 +199,7 @@ def test_cli_on_a_real_full_disk_one_line_exit_2_and_rerun_resumes(tmp_path):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         _tree(tmp_path / "v", lengths=(9, 9, 9))
-        args = [sys.executable, "-m", "data_prep.build", "--dataset=folder", "--flow=dis",
+        args = [sys.executable, "-m", "experiments.prep", "--dataset=folder", "--flow=dis",
                 f"--data_root={tmp_path / 'v'}", "--short_side=32", "--videos_per_shard=6"]
         env = dict(os.environ, PYTHONPATH=os.getcwd())
         clean = subprocess.run(args + [f"--out_dir={tmp_path / 'clean'}"], env=env,
@@ -286,7 +288,7 @@ def test_cli_second_prep_stops_with_one_line_before_importing_tensorflow(tmp_pat
     (tmp_path / "o" / out_lock.LOCK_FILENAME).write_text(
         json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname(), "started": 0}))
     # -X importtime lists every module imported: tensorflow must not be one.
-    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "data_prep.build",
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "experiments.prep",
                         "--dataset=folder", f"--data_root={tmp_path / 'v'}",
                         f"--out_dir={tmp_path / 'o'}"], capture_output=True, text=True,
                        timeout=120, env=dict(os.environ, PYTHONPATH=os.getcwd()))
@@ -349,7 +351,7 @@ def test_prep_records_each_shards_size_and_sha256(small_data):
 
 
 def test_sizes_are_checked_before_the_first_step(small_data, tmp_path, caplog):
-    from mat_effnet import integrity
+    from mat_effnet.records import integrity
 
     d = _copy(small_data, tmp_path)
     meta = _meta(d)
@@ -378,7 +380,7 @@ def _verify(*args):
 
 
 def test_verify_reports_sound_and_damaged_datasets(small_data, tmp_path):
-    from mat_effnet import integrity
+    from mat_effnet.records import integrity
 
     d = _copy(small_data, tmp_path)
     assert integrity.verify(d, decode=True) == []
@@ -401,29 +403,29 @@ def _train_cfg(data_dir, model_dir, **kw):
                 backbone="resnet18", epochs=1, steps_per_epoch=2, batch_size=2,
                 image_size=32, validation_split=None, seed=5, strategy="default", verbose=0)
     base.update(kw)
-    return training.TrainConfig.from_flat(**base)
+    return trainer.TrainConfig.from_flat(**base)
 
 
 def test_train_stops_on_a_truncated_shard_before_the_first_step(small_data, tmp_path):
-    from mat_effnet import integrity
+    from mat_effnet.records import integrity
 
     d = _copy(small_data, tmp_path)
     shard = _train_shard(d)
     with open(shard, "r+b") as f:  # cut at the last group's start: its index lists it
         f.truncate(int(records.read_index(shard)[-1, 0]))
     with pytest.raises(integrity.DataFault, match=rf"^{shard}: .*\(truncated\)"):
-        training.train(_train_cfg(d, tmp_path / "m"))
+        trainer.train(_train_cfg(d, tmp_path / "m"))
     assert not os.path.exists(tmp_path / "m" / "train_config.json")
 
 
 def test_a_read_error_while_training_names_the_shard_and_the_video(small_data, tmp_path):
-    from mat_effnet import integrity
+    from mat_effnet.records import integrity
 
     d = _copy(small_data, tmp_path)
     shard = _train_shard(d)
     _flip(shard)  # same size: passes the size check, fails when read
     with pytest.raises(integrity.DataFault) as info:
-        training.train(_train_cfg(d, tmp_path / "m"))
+        trainer.train(_train_cfg(d, tmp_path / "m"))
     line = str(info.value)
     videos = {g["video_id"] for g in records.read_groups(os.path.join(small_data, _meta(d)["shards"]["train"][0]))}
     assert line.startswith(f"{shard}: ") and line.endswith(f"; run mat-effnet-verify {d}")
@@ -436,7 +438,7 @@ def test_prep_rebuild_damaged_remakes_only_the_damaged_shards_byte_identical(sma
                                                                             tmp_path):
     import shutil
 
-    from mat_effnet import integrity
+    from mat_effnet.records import integrity
 
     d = str(tmp_path / "data")
     shutil.copytree(small_data, d)  # with its work folder: the shard summaries
@@ -479,7 +481,7 @@ def _csv(path):
 def test_on_corrupt_skip_leaves_the_video_out_counts_and_names_it(small_data, tmp_path):
     import shutil
 
-    from mat_effnet import integrity
+    from mat_effnet.records import integrity
 
     d = _copy(small_data, tmp_path)
     shard = _train_shard(d)
@@ -490,9 +492,9 @@ def test_on_corrupt_skip_leaves_the_video_out_counts_and_names_it(small_data, tm
     kw = dict(epochs=2, steps_per_epoch=train_videos // 2, batch_size=2)
     # The default stops, naming the video.
     with pytest.raises(integrity.DataFault, match=rf"^{shard}: {video}: corrupted record"):
-        training.train(_train_cfg(d, tmp_path / "stop", **kw))
+        trainer.train(_train_cfg(d, tmp_path / "stop", **kw))
     # skip: the run finishes, the video is named and counted from epoch 1.
-    summary = training.train(_train_cfg(d, tmp_path / "m", on_corrupt="skip", **kw))
+    summary = trainer.train(_train_cfg(d, tmp_path / "m", on_corrupt="skip", **kw))
     assert summary["epochs_run"] >= 1 and summary["skipped"] == [video]
     listed = json.load(open(tmp_path / "m" / "skipped_videos.json"))["skipped"]
     assert [(e["shard"], e["video"], e["split"]) for e in listed] == [
@@ -502,7 +504,7 @@ def test_on_corrupt_skip_leaves_the_video_out_counts_and_names_it(small_data, tm
     assert [r["epoch"] for r in rows] == ["0", "1"]  # resumed from the backup: no repeat
     assert float(rows[-1]["skipped"]) == 1.0
     # A sound run carries the column too (CSVLogger fixes its columns at the first write).
-    training.train(_train_cfg(small_data, tmp_path / "clean", epochs=1))
+    trainer.train(_train_cfg(small_data, tmp_path / "clean", epochs=1))
     assert [float(r["skipped"]) for r in _csv(tmp_path / "clean" / "training_log.csv")] == [0.0]
 
 
@@ -512,7 +514,7 @@ def test_on_corrupt_skip_leaves_out_the_groups_past_a_truncated_shards_end(small
     cut = int(records.read_index(shard)[-1, 0])
     with open(shard, "r+b") as f:  # the last group's header is gone with it: named by offset
         f.truncate(cut)
-    summary = training.train(_train_cfg(d, tmp_path / "m", on_corrupt="skip"))
+    summary = trainer.train(_train_cfg(d, tmp_path / "m", on_corrupt="skip"))
     assert summary["skipped"] == [f"the group at byte {cut}"]
     (entry,) = json.load(open(tmp_path / "m" / "skipped_videos.json"))["skipped"]
     assert entry["shard"] == os.path.basename(shard) and "past the end" in entry["problem"]
@@ -574,7 +576,7 @@ def test_frames_are_decoded_upright_and_the_rotation_is_read(monkeypatch):
     # capture checks that auto-orientation is asked for and the rotation read.
     import cv2
 
-    from data_prep import video
+    from mat_effnet.ops import video
 
     asked = {}
 
@@ -605,10 +607,10 @@ def test_frames_are_decoded_upright_and_the_rotation_is_read(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# Every binary: a machine error is one line and exit 2 (experiments.cli)
+# Every binary: a machine error is one line and exit 2 (mat_effnet.common.cli)
 
 def test_the_cli_wrapper_gives_one_line_for_a_machine_error(monkeypatch, capsys):
-    from experiments import cli
+    from mat_effnet.common import cli
 
     def main(argv):
         raise tf.errors.ResourceExhaustedError(None, None, "/o/scores.npz; No space left on device")

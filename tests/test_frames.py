@@ -21,6 +21,7 @@ import pytest
 from data_prep import builder, datasets, frames_export, rawframes, synthetic, work_files
 from data_prep.prep_config import PrepConfig
 from mat_effnet import records
+from mat_effnet.ops import quantize
 
 QUICK = dict(flow="dis", flow_implementation="opencv")
 
@@ -186,8 +187,8 @@ def test_round_trip_equals_prep_from_videos(tmp_path):
             for ja, jb in zip(r[key], want[vid][0][key]):
                 qa = cv2.imdecode(np.frombuffer(ja, np.uint8), cv2.IMREAD_GRAYSCALE)
                 qb = cv2.imdecode(np.frombuffer(jb, np.uint8), cv2.IMREAD_GRAYSCALE)
-                diffs.append(np.abs(records.dequantize_flow(qa, 20) -
-                                    records.dequantize_flow(qb, 20)).ravel())
+                diffs.append(np.abs(quantize.dequantize_flow(qa, 20) -
+                                    quantize.dequantize_flow(qb, 20)).ravel())
     diffs = np.concatenate(diffs)
     # JPEG 95 vs 90 on flow codes: well under a pixel, most within 2 steps.
     assert diffs.mean() < 0.2 and np.mean(diffs <= 2 * 40 / 255 + 1e-6) > 0.9, \
@@ -219,7 +220,7 @@ def test_import_resizes_and_requantizes_flow(tmp_path):
     for key, want in (("flow_x", 2.0), ("flow_y", -1.0)):  # halved with the frame
         q = cv2.imdecode(np.frombuffer(r[key][0], np.uint8), cv2.IMREAD_GRAYSCALE)
         assert q.shape == (20, 30)
-        np.testing.assert_allclose(records.dequantize_flow(q, 20.0), want, atol=40 / 255)
+        np.testing.assert_allclose(quantize.dequantize_flow(q, 20.0), want, atol=40 / 255)
 
 
 def test_import_of_mmaction2_flow_extraction_names_keeps_truncated_codes(tmp_path):
@@ -389,7 +390,7 @@ def test_command_lines_export_then_import(tmp_path):
     assert "6/6 videos" in flow.stderr
     assert os.path.isfile(tmp_path / "raw" / "ucf101_train_split_1_rawframes.txt")
     prep = subprocess.run(
-        [sys.executable, "-m", "data_prep.build", "--dataset=ucf101",
+        [sys.executable, "-m", "experiments.prep", "--dataset=ucf101",
          f"--data_root={tmp_path / 'ucf'}", f"--frames_root={tmp_path / 'raw'}",
          f"--out_dir={tmp_path / 'imp'}", "--flow=dis"],
         capture_output=True, text=True, env=env, timeout=300)

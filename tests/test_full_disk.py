@@ -19,8 +19,10 @@ import pytest
 
 from data_prep import builder, synthetic
 from data_prep.prep_config import PrepConfig
-from mat_effnet import fusion, records, spec
-from mat_effnet import models as M
+from mat_effnet.evaluation import fusion
+from mat_effnet import records
+from mat_effnet.modeling import stream_spec
+from mat_effnet.modeling import models as M
 from tests.stream_helpers import SMALL
 
 PAGE = 4096
@@ -88,7 +90,7 @@ def prepared(tmp_path_factory):
     data = str(root / "data")
     builder.build(PrepConfig(dataset="ucf101", data_root=videos, out_dir=data, flow="dis",
                              flow_implementation="opencv", short_side=40, videos_per_shard=4))
-    ident = spec.data_identity(records.read_metadata(data))
+    ident = stream_spec.data_identity(records.read_metadata(data))
     classes = ident["class_names"]
     paths = {}
     for stream in ("spatial", "temporal"):

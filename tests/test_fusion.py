@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from mat_effnet import atomic, fusion, metrics
+from mat_effnet.common import atomic
+from mat_effnet.evaluation import fusion, metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

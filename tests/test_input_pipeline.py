@@ -1,4 +1,4 @@
-"""mat_effnet.input_pipeline: datasets, epochs, and the benchmark's measurements of them.
+"""mat_effnet.data.input_pipeline: datasets, epochs, and the benchmark's measurements of them.
 
 Frames encode their index in their pixel values (see `pipeline_helpers`).
 """
@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mat_effnet import input_pipeline, records
-from mat_effnet.benchmark import baseline_pipeline
+from mat_effnet.data import input_pipeline
+from mat_effnet import records
+from tests import baseline_pipeline
 from mat_effnet.benchmark import pipeline as bench
-from mat_effnet.input_pipeline import build_dataset
-from mat_effnet.sampling import PipelineConfig
+from mat_effnet.data.input_pipeline import build_dataset
+from mat_effnet.data.sampling import PipelineConfig
 from pipeline_helpers import (VERSIONS, S, _flat_index, _record, _rgb_level, _write_dataset)
 
 
@@ -164,8 +165,8 @@ def test_read_rate_counts_what_a_clip_reads(tmp_path):
 
 
 def test_levers_switch_the_decoding_flags_they_name_and_restore_them(monkeypatch):
-    """Each flag lever flips its switch in mat_effnet.clips for its run only."""
-    from mat_effnet import clips
+    """Each flag lever flips its switch in mat_effnet.data.clips for its run only."""
+    from mat_effnet.data import clips
 
     seen = {}
 

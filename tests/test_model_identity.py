@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 
 from data_prep import synthetic
-from mat_effnet import evaluation, fusion, inference
-from mat_effnet import backbones as B
-from mat_effnet import identity as I
-from mat_effnet import models as M
-from mat_effnet import spec as S
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.evaluation import protocol, fusion
+from mat_effnet.serving import predict_video
+from mat_effnet.modeling import backbones as B
+from mat_effnet.modeling import model_identity as I
+from mat_effnet.modeling import models as M
+from mat_effnet.modeling import stream_spec as S
+from mat_effnet.common.errors import MatEffNetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["ApplyEyeMakeup", "Archery", "Basketball"]
@@ -93,10 +94,10 @@ def test_stream_identity_survives_save_and_safe_load(pair, tmp_path):
     loaded = keras.models.load_model(path, safe_mode=True)
     assert type(loaded) is I.StreamModel
     assert I.identity(loaded) == ident
-    # Files saved before the split name the module mat_effnet.models; they load
+    # Files saved before the split name the module mat_effnet.modeling.models; they load
     # through the registered name, which therefore must never change.
     assert config["registered_name"] == "mat_effnet>StreamModel"
-    old = keras.models.load_model(_with_module(path, "mat_effnet.models", tmp_path / "old.keras"),
+    old = keras.models.load_model(_with_module(path, "mat_effnet.modeling.models", tmp_path / "old.keras"),
                                   safe_mode=True)
     assert type(old) is I.StreamModel and I.identity(old) == ident
     x = _clip(spatial)
@@ -175,7 +176,7 @@ def test_spec_round_trips_through_keras(tmp_path):
 
 def test_build_from_spec_checks_nothing_again():
     # The spec was checked when made: building it never returns to checks.py.
-    from mat_effnet import checks
+    from mat_effnet.common import checks
 
     spec = S.StreamSpec(num_classes=3, stream="temporal", backbone="resnet18", flow_length=1,
                         image_size=32, num_segments=2)
@@ -323,7 +324,7 @@ def test_models_saved_before_still_load_and_say_so_once(pair, tmp_path, capsys):
     assert ident.image_size == (32, 32) and ident.num_classes == 3 and ident.attention
     assert ident.class_names is None and ident.preparation is None
     assert "stream" in ident.inferred and "class_names" not in ident.inferred
-    spec = evaluation.stream_spec(loaded)
+    spec = protocol.stream_spec(loaded)
     assert (spec.stream, spec.image_size, spec.flow_length, spec.num_segments) == (
         "temporal", (32, 32), 2, None)
     x = _clip(temporal)
@@ -345,25 +346,25 @@ def _meta(**settings):
 def test_eval_refuses_data_prepared_differently(pair):
     spatial, temporal = pair
     t = I.identity(temporal)
-    assert evaluation.check_data(t, _meta(), "/d") == []
-    with pytest.raises(evaluation.EvalError,
+    assert protocol.check_data(t, _meta(), "/d") == []
+    with pytest.raises(protocol.EvalError,
                        match=r"/d: prepared with flow='tvl1' but the model was trained on data "
                              r"prepared with flow='dis'"):
-        evaluation.check_data(t, _meta(flow="tvl1"), "/d")
-    with pytest.raises(evaluation.EvalError, match=r"flow_bound=15.0 .* flow_bound=20.0"):
-        evaluation.check_data(t, _meta(flow_bound=15.0), "/d")
+        protocol.check_data(t, _meta(flow="tvl1"), "/d")
+    with pytest.raises(protocol.EvalError, match=r"flow_bound=15.0 .* flow_bound=20.0"):
+        protocol.check_data(t, _meta(flow_bound=15.0), "/d")
     other = _meta()
     other["classes"] = ["ApplyEyeMakeup", "Basketball", "Archery"]
-    with pytest.raises(evaluation.EvalError,
+    with pytest.raises(protocol.EvalError,
                        match=r"/d: class 1 is 'Basketball' but the model's class 1 is 'Archery'"):
-        evaluation.check_data(I.identity(spatial), other, "/d")
+        protocol.check_data(I.identity(spatial), other, "/d")
     # The spatial stream does not see the flow: another flow is no reason to refuse.
-    assert evaluation.check_data(I.identity(spatial), _meta(flow="tvl1"), "/d") == []
+    assert protocol.check_data(I.identity(spatial), _meta(flow="tvl1"), "/d") == []
 
 
 def test_eval_notes_another_implementation_of_the_same_flow():
     model = M.build_stream(3, "temporal", **SMALL, preparation=dict(PREP, flow="tvl1"))
-    notes = evaluation.check_data(I.identity(model),
+    notes = protocol.check_data(I.identity(model),
                                   _meta(flow="tvl1", flow_implementation="keras"), "/d")
     assert notes == ["flow_implementation: /d was prepared with 'keras', the model's "
                      "training data with 'opencv' (allowed)"]
@@ -439,8 +440,8 @@ def test_predict_from_copied_keras_files_alone(pair, tmp_path):
         assert pred["models"][stream]["class_names"] == CLASSES
 
     # The same numbers as the library with those settings written out.
-    settings = inference.PrepSettings(short_side=40, flow="dis", flow_bound=20.0)
-    res = inference.predict_video(video, spatial, temporal, settings, num_segments=2)
+    settings = predict_video.PrepSettings(short_side=40, flow="dis", flow_bound=20.0)
+    res = predict_video.predict_video(video, spatial, temporal, settings, num_segments=2)
     top = {t["class"]: t["probability"] for t in pred["top"]}
     np.testing.assert_allclose([top[c] for c in CLASSES], res["fused"], atol=1e-5)
 
@@ -448,9 +449,9 @@ def test_predict_from_copied_keras_files_alone(pair, tmp_path):
 def test_predict_with_an_old_model_warns_and_uses_the_fallback(pair, tmp_path, capsys):
     spatial, _ = pair
     old = _legacy(spatial)
-    default = inference.PrepSettings(short_side=32, flow="dis")
+    default = predict_video.PrepSettings(short_side=32, flow="dis")
     capsys.readouterr()
-    resolved = inference.resolve({"spatial": (str(tmp_path / "old.keras"), old)}, default)
+    resolved = predict_video.resolve({"spatial": (str(tmp_path / "old.keras"), old)}, default)
     err = capsys.readouterr().err
     assert resolved.settings["spatial"] == default and resolved.sources["spatial"] == "defaults"
     assert resolved.class_names is None and resolved.class_names_source == "unknown"
@@ -460,7 +461,7 @@ def test_predict_with_an_old_model_warns_and_uses_the_fallback(pair, tmp_path, c
     assert "old.keras: the model does not carry its preparation settings (using " in ours[1]
     assert "or its class names (showing class indices)" in ours[1]
     # Asked again: nothing more is said.
-    inference.resolve({"spatial": (str(tmp_path / "old.keras"), old)}, default)
+    predict_video.resolve({"spatial": (str(tmp_path / "old.keras"), old)}, default)
     assert "warning" not in capsys.readouterr().err
 
 
@@ -477,10 +478,10 @@ def test_imported_flow_is_part_of_the_identity_and_predict_computes_it_with_tvl1
     assert ident["preparation"]["short_side"] == 48  # the size the records hold
     model = _stream("temporal", preparation=ident["preparation"])
     assert I.identity(model).preparation["flow_source"] == "rawframes"
-    settings = inference.from_preparation(I.identity(model).preparation,
-                                          inference.PrepSettings())
+    settings = predict_video.from_preparation(I.identity(model).preparation,
+                                          predict_video.PrepSettings())
     assert (settings.flow, settings.flow_implementation, settings.short_side) == \
         ("tvl1", "opencv", 48)
     assert "imported (rawframes, rounding cvround)" in capsys.readouterr().err
     with pytest.raises(MatEffNetError, match="farneback flow"):
-        inference.from_preparation(dict(imported, flow="farneback"), inference.PrepSettings())
+        predict_video.from_preparation(dict(imported, flow="farneback"), predict_video.PrepSettings())

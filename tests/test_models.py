@@ -21,11 +21,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mat_effnet import backbones as B  # noqa: E402
-from mat_effnet import layers as mlayers  # noqa: E402
-from mat_effnet import models as M  # noqa: E402
-from mat_effnet import pretrained as P  # noqa: E402
-from mat_effnet import resnet as R  # noqa: E402
+from mat_effnet.modeling import backbones as B  # noqa: E402
+from mat_effnet.modeling import layers as mlayers  # noqa: E402
+from mat_effnet.modeling import models as M  # noqa: E402
+from mat_effnet.modeling import pretrained as P  # noqa: E402
+from mat_effnet.modeling import resnet as R  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # golden numbers

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mat_effnet import distributed, records, training
+from mat_effnet.training import cluster, trainer
+from mat_effnet import records
 
 IMAGE = 32
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +26,7 @@ def _cfg(data_dir, model_dir, **kw):
                 bn_momentum=0.9, validation_split=None, seed=3, verbose=0,
                 steps_per_epoch=2)
     base.update(kw)
-    return training.TrainConfig.from_flat(**base)
+    return trainer.TrainConfig.from_flat(**base)
 
 
 # ---------------------------------------------------------------------------
@@ -38,15 +39,15 @@ def _tf_config(task_type, index, cluster=None):
 
 
 def test_worker_info_reads_tf_config():
-    assert distributed.worker_info("") == distributed.WorkerInfo(None, 0, 1, True)
-    w0 = distributed.worker_info(_tf_config("worker", 0))
-    w2 = distributed.worker_info(_tf_config("worker", 2))
+    assert cluster.worker_info("") == cluster.WorkerInfo(None, 0, 1, True)
+    w0 = cluster.worker_info(_tf_config("worker", 0))
+    w2 = cluster.worker_info(_tf_config("worker", 2))
     assert (w0.is_chief, w0.num_workers, w0.name) == (True, 3, "worker:0")
     assert (w2.is_chief, w2.task_id) == (False, 2)
     # With a "chief" task, it is the chief and worker 0 is not.
-    cluster = {"chief": ["a:1"], "worker": ["b:2"]}
-    assert distributed.worker_info(_tf_config("chief", 0, cluster)).is_chief
-    w = distributed.worker_info(_tf_config("worker", 0, cluster))
+    tasks = {"chief": ["a:1"], "worker": ["b:2"]}
+    assert cluster.worker_info(_tf_config("chief", 0, tasks)).is_chief
+    w = cluster.worker_info(_tf_config("worker", 0, tasks))
     assert (w.is_chief, w.num_workers) == (False, 2)
 
 
@@ -58,25 +59,25 @@ def test_worker_info_reads_tf_config():
 ])
 def test_worker_info_rejects_bad_tf_config(text, message):
     with pytest.raises(ValueError, match=message):
-        distributed.worker_info(text)
+        cluster.worker_info(text)
 
 
 def test_plan_sharding():
     files = [f"f{i}" for i in range(9)]
     # auto: by file once every worker gets >= 4 files, else every worker reads all.
-    how, plan = distributed.plan_sharding(files, 2)
+    how, plan = cluster.plan_sharding(files, 2)
     assert how == "file" and plan == [files[0::2], files[1::2]]
     assert sorted(sum(plan, [])) == sorted(files)
-    how, plan = distributed.plan_sharding(files, 3)
+    how, plan = cluster.plan_sharding(files, 3)
     assert how == "data" and plan == [files] * 3
     # Evaluation shards by file whenever every worker gets one (exactly once).
-    how, plan = distributed.plan_sharding(files[:3], 3, training=False)
+    how, plan = cluster.plan_sharding(files[:3], 3, training=False)
     assert how == "file" and plan == [["f0"], ["f1"], ["f2"]]
-    assert distributed.plan_sharding(files, 1, "data") == ("file", [files])
+    assert cluster.plan_sharding(files, 1, "data") == ("file", [files])
     with pytest.raises(ValueError, match="2 shard files cannot feed 3 workers"):
-        distributed.plan_sharding(files[:2], 3, "file")
+        cluster.plan_sharding(files[:2], 3, "file")
     with pytest.raises(ValueError, match="shard_policy='rows'"):
-        distributed.plan_sharding(files, 2, "rows")
+        cluster.plan_sharding(files, 2, "rows")
 
 
 def test_config_rejects_fit_for_multi_worker(tmp_path):
@@ -102,8 +103,8 @@ def _model_weights(path):
 def test_custom_loop_matches_fit(data_dir, tmp_path):
     """Same data, seed and recipe: the custom loop takes fit's steps."""
     common = dict(dropout=0.0, epochs=1, steps_per_epoch=2, strategy="default")
-    fit = training.train(_cfg(data_dir, tmp_path / "fit", loop="fit", **common))
-    custom = training.train(_cfg(data_dir, tmp_path / "custom", loop="custom", **common))
+    fit = trainer.train(_cfg(data_dir, tmp_path / "fit", loop="fit", **common))
+    custom = trainer.train(_cfg(data_dir, tmp_path / "custom", loop="custom", **common))
     assert (fit["loop"], custom["loop"]) == ("fit", "custom")
     assert custom["final"]["loss"] == pytest.approx(fit["final"]["loss"], rel=1e-4)
     assert custom["final"]["accuracy"] == pytest.approx(fit["final"]["accuracy"])
@@ -115,7 +116,7 @@ def test_custom_loop_matches_fit(data_dir, tmp_path):
     # ...and it trained: the weights moved away from the seeded initialisation.
     keras.utils.set_random_seed(3)
     classes = records.read_metadata(data_dir)["num_classes"]
-    init = training.build_model(_cfg(data_dir, tmp_path, dropout=0.0), classes).get_weights()
+    init = trainer.build_model(_cfg(data_dir, tmp_path, dropout=0.0), classes).get_weights()
     assert max(float(np.abs(x - y).max()) for x, y in zip(init, b)) > 1e-4
     out = tmp_path / "custom"
     for name in ("model.keras", "best.keras", "last.keras", "training_log.csv"):
@@ -165,11 +166,11 @@ def test_custom_loop_resumes_mid_epoch_after_a_kill(data_dir, tmp_path):
                steps_per_epoch=3, backup_every_steps=1)
     kill = _KillAfter(3)  # in step 3 of epoch 0; the last save was after step 2
     with pytest.raises(KeyboardInterrupt):
-        training.train(cfg, callbacks=[kill])
+        trainer.train(cfg, callbacks=[kill])
     assert (tmp_path / "m" / "checkpoints").exists()
 
     record = _Record()
-    summary = training.train(cfg, callbacks=[record])
+    summary = trainer.train(cfg, callbacks=[record])
     # Continues inside epoch 0 at its 3rd step, with the saved state exactly
     # (weights, BatchNorm statistics, momentum, iteration count).
     assert record.batches == [(0, 2)]
@@ -182,7 +183,7 @@ def test_custom_loop_resumes_mid_epoch_after_a_kill(data_dir, tmp_path):
 
     # Finished: the same command again trains nothing more.
     record = _Record()
-    assert training.train(cfg, callbacks=[record])["epochs_run"] == 0
+    assert trainer.train(cfg, callbacks=[record])["epochs_run"] == 0
     assert record.batches == []
 
 

@@ -65,7 +65,7 @@ def test_setup_file_sdist_holds_the_package_and_installs_offline(tmp_path):
     assert len(glob.glob(str(target / "experiments" / "configs" / "*.cfg"))) == len(configs)
     # The installed copy is the one imported (from outside the source tree).
     env = dict(os.environ, PYTHONPATH=str(target))
-    r = subprocess.run([sys.executable, "-c", "import data_prep.encode as e, mat_effnet.records; "
+    r = subprocess.run([sys.executable, "-c", "import mat_effnet.encoding.encode as e, mat_effnet.records; "
                         "print(e.__file__); print(e.EncodeSettings().flow)"],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr

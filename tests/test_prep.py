@@ -17,7 +17,8 @@ import tensorflow_datasets as tfds
 from data_prep import builder, layouts, synthetic, work_files
 from data_prep.prep_config import PrepConfig
 from mat_effnet import records
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.common.errors import MatEffNetError
+from mat_effnet.ops import quantize
 
 
 def _read_all(out_dir, split):
@@ -105,8 +106,8 @@ def test_rgb_channel_order_and_flow_of_a_moving_square(tmp_path):
               if r["video_id"] == "a/x"]
     red = _rgb(rec["rgb"][0])[30, 20]
     assert red[0] > 140 and red[1] < 80 and red[2] < 80  # stored as RGB, not BGR
-    fx = records.dequantize_flow(_gray(rec["flow_x"][0]).astype(np.float32), 20.0)
-    fy = records.dequantize_flow(_gray(rec["flow_y"][0]).astype(np.float32), 20.0)
+    fx = quantize.dequantize_flow(_gray(rec["flow_x"][0]).astype(np.float32), 20.0)
+    fy = quantize.dequantize_flow(_gray(rec["flow_y"][0]).astype(np.float32), 20.0)
     inside = (slice(24, 36), slice(16, 26))
     assert 1.5 < np.median(fx[inside]) < 2.5
     assert abs(np.median(fy[inside])) < 0.5
@@ -226,7 +227,7 @@ def test_bad_config_values_name_the_flag(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "data_prep.build", *args],
+    return subprocess.run([sys.executable, "-m", "experiments.prep", *args],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -257,7 +258,7 @@ def test_cli_prepares_the_sample_set(tmp_path):
 
 
 def _fake_tvl1(calls):
-    """Stands in for `data_prep.tvl1.batch_tvl1`: a cheap pair-local "flow", calls recorded.
+    """Stands in for `mat_effnet.ops.tvl1.batch_tvl1`: a cheap pair-local "flow", calls recorded.
 
     Each pair's output depends on that pair only, as the real one's does, so
     any batching must give the bytes of pairwise computation.
@@ -275,7 +276,7 @@ def _fake_tvl1(calls):
 
 def _pairwise_records(cfg, paths_by_id, fake):
     """Every video's records as pairwise computation with the same flow function gives them."""
-    from data_prep import encode
+    from mat_effnet.encoding import encode
 
     def pairwise(prev, nxt):
         return np.concatenate([fake()(prev[i:i + 1], nxt[i:i + 1]) for i in range(len(prev))])
@@ -300,7 +301,7 @@ def _records_by_video(out_dir):
 
 
 def test_keras_flow_is_batched_across_videos_with_pairwise_bytes(tmp_path, monkeypatch):
-    from data_prep import tvl1
+    from mat_effnet.ops import tvl1
 
     calls = []
     monkeypatch.setattr(tvl1, "batch_tvl1", _fake_tvl1(calls))
@@ -326,7 +327,7 @@ def test_keras_flow_is_batched_across_videos_with_pairwise_bytes(tmp_path, monke
 
 
 def test_keras_flow_groups_pairs_by_frame_size(tmp_path, monkeypatch):
-    from data_prep import tvl1
+    from mat_effnet.ops import tvl1
 
     calls = []
     monkeypatch.setattr(tvl1, "batch_tvl1", _fake_tvl1(calls))
@@ -374,7 +375,7 @@ def _kill_and_resume(tmp_path, cfg, clean_dir, kill_after):
 
 
 def test_keras_flow_resumes_a_killed_run(tmp_path, monkeypatch):
-    from data_prep import tvl1
+    from mat_effnet.ops import tvl1
 
     monkeypatch.setattr(tvl1, "batch_tvl1", _fake_tvl1([]))
     _index_video_tree(tmp_path / "data", [3, 4, 5])
@@ -457,8 +458,8 @@ def test_a_folder_never_mixes_record_versions(tmp_path):
 
 
 def test_a_lost_index_is_named_and_rebuilt(tmp_path):
-    from mat_effnet import input_pipeline
-    from mat_effnet.sampling import PipelineConfig
+    from mat_effnet.data import input_pipeline
+    from mat_effnet.data.sampling import PipelineConfig
 
     _index_video_tree(tmp_path / "data", [4, 5])
     cfg = _cfg(tmp_path / "data", tmp_path / "out")
@@ -489,7 +490,7 @@ def test_cli_refuses_a_bad_flow_implementation(tmp_path):
 
 
 def test_keras_flow_lists_bad_videos_and_survives_a_flow_error(tmp_path, monkeypatch):
-    from data_prep import tvl1
+    from mat_effnet.ops import tvl1
 
     calls = []
     fake = _fake_tvl1(calls)

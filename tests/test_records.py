@@ -9,6 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mat_effnet import records
+from mat_effnet.ops import quantize
 
 
 def _jpeg(array):
@@ -50,16 +51,16 @@ def test_record_rejects_misaligned_flow():
 def test_quantization_round_trip_within_half_a_step():
     bound = 20.0
     values = np.linspace(-25, 25, 10001, dtype=np.float32)
-    q = records.quantize_flow(values, bound)
+    q = quantize.quantize_flow(values, bound)
     assert q.dtype == np.uint8 and q[0] == 0 and q[-1] == 255
     assert np.all(np.diff(q.astype(int)) >= 0)
-    back = records.dequantize_flow(q, bound)
+    back = quantize.dequantize_flow(q, bound)
     inside = np.abs(values) <= bound
     assert np.max(np.abs(back[inside] - values[inside])) <= bound / 255 + 1e-5
     # Clipped values come back as the bound.
     np.testing.assert_allclose(back[values > bound], bound, atol=1e-5)
     # The TF path (used by readers inside tf.data) gives the same numbers.
-    np.testing.assert_allclose(records.dequantize_flow(tf.constant(q), bound).numpy(), back,
+    np.testing.assert_allclose(quantize.dequantize_flow(tf.constant(q), bound).numpy(), back,
                                atol=1e-5)
 
 

@@ -1,10 +1,10 @@
-"""mat_effnet.sampling: the pipeline's settings, TSN position rules, seeds, crop boxes."""
+"""mat_effnet.data.sampling: the pipeline's settings, TSN position rules, seeds, crop boxes."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from mat_effnet.sampling import PipelineConfig, clip_seed, multiscale_crop_box, sample_positions
+from mat_effnet.data.sampling import PipelineConfig, clip_seed, multiscale_crop_box, sample_positions
 from pipeline_helpers import H, W, S, _clip_fn, _flat_index, _record, _rgb_level, _x_level
 
 

@@ -18,10 +18,11 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep import flow as flow_lib
-from data_prep import video
-from mat_effnet import evaluation, inference, streaming, timeline
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.ops import optical_flow as flow_lib
+from mat_effnet.ops import video
+from mat_effnet.evaluation import protocol
+from mat_effnet.serving import predict_video, streaming, timeline
+from mat_effnet.common.errors import MatEffNetError
 
 sys.path.insert(0, os.path.dirname(__file__))
 import stream_helpers as H  # noqa: E402
@@ -34,8 +35,8 @@ SEGMENTS = 5  # positions per window: fewer than TSN's 25, for speed
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stream")
     paths = H.save_models(tmp)
-    streams = {s: (p, evaluation.load_model(p)) for s, p in zip(("spatial", "temporal"), paths)}
-    resolved = inference.resolve(streams, inference.PrepSettings())
+    streams = {s: (p, protocol.load_model(p)) for s, p in zip(("spatial", "temporal"), paths)}
+    resolved = predict_video.resolve(streams, predict_video.PrepSettings())
     frames = H.two_actions(n=24)
     # Variable frame rate: gaps of 20..90 ms, and one pause of 0.3 s.
     gaps = np.random.default_rng(1).uniform(0.02, 0.09, len(frames) - 1)
@@ -93,7 +94,7 @@ def test_window_scores_equal_the_single_clip_path(setup):
         assert len(frames) == w["frames"] >= 2
         cut = H.write_lossless(setup["tmp"] / f"cut_{w['start_s']:.1f}.mkv", frames,
                                np.arange(len(frames)) / 25)
-        ref = inference.predict_video(cut, s, t, settings, num_segments=SEGMENTS)
+        ref = predict_video.predict_video(cut, s, t, settings, num_segments=SEGMENTS)
         np.testing.assert_allclose(w["spatial"], ref["spatial"], atol=1e-6)
         np.testing.assert_allclose(w["temporal"], ref["temporal"], atol=1e-6)
 

@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import synthetic, video
+from data_prep import synthetic
+from mat_effnet.ops import video
 from data_prep.synthetic import CLASSES, decode_index, generate_ucf101_like, index_frames, write_video
 
 

@@ -1,4 +1,4 @@
-"""The training step defined once (mat_effnet.task): fit and the custom loop's
+"""The training step defined once (mat_effnet.training.train_step): fit and the custom loop's
 StreamTrainer compute the same loss, metrics and update, the metrics over all
 replicas."""
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mat_effnet import distributed, task, training
+from mat_effnet.training import distributed, train_step, trainer
 
 CLASSES = 6
 
@@ -53,40 +53,40 @@ def test_custom_step_over_two_replicas_matches_fit():
         assert halves[0][name] != halves[1][name], name
 
     # fit's step, one device.
-    fit_task = task.StreamTask(CLASSES)
+    fit_task = train_step.StreamTask(CLASSES)
     fit_task.compile(reference, keras.optimizers.SGD(0.5))
     fit_logs = reference.train_on_batch(x, y, return_dict=True)
 
     # The custom loop's step, the global batch split over two replicas.
-    strategy = training.make_strategy("mirrored")
+    strategy = trainer.make_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         model = _model(start)
-        stream_task = task.StreamTask(CLASSES)
+        stream_task = train_step.StreamTask(CLASSES)
         stream_task.compile(model, keras.optimizers.SGD(0.5))
-    trainer = distributed.StreamTrainer(model, stream_task, strategy, global_batch_size=8)
+    loop = distributed.StreamTrainer(model, stream_task, strategy, global_batch_size=8)
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
     iterator = iter(strategy.experimental_distribute_dataset(data))
-    trainer.train_loop_begin()
-    logs = trainer.train_step(iterator)
+    loop.train_loop_begin()
+    logs = loop.train_step(iterator)
 
     assert set(logs) == {"loss", "accuracy", "top5"}
     for name, value in expected.items():
         assert logs[name] == pytest.approx(value, rel=1e-5), name
         assert fit_logs[name] == pytest.approx(value, rel=1e-5), name
-    assert trainer.train_loop_end() == logs
+    assert loop.train_loop_end() == logs
     for a, b in zip(reference.get_weights(), model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert max(float(np.abs(a - b).max()) for a, b in zip(start, model.get_weights())) > 1e-3
 
     # A new epoch starts from zero.
-    trainer.train_loop_begin()
-    assert trainer.train_loop_end() == {"loss": 0.0, "accuracy": 0.0, "top5": 0.0}
+    loop.train_loop_begin()
+    assert loop.train_loop_end() == {"loss": 0.0, "accuracy": 0.0, "top5": 0.0}
 
 
 def test_the_task_is_the_compiled_loss_and_metrics():
     model = _model()
-    stream_task = task.StreamTask(3)
+    stream_task = train_step.StreamTask(3)
     stream_task.compile(model, keras.optimizers.SGD(0.1))
     assert model.loss is stream_task.loss_fn
     assert stream_task.top5.get_config()["k"] == 3  # never more than the classes

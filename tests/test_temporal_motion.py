@@ -21,8 +21,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mat_effnet import backbones, input_pipeline, layers, records
-from mat_effnet.sampling import PipelineConfig
+from mat_effnet.modeling import backbones, layers
+from mat_effnet.data import input_pipeline
+from mat_effnet import records
+from mat_effnet.data.sampling import PipelineConfig
+from mat_effnet.ops import quantize
 
 H, W = 24, 32  # stored frame size
 SIZE = 20  # crop size
@@ -54,8 +57,8 @@ def _video(rng, label, video_id):
         # Sub-pixel noise, as TV-L1 leaves on a still background.
         u += rng.normal(0.0, 0.1, u.shape)
         v += rng.normal(0.0, 0.1, v.shape)
-        fx.append(_jpeg(records.quantize_flow(u, BOUND)))
-        fy.append(_jpeg(records.quantize_flow(v, BOUND)))
+        fx.append(_jpeg(quantize.quantize_flow(u, BOUND)))
+        fy.append(_jpeg(quantize.quantize_flow(v, BOUND)))
     rgb = [_jpeg(np.full((H, W, 3), 128, np.uint8))] * FRAMES  # appearance says nothing
     return records.VideoRecord(video_id, label, CLASSES[label], 25.0, H, W, rgb, fx, fy)
 

@@ -9,7 +9,8 @@ import pytest
 
 from data_prep import builder, synthetic
 from data_prep.prep_config import PrepConfig
-from mat_effnet import records, training
+from mat_effnet import records
+from mat_effnet.training import trainer
 
 IMAGE = 32
 
@@ -39,7 +40,7 @@ def _cfg(data_dir, model_dir, **kw):
                 image_size=IMAGE, bn_momentum=0.9, validation_split=None, seed=5,
                 strategy="default", verbose=0)
     base.update(kw)
-    return training.TrainConfig.from_flat(**base)
+    return trainer.TrainConfig.from_flat(**base)
 
 
 class _Watch(keras.callbacks.Callback):
@@ -78,14 +79,14 @@ def _check_trained(watch, summary, data_dir):
 
 
 def test_precision_policy():
-    assert training.precision_policy(False) == "float32"
+    assert trainer.precision_policy(False) == "float32"
     # No GPU here: bfloat16 (CPUs have no fast float16 kernels).
-    assert training.precision_policy(True) == "mixed_bfloat16"
+    assert trainer.precision_policy(True) == "mixed_bfloat16"
 
 
 def test_mixed_precision(data_dir, tmp_path):
     watch = _Watch()
-    summary = training.train(_cfg(data_dir, tmp_path / "m", mixed_precision=True),
+    summary = trainer.train(_cfg(data_dir, tmp_path / "m", mixed_precision=True),
                              callbacks=[watch])
     assert watch.policy == "mixed_bfloat16"
     assert watch.jit is False  # off unless asked
@@ -104,7 +105,7 @@ def test_mixed_precision(data_dir, tmp_path):
 
 def test_jit_compile(data_dir, tmp_path):
     watch = _Watch()
-    summary = training.train(_cfg(data_dir, tmp_path / "m", jit_compile=True),
+    summary = trainer.train(_cfg(data_dir, tmp_path / "m", jit_compile=True),
                              callbacks=[watch])
     assert watch.jit is True and watch.policy == "float32"
     _check_trained(watch, summary, data_dir)
@@ -114,7 +115,7 @@ def test_both_switches_in_the_custom_loop(data_dir, tmp_path):
     # (Over two replicas, where "auto" picks this loop for XLA, the same run
     # takes ~50 s on 2 CPU cores; the routing is tested in test_multi_worker.)
     watch = _Watch()
-    summary = training.train(_cfg(data_dir, tmp_path / "m", mixed_precision=True,
+    summary = trainer.train(_cfg(data_dir, tmp_path / "m", mixed_precision=True,
                                   jit_compile=True, loop="custom"), callbacks=[watch])
     assert summary["loop"] == "custom" and watch.policy == "mixed_bfloat16"
     _check_trained(watch, summary, data_dir)
@@ -127,7 +128,7 @@ def test_policy_restored_when_training_fails(data_dir, tmp_path):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        training.train(_cfg(data_dir, tmp_path / "m", mixed_precision=True),
+        trainer.train(_cfg(data_dir, tmp_path / "m", mixed_precision=True),
                        callbacks=[Boom()])
     assert keras.mixed_precision.global_policy().name == "float32"
 
@@ -143,7 +144,7 @@ def test_same_seed_same_weights_on_one_machine(data_dir, tmp_path):
     for name in ("a", "b", "c"):
         watch = _Watch()
         seed = 6 if name == "c" else 5
-        training.train(_cfg(data_dir, tmp_path / name, seed=seed), callbacks=[watch])
+        trainer.train(_cfg(data_dir, tmp_path / name, seed=seed), callbacks=[watch])
         runs.append(watch)
     a, b, c = runs
     assert a.losses == b.losses
@@ -162,7 +163,7 @@ def test_training_through_a_tf_data_service(data_dir, tmp_path):
     workers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address, port=0))
                for _ in range(2)]
     watch = _Watch()
-    summary = training.train(_cfg(data_dir, tmp_path / "m", data_service=dispatcher.target),
+    summary = trainer.train(_cfg(data_dir, tmp_path / "m", data_service=dispatcher.target),
                              callbacks=[watch])
     _check_trained(watch, summary, data_dir)
     saved = json.loads((tmp_path / "m" / "train_config.json").read_text())

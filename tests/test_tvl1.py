@@ -1,4 +1,4 @@
-"""The Keras TV-L1 (data_prep.tvl1) against OpenCV's DualTVL1 and known flow.
+"""The Keras TV-L1 (mat_effnet.ops.tvl1) against OpenCV's DualTVL1 and known flow.
 
 Frames are tiny (64x48) and the solver runs with 3 pyramid levels instead of
 5 (OpenCV is configured the same way), so each compile takes seconds; the
@@ -15,8 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import known_flow, tvl1
-from mat_effnet.errors import MatEffNetError
+from data_prep import known_flow
+from mat_effnet.ops import image_ops, tvl1
+from mat_effnet.common.errors import MatEffNetError
+from mat_effnet.benchmark import roofline
 
 H, W = 48, 64
 PARAMS = tvl1.TVL1Params(nscales=3)
@@ -57,18 +59,18 @@ def test_operators_match_opencv():
     rng = np.random.default_rng(0)
     img = rng.uniform(0, 255, (H, W)).astype(np.float32)
     t = ops.convert_to_tensor(img[None])
-    med = np.asarray(tvl1._median5x5(t))[0]
+    med = np.asarray(image_ops.median5x5(t))[0]
     np.testing.assert_allclose(med, cv2.medianBlur(img, 5), atol=0)
-    down = np.asarray(tvl1._resize_linear(t, (38, 51), (1.25, 1.25)))[0]
+    down = np.asarray(image_ops.resize_linear(t, (38, 51), (1.25, 1.25)))[0]
     ref = cv2.resize(img, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_LINEAR)
     np.testing.assert_allclose(down, ref, atol=1e-3)
-    up = np.asarray(tvl1._resize_linear(ops.convert_to_tensor(ref[None]), (H, W)))[0]
+    up = np.asarray(image_ops.resize_linear(ops.convert_to_tensor(ref[None]), (H, W)))[0]
     np.testing.assert_allclose(up, cv2.resize(ref, (W, H), interpolation=cv2.INTER_LINEAR),
                                atol=1e-3)
     # Large displacements so that many taps fall outside the frame (border 0).
     u1 = rng.uniform(-6, 6, (H, W)).astype(np.float32)
     u2 = rng.uniform(-6, 6, (H, W)).astype(np.float32)
-    warped = np.asarray(tvl1._remap_cubic(ops.convert_to_tensor(img[None, ..., None]),
+    warped = np.asarray(image_ops.remap_cubic(ops.convert_to_tensor(img[None, ..., None]),
                                           ops.convert_to_tensor(u1[None]),
                                           ops.convert_to_tensor(u2[None])))[0, ..., 0]
     xs, ys = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
@@ -180,11 +182,11 @@ def test_known_flow_is_exact():
 
 
 def test_cost_per_pair_prices_the_epsilon_stop():
-    worst = tvl1.cost_per_pair(256, 340)["worst_case"]
+    worst = roofline.cost_per_pair(256, 340)["worst_case"]
     # All 300 iterations of every warp: memory-bound near 170 pairs/s on an H100,
     # the figure issue 9 derived from a fixed-iteration proxy (160-220).
-    assert 150 < tvl1.roofline_pairs_per_s(worst) < 230
+    assert 150 < roofline.roofline_pairs_per_s(worst) < 230
     stats = {"iterations": np.full((2, 5, 5), 30)}
-    measured = tvl1.cost_per_pair(256, 340, iterations=stats)["measured"]
+    measured = roofline.cost_per_pair(256, 340, iterations=stats)["measured"]
     assert measured["bytes"] < worst["bytes"] / 8 and measured["flops"] < worst["flops"] / 8
     assert measured["mean_per_warp"] == [30.0] * 5

@@ -1,4 +1,4 @@
-"""Tests for data_prep.video (decoding, probing, errors) and data_prep.flow."""
+"""Tests for mat_effnet.ops.video (decoding, probing, errors) and mat_effnet.ops.optical_flow."""
 
 import inspect
 import math
@@ -9,9 +9,11 @@ import pytest
 
 import os
 
-from data_prep import encode, flow, video
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.encoding import encode
+from mat_effnet.ops import optical_flow, video
+from mat_effnet.common.errors import MatEffNetError
 from data_prep.synthetic import decode_index, index_frames, write_video
+from mat_effnet.ops import quantize
 
 
 # ---------------------------------------------------------------------------
@@ -222,7 +224,7 @@ def _shifted_pair(dx, dy, height=96, width=128, seed=0):
 @pytest.mark.parametrize("dx,dy", [(2.0, 1.5), (-2.0, 0.0)])
 def test_flow_recovers_translation(algorithm, dx, dy):
     prev, nxt = _shifted_pair(dx, dy)
-    f = flow.create_flow(algorithm)(prev, nxt)
+    f = optical_flow.create_flow(algorithm)(prev, nxt)
     assert f.shape == (96, 128, 2) and f.dtype == np.float32
     inner = f[16:-16, 16:-16]
     mx, my = float(inner[..., 0].mean()), float(inner[..., 1].mean())
@@ -237,15 +239,15 @@ def test_flow_recovers_translation(algorithm, dx, dy):
 
 def test_flow_none_is_zero():
     prev, nxt = _shifted_pair(2.0, 0.0, 32, 40)
-    f = flow.create_flow("none")(prev, nxt)
+    f = optical_flow.create_flow("none")(prev, nxt)
     assert f.shape == (32, 40, 2) and f.dtype == np.float32
     assert not f.any()
 
 
 def test_unknown_algorithm_names_accepted_values():
     with pytest.raises(MatEffNetError, match="^flow=farneback: ") as err:
-        flow.create_flow("farneback")
-    for name in flow.ALGORITHMS:
+        optical_flow.create_flow("farneback")
+    for name in optical_flow.ALGORITHMS:
         assert name in str(err.value)
 
 
@@ -263,7 +265,7 @@ def test_flow_object_is_created_once(monkeypatch, algorithm, factory):
         return real(*args)
 
     monkeypatch.setattr(module, name, counting)
-    fn = flow.create_flow(algorithm)
+    fn = optical_flow.create_flow(algorithm)
     prev, nxt = _shifted_pair(1.0, 0.0, 32, 40)
     first = fn(prev, nxt)
     second = fn(prev, nxt)
@@ -274,7 +276,7 @@ def test_flow_object_is_created_once(monkeypatch, algorithm, factory):
 
 
 def test_flow_rejects_bad_inputs():
-    fn = flow.create_flow("none")
+    fn = optical_flow.create_flow("none")
     with pytest.raises(ValueError):
         fn(np.zeros((8, 8), np.uint8), np.zeros((8, 9), np.uint8))
     with pytest.raises(ValueError):
@@ -289,21 +291,21 @@ def test_to_gray():
     rgb[0, 1] = (0, 255, 0)
     rgb[0, 2] = (0, 0, 255)
     rgb[1, :] = 200
-    gray = flow.to_gray(rgb)
+    gray = optical_flow.to_gray(rgb)
     assert gray.shape == (2, 3) and gray.dtype == np.uint8
     # BT.601 luma: 0.299 R + 0.587 G + 0.114 B, so channel order matters.
     np.testing.assert_array_equal(gray, [[76, 150, 29], [200, 200, 200]])
-    np.testing.assert_array_equal(flow.to_gray(gray), gray)
+    np.testing.assert_array_equal(optical_flow.to_gray(gray), gray)
 
 
 @pytest.mark.parametrize("bound", [20.0, 15.0, 1.0, 3.7])
 def test_quantize_round_trip(bound):
     v = np.linspace(-2 * bound, 2 * bound, 4001)
-    q = flow.quantize(v, bound)
+    q = quantize.quantize_flow(v, bound)
     assert q.dtype == np.uint8 and q.shape == v.shape
     assert np.all(np.diff(q.astype(int)) >= 0)  # monotonic
     assert set(np.unique(q)) == set(range(256))  # every level used
-    back = flow.dequantize(q, bound)
+    back = quantize.dequantize_flow(q, bound)
     assert back.dtype == np.float32
     inside = np.abs(v) <= bound
     assert np.max(np.abs(back[inside] - v[inside])) <= bound / 255 * (1 + 1e-5)
@@ -317,23 +319,23 @@ def test_quantize_round_trip(bound):
 @pytest.mark.parametrize("bound", [20.0, 15.0, 1.0, 3.7, 1e-3])
 def test_quantize_fixed_points(bound):
     # Zero lands exactly on 127.5, which rounds half up to 128.
-    assert flow.quantize(np.array([0.0]), bound)[0] == 128
-    assert flow.quantize(np.array([-bound, bound]), bound).tolist() == [0, 255]
+    assert quantize.quantize_flow(np.array([0.0]), bound)[0] == 128
+    assert quantize.quantize_flow(np.array([-bound, bound]), bound).tolist() == [0, 255]
     # Every level is its own dequantized value's image.
     levels = np.arange(256)
-    np.testing.assert_array_equal(flow.quantize(flow.dequantize(levels, bound), bound), levels)
-    np.testing.assert_allclose(flow.dequantize(levels, bound), np.linspace(-bound, bound, 256),
+    np.testing.assert_array_equal(quantize.quantize_flow(quantize.dequantize_flow(levels, bound), bound), levels)
+    np.testing.assert_allclose(quantize.dequantize_flow(levels, bound), np.linspace(-bound, bound, 256),
                                atol=bound * 1e-6)
 
 
 def test_quantize_examples_and_errors():
     # step = 40/255; v = 2.0 -> (2/20 + 1) * 127.5 = 140.25 -> 140
-    assert flow.quantize(np.array([2.0, -2.0, np.nan]), 20.0).tolist() == [140, 115, 128]
+    assert quantize.quantize_flow(np.array([2.0, -2.0, np.nan]), 20.0).tolist() == [140, 115, 128]
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError):
-            flow.quantize(np.zeros(3), bad)
+            quantize.quantize_flow(np.zeros(3), bad)
         with pytest.raises(ValueError):
-            flow.dequantize(np.zeros(3, np.uint8), bad)
+            quantize.dequantize_flow(np.zeros(3, np.uint8), bad)
 
 
 # ---------------------------------------------------------------------------
@@ -341,7 +343,7 @@ def test_quantize_examples_and_errors():
 
 
 def _fake_factory(calls):
-    """Stands in for data_prep.tvl1.batch_tvl1 (pair-local, cheap), recording batch shapes."""
+    """Stands in for mat_effnet.ops.tvl1.batch_tvl1 (pair-local, cheap), recording batch shapes."""
     def factory(params=None):
         def fn(prev, nxt):
             calls.append(prev.shape)
@@ -358,13 +360,13 @@ def _pairs(count, height=32, width=40):
 @pytest.mark.parametrize("algorithm", ["tvl1", "dis", "none"])
 def test_batch_flow_is_the_pairwise_flow_for_opencv(algorithm):
     prev, nxt = _pairs(3)
-    batch = flow.create_batch_flow(algorithm)
+    batch = optical_flow.create_batch_flow(algorithm)
     assert batch.batch_size == 1 and batch.implementation == "opencv"
     got = batch(prev, nxt)
     assert got.shape == (3, 32, 40, 2) and got.dtype == np.float32
     # OpenCV's solvers keep state between calls (DIS's results move by up to
     # 5e-3 px), so the reference is one pairwise function over the same sequence.
-    pairwise = flow.create_flow(algorithm)
+    pairwise = optical_flow.create_flow(algorithm)
     for i in range(3):
         np.testing.assert_array_equal(got[i], pairwise(prev[i], nxt[i]))
     if algorithm != "none":  # the pairs differ, so their flows do
@@ -372,12 +374,12 @@ def test_batch_flow_is_the_pairwise_flow_for_opencv(algorithm):
 
 
 def test_keras_batch_flow_runs_full_compiled_batches(monkeypatch):
-    from data_prep import tvl1
+    from mat_effnet.ops import tvl1
 
     calls = []
     monkeypatch.setattr(tvl1, "batch_tvl1", _fake_factory(calls))
     prev, nxt = _pairs(7)
-    fn = flow.create_batch_flow("tvl1", "keras", batch_size=4)
+    fn = optical_flow.create_batch_flow("tvl1", "keras", batch_size=4)
     assert (fn.batch_size, fn.implementation, fn.algorithm) == (4, "keras", "tvl1")
     got = fn(prev, nxt)
     # 7 pairs: a batch of 4, then 3 filled up to 4: one compiled shape.
@@ -385,19 +387,19 @@ def test_keras_batch_flow_runs_full_compiled_batches(monkeypatch):
     want = np.stack([nxt.astype(np.float32) - prev, prev / np.float32(50)], axis=-1)
     np.testing.assert_array_equal(got, want)
     # Pairwise through the same implementation: a batch of one.
-    np.testing.assert_array_equal(flow.create_flow("tvl1", "keras")(prev[5], nxt[5]), want[5])
+    np.testing.assert_array_equal(optical_flow.create_flow("tvl1", "keras")(prev[5], nxt[5]), want[5])
     assert calls[-1] == (1, 32, 40)
     # One compiled function per process, whatever the batch size.
-    assert flow._keras_tvl1() is flow._keras_tvl1()
+    assert optical_flow._keras_tvl1() is optical_flow._keras_tvl1()
     with pytest.raises(MatEffNetError, match="next_gray"):
         fn(prev, nxt[:, :, :-1])
 
 
 @pytest.mark.parametrize("call", [
-    lambda: flow.create_flow("dis", "keras"),
-    lambda: flow.create_batch_flow("none", "keras"),
-    lambda: flow.create_batch_flow("tvl1", "cuda"),
-    lambda: flow.create_flow("tvl1", "torch"),
+    lambda: optical_flow.create_flow("dis", "keras"),
+    lambda: optical_flow.create_batch_flow("none", "keras"),
+    lambda: optical_flow.create_batch_flow("tvl1", "cuda"),
+    lambda: optical_flow.create_flow("tvl1", "torch"),
 ])
 def test_bad_implementations_name_the_argument(call):
     with pytest.raises(MatEffNetError, match=r"^flow_implementation=\w+: "):
@@ -406,16 +408,16 @@ def test_bad_implementations_name_the_argument(call):
 
 def test_bad_batch_size():
     with pytest.raises(MatEffNetError, match="flow_batch=0: "):
-        flow.create_batch_flow("tvl1", "keras", batch_size=0)
+        optical_flow.create_batch_flow("tvl1", "keras", batch_size=0)
 
 
 def test_default_implementation_is_the_faster_one_per_algorithm(monkeypatch):
     # Keras's TV-L1 measured faster than OpenCV's on CPU as well (see the
     # function's docstring), so the machine does not change the choice.
-    monkeypatch.setattr(flow, "accelerators", lambda: 1 / 0)  # not even asked
-    assert flow.default_implementation("tvl1") == "keras"
-    assert flow.default_implementation("dis") == "opencv"
-    assert flow.default_implementation("none") == "opencv"
+    monkeypatch.setattr(optical_flow, "accelerators", lambda: 1 / 0)  # not even asked
+    assert optical_flow.default_implementation("tvl1") == "keras"
+    assert optical_flow.default_implementation("dis") == "opencv"
+    assert optical_flow.default_implementation("none") == "opencv"
 
 
 # ---------------------------------------------------------------------------
@@ -486,7 +488,7 @@ def test_encode_video_is_what_the_builder_writes_and_batching_does_not_matter(tm
     assert out[0] == out[1] == out[2]
     decoded = encode.decode_video(path, settings)
     assert decoded.pairs == 6 and [len(g) for g in decoded.grays] == [5, 3]
-    quantized = [encode.quantize(fake(100)(g[:-1], g[1:]), settings.flow_bound)
+    quantized = [quantize.quantize_flow(fake(100)(g[:-1], g[1:]), settings.flow_bound)
                  for g in decoded.grays]
     halves = [records.serialize(r) for r in encode.assemble_records(
         decoded, quantized, settings, video_id=os.path.basename(path))]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-from mat_effnet import atomic
+from mat_effnet.common import atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -7,9 +7,9 @@ Issue 16, item 4. The GPU machine we can time on has JAX, Keras (carried as
 wheels), numpy, absl and OpenCV without contrib, and no TensorFlow, so this
 binary and everything it imports is TensorFlow-free: the measurements are in
 `mat_effnet.benchmark.device_measure` (TV-L1 in keras.ops, the streams of
-`mat_effnet.models`, known-flow pairs). It measures
+`mat_effnet.modeling.models`, known-flow pairs). It measures
 
-* TV-L1 (`data_prep.tvl1`) pairs/s at 340x256, one compiled call per batch
+* TV-L1 (`mat_effnet.ops.tvl1`) pairs/s at 340x256, one compiled call per batch
   of 1/8/32/64 pairs, with the iterations its epsilon-stop ran;
 * the B0 + attention train step of both streams (paper Sect. 3.3; spatial 3
   channels, temporal 2L), batch 16 and 64 clips of K = 3 segments, float32
@@ -36,8 +36,8 @@ import time
 
 _START = time.monotonic()  # the budget counts from here: imports included
 
-from mat_effnet.config import setting  # noqa: E402 -- after the clock
-from mat_effnet.errors import bad_argument  # noqa: E402
+from mat_effnet.common.flagdefs import setting  # noqa: E402 -- after the clock
+from mat_effnet.common.errors import bad_argument  # noqa: E402
 
 PROG = "python -m mat_effnet.benchmark.device"
 SCHEMA = "mat-effnet-device/1"
@@ -206,13 +206,13 @@ def build_plan(s: DeviceSettings, device_kind: str) -> list:
         # One batch_tvl1 for the run: its compiled (B, H, W) shapes are shared
         # by the TV-L1 figures and the prediction. chunk=0: a batch is one call.
         if "flow" not in state:
-            from data_prep import tvl1
+            from mat_effnet.ops import tvl1
             state["flow"] = tvl1.batch_tvl1(chunk=0)
         return state["flow"]
 
     def tvl1_item(batch):
         settings = {"height": s.tvl1_height, "width": s.tvl1_width, "batch_size": batch,
-                    "calls": s.tvl1_calls, "params": "data_prep.tvl1.TVL1Params() "
+                    "calls": s.tvl1_calls, "params": "mat_effnet.ops.tvl1.TVL1Params() "
                     "(OpenCV's defaults)", "chunk": "whole batch per compiled call",
                     "pairs": "data_prep.known_flow.accuracy_set, repeated to fill the batch",
                     "includes": "the copy of the flow to the host (batch_tvl1 returns numpy)"}
@@ -317,7 +317,7 @@ def run_device(s: DeviceSettings, command: str = PROG, log=lambda msg: None) -> 
     import keras
 
     from mat_effnet.benchmark import report
-    from mat_effnet.errors import MatEffNetError
+    from mat_effnet.common.errors import MatEffNetError
 
     if keras.backend.backend() != "jax":
         raise MatEffNetError(f"KERAS_BACKEND={keras.backend.backend()}: this check runs on "
@@ -357,8 +357,8 @@ def run_device(s: DeviceSettings, command: str = PROG, log=lambda msg: None) -> 
 def _main(argv):
     from absl import flags
 
-    from experiments import flagdefs
-    from mat_effnet.errors import MatEffNetError
+    from mat_effnet.common import flagdefs
+    from mat_effnet.common.errors import MatEffNetError
 
     if len(argv) > 1:
         raise MatEffNetError(f"unexpected arguments {argv[1:]}")
@@ -374,7 +374,7 @@ def _main(argv):
 
 
 def run():
-    from experiments import cli, flagdefs
+    from mat_effnet.common import cli, flagdefs
 
     flagdefs.define_flags(DeviceSettings)
     cli.run(_main, PROG, uses_tensorflow=False)

@@ -2,20 +2,20 @@
 
 Used by `mat_effnet.benchmark.device`, which runs them on a machine with JAX
 and Keras but no TensorFlow, so nothing here may import it, directly or
-through `mat_effnet.records`, `mat_effnet.input_pipeline`, `mat_effnet.task`
-or `data_prep.flow` (tests/test_benchmark_device.py runs the module with
-``import tensorflow`` failing). What runs is `data_prep.tvl1` (keras.ops),
-`mat_effnet.models` (keras) and the numpy-only `data_prep.known_flow`.
+through `mat_effnet.records`, `mat_effnet.data.input_pipeline`, `mat_effnet.training.train_step`
+or `mat_effnet.ops.optical_flow` (tests/test_benchmark_device.py runs the module with
+``import tensorflow`` failing). What runs is `mat_effnet.ops.tvl1` (keras.ops),
+`mat_effnet.modeling.models` (keras) and the numpy-only `data_prep.known_flow`.
 
-* `tvl1`: `data_prep.tvl1.batch_tvl1` on B pairs of the known-flow accuracy
+* `tvl1`: `mat_effnet.ops.tvl1.batch_tvl1` on B pairs of the known-flow accuracy
   mix (`data_prep.known_flow.accuracy_set`) solved in one compiled call;
   pairs/s, the inner iterations its epsilon-stop ran (``last_stats``), and
   the mean end-point error against the known flow as a check on the device's
   numerics.
 * `train_step`: one MAT-EffNet stream (paper Sect. 3.3: backbone per segment,
-  Fc, 2-head attention, classifier) built by `mat_effnet.models.build_stream`,
+  Fc, 2-head attention, classifier) built by `mat_effnet.modeling.models.build_stream`,
   trained by a `jax.jit`-compiled stateless step (SGD with momentum 0.9 and
-  weight decay 5e-4, as Sect. 4.2 and `mat_effnet.training`), float32 or
+  weight decay 5e-4, as Sect. 4.2 and `mat_effnet.training.trainer`), float32 or
   Keras's ``mixed_bfloat16`` policy. FLOPs are counted analytically
   (`forward_flops_per_image`); the peak comes from
   `mat_effnet.benchmark.machine.GPU_PEAKS` by device name.
@@ -42,7 +42,7 @@ PUBLISHED_MACS_224 = {"efficientnet_b0": 0.39e9, "resnet18": 1.8e9, "resnet34": 
 # cost depends on the input channels: a 2L-channel flow input adds its share.
 _STEM = {"efficientnet_b0": (3, 32), "resnet18": (7, 64), "resnet34": (7, 64),
          "resnet50": (7, 64)}
-# records.quantize_flow's bound and formula, restated because mat_effnet.records
+# quantize.quantize_flow's bound and formula, restated because mat_effnet.records
 # imports TensorFlow; tests/test_benchmark_device.py pins both equal.
 FLOW_BOUND = 20.0
 # A training step is forward + backward, the backward twice the forward.
@@ -151,7 +151,7 @@ def train_step(stream: str, policy: str, batch: int, steps: int, *, image_size: 
     import jax
     import keras
 
-    from mat_effnet import models
+    from mat_effnet.modeling import models
 
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -221,7 +221,7 @@ def clip_frames(num_frames: int, height: int, width: int, seed: int) -> np.ndarr
 
 
 def quantize(flow, bound: float = FLOW_BOUND):
-    """`records.quantize_flow` in keras.ops: floor((clip(v, +-b) / b + 1) * 127.5 + 0.5)."""
+    """`quantize.quantize_flow` in keras.ops: floor((clip(v, +-b) / b + 1) * 127.5 + 0.5)."""
     from keras import ops
 
     v = ops.clip(ops.convert_to_tensor(flow, "float32"), -bound, bound)
@@ -251,7 +251,7 @@ class ClipPredictor:
     temporal stream its ``flow_length`` quantized flow fields, x/y
     interleaved, both centre-cropped to the models' size. The flow is solved
     ``flow_batch`` pairs per compiled call. Not the records path of
-    `mat_effnet.inference` (no JPEG round trip of frames and flow): this
+    `mat_effnet.serving.predict_video` (no JPEG round trip of frames and flow): this
     times the compute a GPU would do.
     """
 
@@ -301,7 +301,7 @@ def predict_clip(flow_fn, *, segments: int, flow_length: int, image_size: int,
     """First-call and warm latency of `ClipPredictor` on one generated clip."""
     import keras
 
-    from mat_effnet import models
+    from mat_effnet.modeling import models
 
     keras.mixed_precision.set_global_policy("float32")
     keras.utils.set_random_seed(seed)

@@ -2,7 +2,7 @@
 
 The fused model (paper Fig. 1: both streams, late fusion) runs
 `predict_on_batch` on one in-memory clip of TSN's 25 test segments x 1 crop.
-`mat_effnet.inference.predict_video` then runs on a generated 10-second
+`mat_effnet.serving.predict_video.predict_video` then runs on a generated 10-second
 video at UCF101's 320x240, prepared exactly as the training data (decode,
 resize, flow, JPEG, records); its wall time is split into decode, flow,
 JPEG+records and the models by timing decode and flow again in separate
@@ -10,9 +10,9 @@ passes.
 
 Prediction at scale (issue 16, ``at_scale``; `scale_figures`): the same
 models, saved, predict ``scale_videos`` generated videos in one process
-(`mat_effnet.batch_predict`) against a loop of the single-video CLI over
+(`mat_effnet.serving.predict_many`) against a loop of the single-video CLI over
 some of them (each run pays the start-up: TF import, model load); and the
-timeline (`mat_effnet.timeline` on `mat_effnet.streaming`) runs on a short
+timeline (`mat_effnet.serving.timeline` on `mat_effnet.serving.streaming`) runs on a short
 and a long video, each in a process of its own so that its peak RSS is its
 own, with the time of each stage (decode, resize, flow, quantize, JPEG,
 models) and the latency of one window.
@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import os
 
-from data_prep.encode import EncodeSettings
-from mat_effnet.benchmark import prep
+from mat_effnet.encoding.encode import EncodeSettings
+from mat_effnet.benchmark import prep_figures
 from mat_effnet.benchmark.report import VIDEO_FPS, Context, Stopwatch, rate, timed_iterations
 from mat_effnet.benchmark.settings import ClipSettings, InferenceSettings
 
 
 def _flow_pass(frames, flow: str, implementation: str) -> None:
     """Flow over consecutive decoded frames, as prediction computes it."""
-    from data_prep import flow as flow_lib
+    from mat_effnet.ops import optical_flow as flow_lib
 
     gray = [flow_lib.to_gray(f) for f in frames]
     create_batch = getattr(flow_lib, "create_batch_flow", None)
@@ -54,8 +54,9 @@ def measure(s: InferenceSettings, clip: ClipSettings, ctx: Context,
     import keras
     import tensorflow as tf
 
-    from data_prep import video
-    from mat_effnet import inference, models
+    from mat_effnet.ops import video
+    from mat_effnet.serving import predict_video
+    from mat_effnet.modeling import models
 
     keras.utils.set_random_seed(ctx.seed)
     segments, size = clip.test_segments, clip.image_size
@@ -77,7 +78,7 @@ def measure(s: InferenceSettings, clip: ClipSettings, ctx: Context,
 
     path = os.path.join(ctx.work_dir, "predict", "clip.avi")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    frames_written = prep.write_long_video(path, s.predict_seconds, VIDEO_FPS, s.predict_height,
+    frames_written = prep_figures.write_long_video(path, s.predict_seconds, VIDEO_FPS, s.predict_height,
                                            s.predict_width, ctx.seed)
     with Stopwatch() as sw_decode:
         frames = list(video.iter_frames(path, s.predict_short_side))
@@ -88,7 +89,7 @@ def measure(s: InferenceSettings, clip: ClipSettings, ctx: Context,
     settings = EncodeSettings(short_side=s.predict_short_side, flow=s.predict_flow,
                               flow_implementation=s.predict_flow_implementation)
     with Stopwatch() as sw_total:
-        out = inference.predict_video(path, spatial, temporal, settings, num_segments=segments)
+        out = predict_video.predict_video(path, spatial, temporal, settings, num_segments=segments)
     model_s = out["spatial_model_s"] + out["temporal_model_s"]
     base = {"video_seconds": frames_written / VIDEO_FPS, "video_frames": frames_written,
             "source_size": f"{s.predict_width}x{s.predict_height}", "stored_size": stored,
@@ -134,9 +135,9 @@ def _save_models(spatial, temporal, settings: EncodeSettings, work: str) -> dict
 
 def _with_preparation(model, preparation: dict):
     """``model`` rebuilt with the same weights and ``preparation`` in its identity."""
-    from mat_effnet import identity, models
+    from mat_effnet.modeling import model_identity, models
 
-    ident = identity.identity(model)
+    ident = model_identity.identity(model)
     num_classes = int(model.outputs[0].shape[-1])
     fresh = models.build_stream(
         num_classes, ident.stream, backbone=ident.backbone, image_size=ident.image_size[0],
@@ -153,9 +154,9 @@ def _child(code: str) -> dict:
     import subprocess
     import sys
 
-    from mat_effnet import quiet
+    from mat_effnet.common import tf_startup
 
-    env = dict(os.environ, **{quiet.ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    env = dict(os.environ, **{tf_startup.ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        check=False)
     if r.returncode != 0:
@@ -169,11 +170,12 @@ def timeline_child(video_path: str, spatial_path: str, temporal_path: str, windo
     import json
     import resource
 
-    from mat_effnet import evaluation, inference, timeline
+    from mat_effnet.evaluation import protocol
+    from mat_effnet.serving import predict_video, timeline
 
-    streams = {s: (p, evaluation.load_model(p)) for s, p in (("spatial", spatial_path),
+    streams = {s: (p, protocol.load_model(p)) for s, p in (("spatial", spatial_path),
                                                             ("temporal", temporal_path))}
-    resolved = inference.resolve(streams, EncodeSettings())
+    resolved = predict_video.resolve(streams, EncodeSettings())
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = timeline.video_timeline(video_path, streams["spatial"][1], streams["temporal"][1],
                                   resolved.settings, window_s, stride_s,
@@ -198,8 +200,9 @@ def _cli_seconds(video: str, spatial_path: str, temporal_path: str, segments: in
 
 def scale_figures(s: InferenceSettings, spatial, temporal, ctx: Context) -> dict:
     """Many videos in one process against the CLI loop; the timeline at two lengths."""
-    from data_prep import video
-    from mat_effnet import batch_predict, evaluation, inference
+    from mat_effnet.ops import video
+    from mat_effnet.serving import predict_many, predict_video
+    from mat_effnet.evaluation import protocol
 
     work = os.path.join(ctx.work_dir, "predict_at_scale")
     os.makedirs(work, exist_ok=True)
@@ -207,7 +210,7 @@ def scale_figures(s: InferenceSettings, spatial, temporal, ctx: Context) -> dict
                               flow_implementation=s.predict_flow_implementation)
     streams = _save_models(spatial, temporal, settings, work)
     (spatial_path, spatial), (temporal_path, temporal) = streams["spatial"], streams["temporal"]
-    segments = evaluation.stream_spec(spatial).num_segments or 25
+    segments = protocol.stream_spec(spatial).num_segments or 25
     base = {"flow": s.predict_flow, "flow_implementation": s.predict_flow_implementation,
             "short_side": s.predict_short_side, "source_size": f"{s.predict_width}x"
             f"{s.predict_height}", "segments": segments, "crops": 1}
@@ -218,15 +221,15 @@ def scale_figures(s: InferenceSettings, spatial, temporal, ctx: Context) -> dict
     for i in range(s.scale_videos):
         path = os.path.join(work, "videos", f"v{i}.avi")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        prep.write_long_video(path, s.scale_video_seconds, VIDEO_FPS, s.predict_height,
+        prep_figures.write_long_video(path, s.scale_video_seconds, VIDEO_FPS, s.predict_height,
                               s.predict_width, ctx.seed + i)
         paths.append(path)
-    resolved = inference.resolve(streams, settings)
+    resolved = predict_video.resolve(streams, settings)
     output = os.path.join(work, "preds.jsonl")
     if os.path.exists(output):
         os.remove(output)
     with Stopwatch() as sw_many:
-        summary = batch_predict.predict_many(
+        summary = predict_many.predict_many(
             paths, {"spatial": spatial, "temporal": temporal}, resolved, output,
             workers=s.scale_workers, num_segments=segments)
     import json
@@ -266,7 +269,7 @@ def scale_figures(s: InferenceSettings, spatial, temporal, ctx: Context) -> dict
     # The timeline at two lengths, each in its own process.
     for label, seconds in (("short", s.timeline_short_s), ("long", s.timeline_long_s)):
         path = os.path.join(work, f"timeline_{label}.avi")
-        frames_written = prep.write_long_video(path, seconds, VIDEO_FPS, s.predict_height,
+        frames_written = prep_figures.write_long_video(path, seconds, VIDEO_FPS, s.predict_height,
                                                s.predict_width, ctx.seed)
         out = _child(f"from mat_effnet.benchmark.inference import timeline_child; "
                      f"timeline_child({path!r}, {spatial_path!r}, {temporal_path!r}, "

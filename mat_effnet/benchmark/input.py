@@ -1,6 +1,6 @@
 """Input-pipeline figures: clips/s of the tf.data pipeline alone, per stream and mode.
 
-`mat_effnet.input_pipeline.build_dataset` at the training clip (TSN
+`mat_effnet.data.input_pipeline.build_dataset` at the training clip (TSN
 sampling, paper Sect. 4.2: 224 px, K = 3, L = 10, random crop and flip) and
 at test time (25 segments x 1 crop), on records that ``mat-effnet-prep``
 wrote at short side 256 from 340x256 synthetic videos (DIS flow, which only
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from mat_effnet.benchmark import prep
+from mat_effnet.benchmark import prep_figures
 from mat_effnet.benchmark.report import Context
 from mat_effnet.benchmark.settings import ClipSettings, PipelineSettings
 
@@ -36,9 +36,9 @@ def records_set(work_dir: str, videos_per_class: int, num_frames: int, short_sid
     # even width (the video writer rounds odd widths down).
     height = max(short_side, 16)
     width = 2 * int(round(height * 340 / 256 / 2))
-    prep.generate_set(data, videos_per_class, num_frames, height, width, seed)
-    prep.build(data, out, workers=1, flow="dis", short_side=short_side)
-    prep.build(data, out_v1, workers=1, flow="dis", short_side=short_side, schema_version=1)
+    prep_figures.generate_set(data, videos_per_class, num_frames, height, width, seed)
+    prep_figures.build(data, out, workers=1, flow="dis", short_side=short_side)
+    prep_figures.build(data, out_v1, workers=1, flow="dis", short_side=short_side, schema_version=1)
     return out, out_v1
 
 
@@ -50,7 +50,7 @@ def measure(s: PipelineSettings, clip: ClipSettings, ctx: Context,
     """The input pipeline against its decode-only bound, before and after (issue 10).
 
     Per stream and mode (training clip; test time with 25 segments x 1 and
-    x 10 crops): clips/s of today's `mat_effnet.input_pipeline`, of the
+    x 10 crops): clips/s of today's `mat_effnet.data.input_pipeline`, of the
     frozen pre-issue-10 copy (`baseline_pipeline`), and of the decode-only
     bound on the same records and cores; the share of the bound; clips/s
     per core; the cores one A100 would need; host bytes per clip; peak RSS.
@@ -70,7 +70,7 @@ def measure(s: PipelineSettings, clip: ClipSettings, ctx: Context,
         levers=None if s.pipeline_levers else {}, log=ctx.log)
     base = {"records": meta["splits"]["train"]["records"], "frames_per_record": s.pipeline_frames,
             "schema_version": meta["schema_version"], "baseline_schema_version": 1,
-            "stored_size": prep.stored_sizes(meta), "short_side": s.pipeline_short_side,
+            "stored_size": prep_figures.stored_sizes(meta), "short_side": s.pipeline_short_side,
             "flow": "dis", "image_size": clip.image_size, "flow_length": clip.flow_length,
             "cores": result["cores"], "rounds": s.pipeline_rounds,
             "parallelism": "tf.data AUTOTUNE on every core"}

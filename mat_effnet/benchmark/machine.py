@@ -19,7 +19,7 @@ from typing import Iterable
 
 import numpy as np
 
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.common.errors import MatEffNetError
 
 
 def parse_cpuinfo(text: str) -> dict:

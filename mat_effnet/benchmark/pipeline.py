@@ -3,7 +3,7 @@
 For one stream and mode (training clips, or test-time 25 segments x 1 or
 10 crops) this measures, on the same records and the same cores:
 
-* the pipeline's clips/s (`mat_effnet.input_pipeline.build_dataset`, or the
+* the pipeline's clips/s (`mat_effnet.data.input_pipeline.build_dataset`, or the
   frozen `baseline_pipeline` for the before/after);
 * the decode-only bound: the JPEGs the clips need (each distinct frame of a
   clip once, whole frames), decoded through tf.data on all cores and nothing
@@ -138,7 +138,8 @@ def clip_jpegs(data_dir: str, cfg, clips: int, seed: int = 0) -> list[list[tuple
     """
     import tensorflow as tf
 
-    from mat_effnet import records, sampling
+    from mat_effnet import records
+    from mat_effnet.data import sampling
 
     meta = records.read_metadata(data_dir)
     version = meta.get("schema_version", 1)
@@ -201,13 +202,14 @@ def read_parse_rate(data_dir: str, cfg, min_seconds: float = 3.0) -> dict:
     Version 1: a clip reads its whole record (a record is read whole),
     so this is the ceiling that layout sets before any decoding.  Version 2:
     a clip reads its group's header and the frame records it uses
-    (`mat_effnet.clips`' reads, the JPEGs left undecoded).
+    (`mat_effnet.data.clips`' reads, the JPEGs left undecoded).
     ``read_bytes_per_clip``: bytes read from the files per clip.
     """
     import tensorflow as tf
 
-    from mat_effnet import clips, records, sampling
-    from mat_effnet import input_pipeline as ip
+    from mat_effnet.data import clips, sampling
+    from mat_effnet import records
+    from mat_effnet.data import input_pipeline as ip
 
     meta = records.read_metadata(data_dir)
     files = records.split_files(data_dir, meta, "train")
@@ -298,7 +300,7 @@ def summarize(rate: dict, bound: dict, cores: int, num_segments: int) -> dict:
 def stream_configs(stream: str, num_segments: int = 3, flow_length: int = 10,
                    image_size: int = 224, test_segments: int = 25, seed: int | None = None) -> dict:
     """The benchmarked modes of one stream: train, test 25 x 1 crop, test 25 x 10 crops."""
-    from mat_effnet.sampling import PipelineConfig
+    from mat_effnet.data.sampling import PipelineConfig
 
     common = dict(stream=stream, num_segments=num_segments, flow_length=flow_length,
                   image_size=image_size)
@@ -313,7 +315,7 @@ def _baseline_config(cfg):
     """The same settings as a baseline PipelineConfig (which has no clip_dtype)."""
     import dataclasses
 
-    from mat_effnet.benchmark import baseline_pipeline
+    from tests import baseline_pipeline
 
     fields = {f.name for f in dataclasses.fields(baseline_pipeline.PipelineConfig)}
     kwargs = {k: v for k, v in dataclasses.asdict(cfg).items() if k in fields}
@@ -322,7 +324,7 @@ def _baseline_config(cfg):
 
 LEVERS = {
     # name: what differs from the new pipeline (everything else as shipped);
-    # "flags" are the decoding switches of `mat_effnet.clips`.
+    # "flags" are the decoding switches of `mat_effnet.data.clips`.
     "float32_clips": {"config": {"clip_dtype": "float32"}},
     "full_decode": {"flags": {"_WINDOW": False}},
     "colour_window": {"flags": {"_WINDOW_COLOUR": True}},
@@ -341,8 +343,8 @@ def _run_variant(name, variant, cfg, data_dir, batch, min_seconds, cores, baseli
 
     import tensorflow as tf
 
-    from mat_effnet import clips
-    from mat_effnet import input_pipeline as ip
+    from mat_effnet.data import clips
+    from mat_effnet.data import input_pipeline as ip
 
     build = {k: (cores if v == "cores" else v) for k, v in variant.get("build", {}).items()}
     if variant.get("records") == "version1":
@@ -398,8 +400,8 @@ def compare(data_dir: str, streams=("temporal", "spatial"), modes=("train", "tes
     (default ``data_dir``) version-1 records of the same videos, which the
     frozen baseline reads (it predates version 2).
     """
-    from mat_effnet import input_pipeline
-    from mat_effnet.benchmark import baseline_pipeline
+    from mat_effnet.data import input_pipeline
+    from tests import baseline_pipeline
 
     from mat_effnet import records
 

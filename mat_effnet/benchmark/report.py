@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from mat_effnet import atomic
-from mat_effnet.errors import MatEffNetError
+from mat_effnet.common import atomic
+from mat_effnet.common.errors import MatEffNetError
 
 SCHEMA = "mat-effnet-benchmark/2"
 MIB = 1024 * 1024
@@ -167,5 +167,5 @@ def to_json(doc: dict) -> str:
 
 
 def write_json(path: str, doc: dict) -> None:
-    """Writes ``doc`` atomically (`mat_effnet.atomic`); numpy values become plain JSON."""
+    """Writes ``doc`` atomically (`mat_effnet.common.atomic`); numpy values become plain JSON."""
     atomic.write_text(path, to_json(doc))

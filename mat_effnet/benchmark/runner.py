@@ -14,16 +14,16 @@ import time
 import traceback
 from typing import Callable
 
-from mat_effnet.benchmark import flow, inference, input as input_section, machine, prep, train_step
+from mat_effnet.benchmark import flow_figures, inference, input as input_section, machine, prep_figures, step_figures
 from mat_effnet.benchmark.report import SCHEMA, Context
 from mat_effnet.benchmark.settings import BenchmarkSettings
 
 # Each section (settings.SECTIONS, in run order): the settings -> {name: figure}.
 RUNS: dict[str, Callable[[BenchmarkSettings, Context], dict]] = {
-    "flow": lambda s, ctx: flow.measure(s.flow, ctx),
-    "prep": lambda s, ctx: prep.measure(s.prep, ctx),
+    "flow": lambda s, ctx: flow_figures.measure(s.flow, ctx),
+    "prep": lambda s, ctx: prep_figures.measure(s.prep, ctx),
     "pipeline": lambda s, ctx: input_section.measure(s.pipeline, s.clip, ctx),
-    "training": lambda s, ctx: train_step.measure(s.training, s.clip, ctx),
+    "training": lambda s, ctx: step_figures.measure(s.training, s.clip, ctx),
     "inference": lambda s, ctx: inference.measure(s.inference, s.clip, ctx),
 }
 
@@ -62,7 +62,7 @@ def run_benchmark(settings: BenchmarkSettings, work_dir: str,
             continue
         doc["figures"].update(figures)
         doc["sections"][name] = {"seconds": time.perf_counter() - t0, "ok": True}
-    doc["figures"].update(train_step.input_over_train(doc["figures"], ctx))
+    doc["figures"].update(step_figures.input_over_train(doc["figures"], ctx))
     doc["finished_load_average_1_5_15"] = _load()
     doc["duration_s"] = time.time() - started
     return doc

@@ -1,10 +1,10 @@
 """The settings of ``mat-effnet-benchmark``, defined once.
 
 One frozen dataclass per benchmark section, nested in `BenchmarkSettings`,
-as `mat_effnet.config.TrainConfig` nests the training settings (issue 11,
+as `mat_effnet.training.config.TrainConfig` nests the training settings (issue 11,
 item 2): each field holds its default and help text
-(`mat_effnet.config.setting`), the binary derives its absl flags from the
-fields (`experiments.flagdefs`), and every section function takes its own
+(`mat_effnet.common.flagdefs.setting`), the binary derives its absl flags from the
+fields (`mat_effnet.common.flagdefs`), and every section function takes its own
 section's dataclass. Field names are unique across sections, so the flags
 keep today's flat names (``--tvl1_pairs``, ``--prep_frames`` ...).
 
@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from mat_effnet import config
-from mat_effnet.config import setting
-from mat_effnet.errors import bad_argument
+from mat_effnet.training import config
+from mat_effnet.common.flagdefs import setting
+from mat_effnet.common.errors import bad_argument
 
 SECTIONS = ("flow", "prep", "pipeline", "training", "inference")
-# data_prep.flow.ALGORITHMS / IMPLEMENTATIONS, restated so that this module
+# mat_effnet.ops.optical_flow.ALGORITHMS / IMPLEMENTATIONS, restated so that this module
 # stays free of OpenCV and TensorFlow; tests/test_benchmark.py pins them equal.
 FLOW_ALGORITHMS = ("tvl1", "dis", "none")
 FLOW_IMPLEMENTATIONS = ("opencv", "keras")
