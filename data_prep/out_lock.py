@@ -1,4 +1,4 @@
-"""One writer per output folder: the lock file a preparation run holds (issue 17, item 4).
+"""One writer per output folder: the lock file a preparation run holds.
 
 Two preps on one ``--out_dir`` would both do all the work (each resumes from
 the same markers) and race on every rename. The first to start holds

@@ -1,4 +1,4 @@
-"""``mat-effnet-prep --rebuild_damaged``: rebuild only the shards that are damaged (issue 17).
+"""``mat-effnet-prep --rebuild_damaged``: rebuild only the shards that are damaged.
 
 `mat_effnet.records.integrity` finds a damaged shard (``mat-effnet-verify``,
 training's check); this is the repair. Every finished shard of the run is

@@ -341,7 +341,7 @@ def render_clip(cls: str, rng: np.random.Generator, num_frames: int = 32,
     """Renders one video of class `cls` as a list of uint8 RGB frames.
 
     `texture`: the object carries a moving surface texture (default), or is
-    flat-coloured (the demo before issue 20).
+    flat-coloured.
     """
     background = _background(rng, height, width)
     poses, shape, colour = _trajectory(rng, cls, num_frames, height, width)

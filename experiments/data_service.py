@@ -7,7 +7,7 @@ Plain `tf.data.experimental.service` servers (the training side's pipeline
 is `mat_effnet.data.input_pipeline`; workers run no project code, so the trainer
 checks the shard files for them, `mat_effnet.records.integrity`).
 
-Faults (issue 17):
+Faults:
 * A dispatcher keeps its state (datasets, jobs, which splits went where) in
   memory unless it has a ``--work_dir``: then it runs in
   ``fault_tolerant_mode``, journals every change there, and a dispatcher

@@ -33,7 +33,7 @@ flags.DEFINE_integer("videos_per_class", 24, "Synthetic videos per class.")
 # of 24. Each stream can only guess between the classes it cannot see (the
 # temporal stream among three rightward squares); on 24 test videos that
 # guess alone moved a stream's top-1 by +-7 points from seed to seed
-# (issue 20), on 72 by about +-4.
+#, on 72 by about +-4.
 flags.DEFINE_float("train_fraction", 0.5, "Share of each class's videos used for training.")
 flags.DEFINE_integer("num_frames", 16, "Frames per synthetic video.")
 flags.DEFINE_enum("flow", "tvl1", ["tvl1", "dis"], "Optical flow algorithm.")
@@ -48,13 +48,13 @@ flags.DEFINE_integer("workers", None, "Prep workers (default: all cores).")
 # the paper's 1e-2 (which fine-tunes ImageNet weights): in the demo's 360
 # steps from scratch, 1e-2 left the temporal stream unable to fit even its
 # training clips (44 % train accuracy, right and down confused), 3e-2 fits
-# them and separates every motion; 1e-1 was unstable (issue 20, README).
+# them and separates every motion; 1e-1 was unstable.
 # 60 epochs, not 40: at 40 the temporal stream still confused motions on
 # some seeds (motion accuracy 83 %), at 60 it separates them (96-100 %).
 # No flips: the demo's classes are directions ("Right" never moves left), so a
 # flipped clip is a motion no test video has; with flips the temporal stream
 # spent its 540 steps learning both and reached 54-63 % top-1 and 88-99 %
-# motion accuracy over seeds 0-2, without them 63-65 % and 97-100 % (issue 20).
+# motion accuracy over seeds 0-2, without them 63-65 % and 97-100 %.
 DEMO_TRAINING = {"seed": 0, "image_size": 56, "backbone": "efficientnet_b0", "epochs": 60,
                  "batch_size": 8, "learning_rate": 3e-2, "warmup_epochs": 1.0,
                  "bn_momentum": 0.9, "clip_norm": 5.0, "flow_length": 5, "flip": False}

@@ -4,7 +4,7 @@
         --spatial_model=runs/ucf101/spatial/model.keras \\
         --temporal_model=runs/ucf101/temporal/model.keras [--json] [--attention_png=att.png]
 
-Three ways at scale (issue 16): ``--videos=DIR|GLOB|LIST.txt --output=preds.jsonl``
+Three ways at scale: ``--videos=DIR|GLOB|LIST.txt --output=preds.jsonl``
 (or ``.csv``) predicts many videos in one process, one row each, and a rerun
 resumes (`mat_effnet.serving.predict_many`); ``--video=LONG --window_s=W
 [--stride_s=S] [--timeline_png=t.png]`` gives a timeline of windows dated by

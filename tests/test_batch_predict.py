@@ -1,4 +1,4 @@
-"""Many videos in one process (issue 16, part 1): rows, a bad video, mixed sizes, resume.
+"""Many videos in one process: rows, a bad video, mixed sizes, resume.
 
 Tiny saved models and DIS flow (`tests/stream_helpers.py`). The resume
 after a kill is simulated the way a kill leaves the output: complete rows,

@@ -479,7 +479,7 @@ def test_pipeline_figures_follow_from_each_other(tiny_doc):
 
 
 # ---------------------------------------------------------------------------
-# Prediction at scale (issue 16), at tiny sizes
+# Prediction at scale, at tiny sizes
 
 def test_prediction_at_scale_figures(tmp_path):
     import keras

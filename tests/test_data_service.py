@@ -114,7 +114,7 @@ def test_bad_service_arguments_name_the_argument(data_dir, kwargs, name):
 
 
 # ---------------------------------------------------------------------------
-# Faults (issue 17): a lost worker, a restarted dispatcher. Real processes
+# Faults: a lost worker, a restarted dispatcher. Real processes
 # (mat-effnet-data-service), killed with SIGKILL as a machine is lost: an
 # in-process server's stop() waits for its clients and is no model of that.
 

@@ -1,4 +1,4 @@
-"""The exported two-stream model: raw frames in, fused answer out (issue 15).
+"""The exported two-stream model: raw frames in, fused answer out.
 
 One export of two tiny calibrated streams is shared by the module. A client
 process in which importing ``mat_effnet`` or ``data_prep`` fails loads it and

@@ -1,4 +1,4 @@
-"""The fault catalogue (issue 17): each fault gives one line, exit 2, and loses nothing done."""
+"""The fault catalogue: each fault gives one line, exit 2, and loses nothing done."""
 
 import dataclasses
 import errno

@@ -1,4 +1,4 @@
-"""Frame folders (issue 18): export (mat-effnet-flow), import (--frames_root), the round trip.
+"""Frame folders: export (mat-effnet-flow), import (--frames_root), the round trip.
 
 Also a small reader that follows mmaction2's RawframeDataset conventions
 (file list ``<frame_dir> <total_frames> <label>``, ``filename_tmpl

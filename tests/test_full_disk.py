@@ -1,4 +1,4 @@
-"""A full disk under eval, fuse, predict and export: one line, exit 2, nothing torn (issue 17).
+"""A full disk under eval, fuse, predict and export: one line, exit 2, nothing torn.
 
 Each binary runs as a user runs it, writing onto a real tmpfs that is full
 (or fills on the way), so the write errors are the kernel's own ENOSPC as

@@ -1,4 +1,4 @@
-"""The model is backend-agnostic (issue 11, item 5).
+"""The model is backend-agnostic.
 
 The stream model and its custom layers use ``keras.ops`` only, so the same
 code builds, trains, saves and loads under ``KERAS_BACKEND=jax`` (e.g. on a

@@ -1,4 +1,4 @@
-"""A saved model says what it is (issue 11, item 1).
+"""A saved model says what it is.
 
 Stream and two-stream models carry their identity in their own Keras config:
 architecture, class names, dataset and the preparation settings of their
@@ -216,7 +216,7 @@ def test_spec_is_checked_once_and_normalised():
 
 
 def test_identities_saved_before_the_spec_still_load(tmp_path):
-    # Version 1 (issue 11) had no head sizes; unknown keys are ignored.
+    # Version 1 had no head sizes; unknown keys are ignored.
     v1 = {"version": 1, "kind": "stream", "stream": "temporal", "backbone": "resnet18",
           "attention": True, "attention_tokens": "segment", "flow_length": 2,
           "image_size": [32, 32], "num_segments": None, "num_classes": 3,
@@ -404,7 +404,7 @@ def test_eval_writes_the_identity_into_the_scores(data_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# the shipped-model experiment (issue 11, "Why")
+# the shipped-model experiment
 # ---------------------------------------------------------------------------
 def test_predict_from_copied_keras_files_alone(pair, tmp_path):
     spatial, temporal = pair

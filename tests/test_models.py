@@ -1,4 +1,4 @@
-"""Tests of the MAT-EffNet model code (issue 4).
+"""Tests of the MAT-EffNet model code.
 
 Paper: Zhou et al., Multimedia Systems 2022, Sect. 3.2-3.3 (stream, attention,
 late fusion), Sect. 4.2-4.3 and Tables 1-3 (backbones, ablation rows).

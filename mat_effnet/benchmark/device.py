@@ -3,7 +3,7 @@
     KERAS_BACKEND=jax python -m mat_effnet.benchmark.device [--budget_s=500]
         [--output=device.json] [--tiny] [--tvl1_batches=1,8,32,64 ...]
 
-Issue 16, item 4. The GPU machine we can time on has JAX, Keras (carried as
+The GPU machines this targets have JAX, Keras (carried as
 wheels), numpy, absl and OpenCV without contrib, and no TensorFlow, so this
 binary and everything it imports is TensorFlow-free: the measurements are in
 `mat_effnet.benchmark.device_measure` (TV-L1 in keras.ops, the streams of

@@ -1,4 +1,4 @@
-"""Optical-flow figures: speed, accuracy against known flow, and a roofline (issue 9, item 5).
+"""Optical-flow figures: speed, accuracy against known flow, and a roofline.
 
 TV-L1 (Zach, Pock & Bischof 2007) is what the two-stream networks read
 (paper Sect. 4.2), and it is the cost of preparing their data. Measured at

@@ -8,7 +8,7 @@ resize, flow, JPEG, records); its wall time is split into decode, flow,
 JPEG+records and the models by timing decode and flow again in separate
 passes.
 
-Prediction at scale (issue 16, ``at_scale``; `scale_figures`): the same
+Prediction at scale (``at_scale``; `scale_figures`): the same
 models, saved, predict ``scale_videos`` generated videos in one process
 (`mat_effnet.serving.predict_many`) against a loop of the single-video CLI over
 some of them (each run pays the start-up: TF import, model load); and the

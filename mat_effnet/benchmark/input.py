@@ -47,7 +47,7 @@ _MODES = {"train": "train", "test_1crop": "test", "test_10crop": "test10"}
 
 def measure(s: PipelineSettings, clip: ClipSettings, ctx: Context,
             streams=("spatial", "temporal")) -> dict:
-    """The input pipeline against its decode-only bound, before and after (issue 10).
+    """The input pipeline against its decode-only bound, before and after.
 
     Per stream and mode (training clip; test time with 25 segments x 1 and
     x 10 crops): clips/s of today's `mat_effnet.data.input_pipeline`, of the

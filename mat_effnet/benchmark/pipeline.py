@@ -1,4 +1,4 @@
-"""Input-pipeline throughput against its JPEG-decode bound (issue 10).
+"""Input-pipeline throughput against its JPEG-decode bound.
 
 For one stream and mode (training clips, or test-time 25 segments x 1 or
 10 crops) this measures, on the same records and the same cores:

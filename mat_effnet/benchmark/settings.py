@@ -1,8 +1,7 @@
 """The settings of ``mat-effnet-benchmark``, defined once.
 
 One frozen dataclass per benchmark section, nested in `BenchmarkSettings`,
-as `mat_effnet.training.config.TrainConfig` nests the training settings (issue 11,
-item 2): each field holds its default and help text
+as `mat_effnet.training.config.TrainConfig` nests the training settings: each field holds its default and help text
 (`mat_effnet.common.flagdefs.setting`), the binary derives its absl flags from the
 fields (`mat_effnet.common.flagdefs`), and every section function takes its own
 section's dataclass. Field names are unique across sections, so the flags
@@ -102,7 +101,7 @@ class ClipSettings:
 
 @dataclasses.dataclass(frozen=True)
 class FlowSettings:
-    """Optical flow at 340x256 (issue 9, item 5): speed, accuracy to known flow, roofline."""
+    """Optical flow at 340x256: speed, accuracy to known flow, roofline."""
 
     flow_height: int = setting(256, "Frame height of the flow figures.")
     flow_width: int = setting(340, "Frame width of the flow figures.")
@@ -156,7 +155,7 @@ class PrepSettings:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineSettings:
-    """The tf.data input pipeline alone, per stream and mode (issue 10, item 3)."""
+    """The tf.data input pipeline alone, per stream and mode."""
 
     pipeline_videos_per_class: int = setting(2, "Generated videos per class of the records.")
     pipeline_frames: int = setting(100, "Frames per generated video.")
@@ -204,7 +203,7 @@ class InferenceSettings:
     predict_flow_implementation: str = setting("opencv", "Flow implementation of the predict "
                                                          "figures.", choices=FLOW_IMPLEMENTATIONS)
     predict_short_side: int = setting(256, "Short side predict prepares the video at.")
-    # Prediction at scale (issue 16): predict_flow and predict_short_side apply.
+    # Prediction at scale: predict_flow and predict_short_side apply.
     at_scale: bool = setting(True, "Also time prediction at scale: many videos against the "
                                    "single-video CLI loop, and the timeline at two lengths.")
     scale_videos: int = setting(6, "Videos of the many-video figure.")

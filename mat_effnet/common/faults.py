@@ -1,4 +1,4 @@
-"""Faults of the machine: which errors they are, and the one line the user gets (issue 17).
+"""Faults of the machine: which errors they are, and the one line the user gets.
 
 A full disk, a missing permission, an I/O error or a lost mount is not a
 fault of the data nor a bug: the user is told, in one line, which file could

@@ -16,7 +16,7 @@ training; TSN's test views, Wang et al., ECCV 2016, ref. [13]):
   them from a record, `eval_clip_from_frames` from already decoded frames
   (an exported model, streaming prediction).
 
-Throughput (issue 10).  The crop window and the positions are fixed before
+Throughput.  The crop window and the positions are fixed before
 anything is decoded, so each sampled flow JPEG is decoded only inside the
 window (``tf.io.decode_and_crop_jpeg``; colour frames would need an 8-pixel
 margin, because libjpeg's chroma upsampling at a window edge differs from a

@@ -1,4 +1,4 @@
-"""Batched flow across videos: the Keras TV-L1 scheduled over a preparation run (issue 9, item 3).
+"""Batched flow across videos: the Keras TV-L1 scheduled over a preparation run.
 
 OpenCV's flow computes one pair at a time on one core, so `data_prep.work_files`
 runs it inside each worker, next to the decoding. The Keras TV-L1

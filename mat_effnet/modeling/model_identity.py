@@ -1,4 +1,4 @@
-"""What a saved model is, carried in its own Keras config (issues 11, 19).
+"""What a saved model is, carried in its own Keras config.
 
 Paper: Zhou et al., "MAT-EffNet", Multimedia Systems 2022: a stream is
 Sect. 3.3 / Fig. 5, the two-stream model the late fusion of Sect. 3.3 /
@@ -19,7 +19,7 @@ files refer to; they must not change.
 
 Models saved before are read as before, off shapes and layer names
 (:func:`infer_backbone`), with one warning on stderr per model; identities
-saved before issue 19 lack the head sizes, which are then read off the
+of version 1 lack the head sizes, which are then read off the
 ``attention`` and ``fc`` layers.
 """
 
@@ -223,8 +223,8 @@ def _legacy_stream_identity(model):
         backbone = None
     _warn_once(
         ("legacy", id(model)),
-        f"model {model.name!r} was saved without its identity (before mat-effnet "
-        f"issue 11): stream ({stream}), backbone and image size are read off its shapes "
+        f"model {model.name!r} was saved without its identity "
+        f"(a plain Functional model): stream ({stream}), backbone and image size are read off its shapes "
         "and layer names; its class names, dataset and preparation settings are not in it")
     return StreamSpec(
         num_classes=int(model.outputs[0].shape[-1]), stream=stream, backbone=backbone,

@@ -1,4 +1,4 @@
-"""What defines one stream model, as one frozen value (issues 11 and 19).
+"""What defines one stream model, as one frozen value.
 
 Paper: Zhou et al., "MAT-EffNet", Multimedia Systems 2022, Sect. 3.3,
 Fig. 5 and Table 1 (one stream: backbone, Fc, multi-head attention with
@@ -17,7 +17,7 @@ saves :meth:`StreamSpec.to_dict` as its identity (`mat_effnet.modeling.model_ide
 from which :meth:`StreamSpec.from_dict` gives the same spec back -- the way
 a keras-hub task is rebuilt from the config it saved.
 
-Identities saved before issue 19 (version 1) lack the head sizes; they read
+Identities of version 1 lack the head sizes; they read
 as today's defaults. Unknown keys are ignored, as the reader of version 1
 did. This module imports neither TensorFlow nor Keras.
 """
@@ -42,7 +42,7 @@ __all__ = [
 #: Accepted ``attention_tokens``: one token per segment (the paper's ``Y``
 #: in Eq. 2) or every position of every segment's last feature map (Fig. 9).
 ATTENTION_TOKENS = ("segment", "spatial")
-#: Version of the ``identity`` entry of a model's config. 2 (issue 19) adds
+#: Version of the ``identity`` entry of a model's config. 2 adds
 #: ``num_heads``, ``key_dim`` and ``fc_units``.
 IDENTITY_VERSION = 2
 #: Keys of ``preparation``: the settings of the training data's preparation
@@ -50,7 +50,7 @@ IDENTITY_VERSION = 2
 #: Each with the type it is stored as.
 _PREPARATION_TYPES = {"short_side": int, "flow": str, "flow_implementation": str,
                       "flow_bound": float, "jpeg_quality": int, "schema_version": int,
-                      # Flow imported from frame folders (issue 18): the folder
+                      # Flow imported from frame folders: the folder
                       # layout it came from, and the rounding of its stored codes
                       # (half_up: ours; cvround: denseflow's; truncate: mmaction2's
                       # flow_extraction.py). Absent: computed by mat-effnet-prep.
@@ -60,7 +60,7 @@ PREPARATION_KEYS = tuple(_PREPARATION_TYPES)
 #: was computed): a mismatch with the evaluated data is an error. Another
 #: ``flow_implementation`` of the same algorithm only gets a note.
 PREPARATION_MUST_MATCH = ("flow", "flow_bound")
-#: Every preparation before issue 11 computed flow with OpenCV.
+#: Models whose preparation names no implementation had their flow from OpenCV.
 DEFAULT_FLOW_IMPLEMENTATION = "opencv"
 
 

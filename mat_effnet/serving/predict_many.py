@@ -1,4 +1,4 @@
-"""Many videos in one process: one row per video, resumable (issue 16, part 1).
+"""Many videos in one process: one row per video, resumable.
 
 `predict_many` prepares each video exactly as `mat_effnet.serving.predict_video`
 does for one (the records of `mat_effnet.encoding.encode`, then TSN's test sampling

@@ -40,7 +40,7 @@ def from_preparation(preparation: dict, default: PrepSettings) -> PrepSettings:
     names = {f.name for f in dataclasses.fields(PrepSettings)}
     known = {k: v for k, v in preparation.items() if k in names and v is not None}
     if "flow" in known and "flow_implementation" not in known:
-        known["flow_implementation"] = "opencv"  # the only one before issue 11
+        known["flow_implementation"] = "opencv"  # identities without it: OpenCV made their flow
     if known.get("flow", "none") not in flow_lib.ALGORITHMS:
         raise MatEffNetError(f"the model was trained on {known['flow']} flow, which this "
                              f"project cannot compute (only {', '.join(flow_lib.ALGORITHMS)})")

@@ -1,4 +1,4 @@
-"""Live two-stream prediction: frames in, one prediction per time window out (issue 16).
+"""Live two-stream prediction: frames in, one prediction per time window out.
 
 `StreamingPredictor.push(frame, timestamp)` takes frames from any source (a
 camera through OpenCV, an RTSP reader, a decoded file: `mat_effnet.serving.timeline`)

@@ -1,4 +1,4 @@
-"""A long video as a timeline: which action, when (issue 16, part 2).
+"""A long video as a timeline: which action, when.
 
 `video_timeline` decodes a file one frame at a time with its decoder
 timestamps (`mat_effnet.ops.video.iter_timed_frames`, so variable-frame-rate

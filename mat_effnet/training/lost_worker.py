@@ -1,4 +1,4 @@
-"""A lost peer in multi-worker training, said in one line (issue 17).
+"""A lost peer in multi-worker training, said in one line.
 
 ``MultiWorkerMirroredStrategy`` documents that when one worker dies the
 others fail, possibly after a timeout, and that all must be restarted. What

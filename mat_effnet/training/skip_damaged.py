@@ -1,4 +1,4 @@
-"""``--on_corrupt=skip``: damaged videos left out of training, counted and named (issue 17).
+"""``--on_corrupt=skip``: damaged videos left out of training, counted and named.
 
 By default a read error stops training with one line naming the shard and
 the video (`mat_effnet.records.integrity.locate`). With ``on_corrupt="skip"`` the

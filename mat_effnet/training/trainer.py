@@ -176,7 +176,7 @@ def build_model(cfg: TrainConfig, num_classes: int, meta: dict | None = None) ->
 
     The identity (class names, dataset, how the training data was prepared)
     is saved inside ``model.keras``, so evaluation and prediction need
-    nothing but the file (issue 11).
+    nothing but the file.
     """
     model = cfg.model
     return models.build_from_spec(cfg.stream_spec(num_classes, meta), weights=model.weights,
@@ -405,7 +405,7 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     Keras's own saves in place: a kill or a full disk during the write left
     a broken ``best.keras``/``last.keras`` under the final name, and the
-    previous, good one gone (issue 17). Keras decides when and where to save
+    previous, good one gone. Keras decides when and where to save
     (``_should_save_model`` keeps the best-so-far bookkeeping); only the
     write is replaced. Every worker of a multi-worker run saves (off the
     chief into its private temp dir, `cluster.WriteDir`), so their saves
