@@ -96,10 +96,10 @@ def main(argv):
     _check_modes()
     weights = _weights()
 
-    from mat_effnet.ops import video
     from mat_effnet.evaluation import protocol
+    from mat_effnet.ops import video
     from mat_effnet.serving import predict_video
-    from mat_effnet.modeling.model_identity import identity
+    from mat_effnet.serving.classifier import VideoClassifier
 
     default = predict_video.PrepSettings(short_side=FLAGS.short_side, flow=FLAGS.flow,
                                      flow_bound=FLAGS.flow_bound)
@@ -116,43 +116,32 @@ def main(argv):
     resolved = predict_video.resolve(streams, default)
     if FLAGS.videos:
         return _many(streams, resolved, weights)
+    classifier = VideoClassifier(models={s: m for s, (_, m) in streams.items()},
+                                 paths={s: p for s, (p, _) in streams.items()},
+                                 resolved=resolved, num_segments=FLAGS.num_segments,
+                                 fusion_weights=weights)
     if FLAGS.window_s is not None:
-        return _timeline(streams, resolved, weights)
+        return _timeline(classifier)
     try:
-        result = predict_video.predict_video(
-            FLAGS.video, streams.get("spatial", (None, None))[1],
-            streams.get("temporal", (None, None))[1], resolved.settings,
-            FLAGS.num_segments, tuple(weights))
+        result = classifier.predict(FLAGS.video)
     except video.VideoError as e:
         raise bad_argument("video", FLAGS.video, f"not a usable video ({e.reason})") from None
-    picture = None
+    out = result.to_dict(FLAGS.top_k)
     if FLAGS.attention_png:
         model = next(iter(streams.values()))[1]
-        picture = predict_video.attention_figure(model, result["records"][0], FLAGS.attention_png,
-                                             min(FLAGS.num_segments, 8), resolved.class_names)
-
-    fused = result["fused"]
-    names = resolved.class_names or [f"class_{i}" for i in range(len(fused))]
-    order = fused.argsort()[::-1][:FLAGS.top_k]
-    top = [{"class": names[i], "index": int(i), "probability": float(fused[i])} for i in order]
-    timing = {k: round(v, 3) for k, v in result.items() if k.endswith("_s")}
-    preparation = {s: dict(resolved.settings[s].to_dict(), source=resolved.sources[s])
-                   for s in streams}
+        out["attention"] = predict_video.attention_figure(
+            model, result.records[0], FLAGS.attention_png, min(FLAGS.num_segments, 8),
+            resolved.class_names)
     if FLAGS.json:
-        print(json.dumps({"video": FLAGS.video, "top": top, "frames": result["frames"],
-                          "seconds": timing, "attention": picture,
-                          "preparation": preparation,
-                          "class_names_source": resolved.class_names_source,
-                          "models": {s: identity(m).to_dict()
-                                     for s, (_, m) in streams.items()}}))
+        print(json.dumps(out))
     else:
-        print(f"{FLAGS.video}: {result['frames']} frames")
-        for rank, t in enumerate(top, 1):
+        print(f"{FLAGS.video}: {out['frames']} frames")
+        for rank, t in enumerate(out["top"], 1):
             print(f"  {rank}. {t['class']:<30s} {100 * t['probability']:6.2f} %")
-        print("  seconds: " + ", ".join(f"{k} {v}" for k, v in timing.items()))
-        for s, p in preparation.items():
+        print("  seconds: " + ", ".join(f"{k} {v}" for k, v in out["seconds"].items()))
+        for s, p in out["preparation"].items():
             print(f"  {s} prepared with: " + ", ".join(f"{k} {v}" for k, v in p.items()))
-        if picture:
+        if out["attention"]:
             print(f"  attention picture: {FLAGS.attention_png}")
     return 0
 
@@ -173,24 +162,19 @@ def _many(streams: dict, resolved, weights) -> int:
     return 0
 
 
-def _timeline(streams: dict, resolved, weights) -> int:
+def _timeline(classifier) -> int:
     from mat_effnet.ops import video
     from mat_effnet.serving import timeline
 
     try:
-        result = timeline.video_timeline(
-            FLAGS.video, streams.get("spatial", (None, None))[1],
-            streams.get("temporal", (None, None))[1], resolved.settings, FLAGS.window_s,
-            FLAGS.stride_s, num_segments=FLAGS.num_segments, fusion_weights=tuple(weights),
-            top_k=FLAGS.top_k, class_names=resolved.class_names)
+        prediction = classifier.predict(FLAGS.video, window_s=FLAGS.window_s,
+                                        stride_s=FLAGS.stride_s, top_k=FLAGS.top_k)
     except video.VideoError as e:
         raise bad_argument("video", FLAGS.video, f"not a usable video ({e.reason})") from None
-    result = {"video": FLAGS.video, **result,
-              "preparation": {s: dict(resolved.settings[s].to_dict(), source=resolved.sources[s])
-                              for s in streams}}
+    result = prediction.to_dict(FLAGS.top_k)
     if FLAGS.timeline_png and result["windows"]:
         result["timeline_png"] = FLAGS.timeline_png
-        timeline.write_png(result, FLAGS.timeline_png, resolved.class_names)
+        timeline.write_png(result, FLAGS.timeline_png, classifier.resolved.class_names)
     if FLAGS.json:
         print(json.dumps(result))
         return 0

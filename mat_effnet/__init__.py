@@ -13,8 +13,20 @@ The library, in rooms that import only downwards:
     serving     one video, many, streaming, timeline, export
     benchmark   measurements of all of the above (may import `data_prep` too)
 
-Submodules are imported explicitly (``from mat_effnet.modeling import models``)
-so that importing the package never starts TensorFlow.
+The front door is `VideoClassifier` (``from mat_effnet import VideoClassifier``),
+a trained two-stream model to load, predict with and export. It is resolved
+lazily, and submodules are imported explicitly
+(``from mat_effnet.modeling import models``), so that importing the package
+never starts TensorFlow.
 """
 
 __version__ = "0.1.0"
+__all__ = ["VideoClassifier", "Prediction"]
+
+
+def __getattr__(name):
+    if name in ("VideoClassifier", "Prediction"):
+        from mat_effnet.serving import classifier
+
+        return getattr(classifier, name)
+    raise AttributeError(f"module 'mat_effnet' has no attribute {name!r}")

@@ -48,8 +48,8 @@ def test_a_broken_tensorflow_import_is_not_hidden(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
-        from mat_effnet import quiet
-        quiet.import_tensorflow_quietly()
+        from mat_effnet.common import tf_startup
+        tf_startup.import_tensorflow_quietly()
     """)
     r = _run(["-c", code])
     assert r.returncode != 0

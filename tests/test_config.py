@@ -68,7 +68,7 @@ def test_image_size_defaults_to_the_papers_size_per_backbone():
 
 
 def test_config_reads_the_backbone_table_without_starting_keras():
-    code = ("import sys; from mat_effnet import config; "
+    code = ("import sys; from mat_effnet.training import config; "
             "c = config.TrainConfig.from_flat(stream='spatial', data_dir='d', model_dir='m', "
             "backbone='resnet34'); "
             "print(c.image_size(), config.BACKBONES == config.backbones.BACKBONES, "

@@ -22,11 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOTS = ("mat_effnet", "data_prep", "experiments")
 
 # What each room may import, besides itself. "mat_effnet" is the package's own
-# __init__ (it imports nothing); the roots data_prep and experiments are rooms
-# of their own.
+# __init__: it imports only the front door, `VideoClassifier`, lazily (on first
+# use, so that the package imports without TensorFlow); the roots data_prep
+# and experiments are rooms of their own.
 _LOW = ("mat_effnet",)
 ALLOWED = {
-    "mat_effnet": set(),
+    "mat_effnet": {"mat_effnet.serving"},
     "mat_effnet.common": {*_LOW},
     "mat_effnet.ops": {*_LOW, "mat_effnet.common"},
     "mat_effnet.records": {*_LOW, "mat_effnet.common", "mat_effnet.ops"},

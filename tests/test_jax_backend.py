@@ -21,7 +21,7 @@ SCRIPT = r"""
 import json, os, sys
 import numpy as np
 import keras
-from mat_effnet import identity as I, models as M
+from mat_effnet.modeling import model_identity as I, models as M
 
 path = sys.argv[1]
 keras.utils.set_random_seed(0)

@@ -94,10 +94,10 @@ def test_stream_identity_survives_save_and_safe_load(pair, tmp_path):
     loaded = keras.models.load_model(path, safe_mode=True)
     assert type(loaded) is I.StreamModel
     assert I.identity(loaded) == ident
-    # Files saved before the split name the module mat_effnet.modeling.models; they load
+    # Files saved before the split name the module mat_effnet.models; they load
     # through the registered name, which therefore must never change.
     assert config["registered_name"] == "mat_effnet>StreamModel"
-    old = keras.models.load_model(_with_module(path, "mat_effnet.modeling.models", tmp_path / "old.keras"),
+    old = keras.models.load_model(_with_module(path, "mat_effnet.models", tmp_path / "old.keras"),
                                   safe_mode=True)
     assert type(old) is I.StreamModel and I.identity(old) == ident
     x = _clip(spatial)

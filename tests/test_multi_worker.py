@@ -197,7 +197,7 @@ _WORKER = textwrap.dedent("""
     import json, sys
     import keras, numpy as np
     from experiments import train as binary
-    from mat_effnet import training
+    from mat_effnet.training import trainer
 
     out = sys.argv[1]
 
@@ -213,8 +213,8 @@ _WORKER = textwrap.dedent("""
                 json.dump({"epochs": self.epochs,
                            "iterations": int(self.model.optimizer.iterations.numpy())}, f)
 
-    real = training.train
-    training.train = lambda cfg: real(cfg, callbacks=[Dump()])
+    real = trainer.train
+    trainer.train = lambda cfg: real(cfg, callbacks=[Dump()])
     sys.argv = ["mat-effnet-train"] + sys.argv[2:]
     binary.run()
 """)

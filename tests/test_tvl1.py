@@ -126,7 +126,7 @@ def test_tensorflow_and_jax_backends_agree(tmp_path, pairs, batch_flow):
     np.save(tmp_path / "next.npy", nxt)
     script = textwrap.dedent(f"""
         import numpy as np
-        from data_prep import tvl1
+        from mat_effnet.ops import tvl1
         fn = tvl1.batch_tvl1(tvl1.TVL1Params(nscales={PARAMS.nscales}))
         assert fn.backend == "jax", fn.backend
         out = fn(np.load(r"{tmp_path / 'prev.npy'}"), np.load(r"{tmp_path / 'next.npy'}"))

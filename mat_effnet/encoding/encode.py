@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -130,7 +130,7 @@ def _start_stats(stats: dict | None, fps: float) -> dict:
     return stats
 
 
-def _check_length(path: str, total: int) -> None:
+def check_length(path: str, total: int) -> None:
     if total == 0:
         raise video.VideoError(path, video.REASON_NO_FRAMES)
     if total == 1:
@@ -161,12 +161,29 @@ def encode_video(path: str, settings: EncodeSettings, *, video_id: str | None = 
     """
     path = os.fspath(path)
     info = video.probe(path)
+    video_id = os.path.basename(path) if video_id is None else video_id
+    total = yield from encode_frames(video.iter_frame_runs(path, settings.short_side), info.fps,
+                                     settings, video_id=video_id, label=label,
+                                     class_name=class_name, stats=stats, flow_fn=flow_fn)
+    check_length(path, total)
+
+
+def encode_frames(frame_runs: Iterable[tuple[int, np.ndarray]], fps: float,
+                  settings: EncodeSettings, *, video_id: str, label: int = 0,
+                  class_name: str = "", stats: dict | None = None,
+                  flow_fn: Callable | None = None) -> Iterator[records.VideoRecord]:
+    """`encode_video` on frames already decoded and resized: ``(run, RGB frame)`` pairs.
+
+    ``run`` changes where frames were skipped (`mat_effnet.ops.video.iter_frame_runs`);
+    frames of an array given by a caller are one run (``(0, frame)``), each
+    resized with `mat_effnet.ops.video.resize_frame` as the decoder resizes.
+    Returns (as the generator's value) the number of frames seen.
+    """
     with_flow = settings.flow != "none"
     if with_flow and flow_fn is None:
         flow_fn = flow_lib.create_batch_flow(settings.flow, settings.flow_implementation)
     step = max(1, int(getattr(flow_fn, "batch_size", 1) or 1))
-    video_id = os.path.basename(path) if video_id is None else video_id
-    stats = _start_stats(stats, info.fps)
+    stats = _start_stats(stats, fps)
 
     rgb: list = []
     fx: list = []
@@ -187,13 +204,13 @@ def encode_video(path: str, settings: EncodeSettings, *, video_id: str | None = 
     def record():
         _count(stats, rgb, fx, fy)
         return records.VideoRecord(
-            video_id=video_id, label=label, class_name=class_name, fps=info.fps,
+            video_id=video_id, label=label, class_name=class_name, fps=fps,
             height=shape[0], width=shape[1], rgb=list(rgb), flow_x=list(fx), flow_y=list(fy),
             chunk_index=chunk, frame_offset=offset)
 
     stats["gaps"] = []
     run = 0
-    for frame_run, frame in video.iter_frame_runs(path, settings.short_side):
+    for frame_run, frame in frame_runs:
         if frame_run != run:
             # Frames were skipped (a damaged region): flow across the jump
             # would be wrong, so the frames after it start a new chunk.
@@ -220,11 +237,11 @@ def encode_video(path: str, settings: EncodeSettings, *, video_id: str | None = 
             yield record()
             chunk, offset = chunk + 1, offset + len(rgb)
             rgb, fx, fy, grays = [], [], [], []
-    _check_length(path, total)
     if len(rgb) >= 2:
         if with_flow:
             run_flow()
         yield record()
+    return total
 
 
 # ---------------------------------------------------------------------------
@@ -284,7 +301,7 @@ def decode_video(path: str, settings: EncodeSettings) -> DecodedVideo:
         if with_flow:
             chunks_gray[-1].append(flow_lib.to_gray(frame))
         total += 1
-    _check_length(path, total)
+    check_length(path, total)
     if len(chunks_rgb[-1]) < 2:  # a 1-frame tail has no flow; drop it
         chunks_rgb.pop()
         chunks_gray.pop()

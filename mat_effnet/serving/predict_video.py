@@ -150,17 +150,47 @@ def resolve(streams: dict, default: PrepSettings) -> Resolved:
     return Resolved(settings, class_names, sources, source)
 
 
-def video_records(path: str, settings: PrepSettings, with_flow: bool = True) -> tuple[list, dict]:
-    """The video's serialized records, as mat-effnet-prep would write them."""
-    from mat_effnet.encoding import encode
+#: The name a frames array goes by in errors and results.
+FRAMES = "<frames>"
+#: The frame rate assumed for a frames array given without one.
+DEFAULT_FPS = 25.0
+
+
+def video_records(source, settings: PrepSettings, with_flow: bool = True,
+                  fps: float | None = None) -> tuple[list, dict]:
+    """The video's serialized records, as mat-effnet-prep would write them.
+
+    ``source``: a video file, or decoded frames, uint8 RGB ``(T, H, W, 3)``,
+    resized as the decoder resizes (`mat_effnet.ops.video.resize_frame`);
+    ``fps`` dates a frames array (default `DEFAULT_FPS`).
+    """
     from mat_effnet import records
+    from mat_effnet.encoding import encode
+    from mat_effnet.ops import video
 
     stats: dict = {}
     prep = encode.EncodeSettings.from_dict(dict(
         settings.to_dict(), flow=settings.flow if with_flow else "none",
         flow_implementation=settings.flow_implementation if with_flow else "opencv"))
-    serialized = [records.serialize(r) for r in encode.encode_video(path, prep, stats=stats)]
+    if isinstance(source, (str, os.PathLike)):
+        made = encode.encode_video(source, prep, stats=stats)
+        return [records.serialize(r) for r in made], stats
+    frames = check_frames(source)
+    runs = ((0, video.resize_frame(f, prep.short_side)) for f in frames)
+    made = encode.encode_frames(runs, float(fps or DEFAULT_FPS), prep, video_id=FRAMES,
+                                stats=stats)
+    serialized = [records.serialize(r) for r in made]
+    encode.check_length(FRAMES, stats["frames"])
     return serialized, stats
+
+
+def check_frames(frames) -> np.ndarray:
+    """A caller's frames as uint8 ``(T, H, W, 3)``; a one-line error naming what is wrong."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise MatEffNetError(f"frames must be uint8 RGB of shape (T, H, W, 3), got "
+                             f"{frames.dtype} {frames.shape}")
+    return frames
 
 
 def stream_scores(model, serialized: list, num_segments: int = 25, crops: int = 1,
@@ -193,10 +223,13 @@ def _same_frames(a: PrepSettings, b: PrepSettings) -> bool:
     return (a.short_side, a.jpeg_quality) == (b.short_side, b.jpeg_quality)
 
 
-def predict_video(path: str, spatial_model, temporal_model, settings,
-                  num_segments: int = 25, fusion_weights=(1.0, 1.0)) -> dict:
+def predict_video(path, spatial_model, temporal_model, settings,
+                  num_segments: int = 25, fusion_weights=(1.0, 1.0), fps: float | None = None
+                  ) -> dict:
     """Decodes, computes flow, runs both streams; fused scores and timings.
 
+    ``path``: a video file, or a frames array (see `video_records`; ``fps``
+    dates it).
     ``settings``: one :class:`PrepSettings` (or
     `mat_effnet.encoding.encode.EncodeSettings`) for both streams, or a dict
     ``{stream: PrepSettings}`` (see :func:`resolve`). The video is prepared
@@ -212,16 +245,18 @@ def predict_video(path: str, spatial_model, temporal_model, settings,
         [w for k, w in zip(("spatial", "temporal"), fusion_weights) if k in given], len(given))
     t0 = time.perf_counter()
     if "temporal" in given:
-        flow_records, stats = video_records(path, settings["temporal"], with_flow=True)
+        flow_records, stats = video_records(path, settings["temporal"], with_flow=True, fps=fps)
         prepared = {"temporal": flow_records}
         if "spatial" in given:
             if _same_frames(settings["spatial"], settings["temporal"]):
                 prepared["spatial"] = flow_records
             else:
-                prepared["spatial"], _ = video_records(path, settings["spatial"], with_flow=False)
+                prepared["spatial"], _ = video_records(path, settings["spatial"], with_flow=False,
+                                                       fps=fps)
     else:
         prepared = {}
-        prepared["spatial"], stats = video_records(path, settings["spatial"], with_flow=False)
+        prepared["spatial"], stats = video_records(path, settings["spatial"], with_flow=False,
+                                                   fps=fps)
     t1 = time.perf_counter()
     out = {"prepare_s": t1 - t0, "frames": stats.get("frames", 0)}
     parts = []

@@ -45,13 +45,27 @@ def video_timeline(path: str, spatial_model, temporal_model, settings: dict, win
     """
     from mat_effnet.ops import video
 
+    return frames_timeline(video.iter_timed_frames(path, _decode_side(settings)), spatial_model,
+                           temporal_model, settings, window_s, stride_s,
+                           num_segments=num_segments, fusion_weights=fusion_weights,
+                           top_k=top_k, class_names=class_names, flow_fn=flow_fn)
+
+
+def frames_timeline(timed_frames, spatial_model, temporal_model, settings: dict,
+                    window_s: float, stride_s: float | None = None, *, num_segments: int = 25,
+                    fusion_weights=(1.0, 1.0), top_k: int = 5, class_names=None,
+                    flow_fn=None) -> dict:
+    """`video_timeline` of ``(timestamp_s, RGB frame)`` pairs: decoded frames, or a live source.
+
+    Frames of any size: each stream resizes them as the decoder would.
+    """
     predictor = StreamingPredictor(spatial_model, temporal_model, window_s, stride_s,
                                    settings=settings, num_segments=num_segments,
                                    fusion_weights=fusion_weights, flow_fn=flow_fn)
     windows, frames, first, last = [], 0, None, None
     decode = 0.0
     start = time.perf_counter()
-    stream = video.iter_timed_frames(path, _decode_side(settings))
+    stream = iter(timed_frames)
     while True:
         t = time.perf_counter()
         item = next(stream, None)
