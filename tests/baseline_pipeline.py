@@ -1,9 +1,10 @@
-"""Frozen copy of the input pipeline before issue 10 (the benchmark's "before").
+"""A frozen, simpler input pipeline: the oracle for `mat_effnet.data`'s clips.
 
-`mat_effnet.benchmark.pipeline` times it against `mat_effnet.data.input_pipeline`
-on the same records and cores.  It is the code of commit 0dee041, kept
-unchanged below this note apart from this docstring; do not improve it, or the
-before/after comparison stops meaning anything.  Original docstring:
+It reads version-1 records only, decodes whole frames and crops float32
+clips, none of the pipeline's speed-ups.  `tests/test_clips.py` checks that
+the pipeline's clips equal this one's for the same record and seed.  Do not
+improve it: an oracle that follows the code it checks stops checking
+anything.  Its own description follows.
 
 tf.data input pipeline: TSN-style segment sampling, cropping and flipping.
 

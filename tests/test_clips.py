@@ -1,6 +1,6 @@
 """mat_effnet.data.clips: flow stacks, crops, flips, test views, both record layouts.
 
-The clips are pinned to the frozen pre-issue-10 pipeline
+The clips are pinned to a frozen, simpler pipeline
 (`tests.baseline_pipeline`) and version-2 groups to
 version-1 records; the frames' pixel levels encode their index (see
 `pipeline_helpers`).
@@ -220,7 +220,7 @@ def test_three_crops_along_the_long_side():
 
 
 # ---------------------------------------------------------------------------
-# Same clips as before issue 10's speed-ups (windowed decoding, uint8)
+# Same clips as the frozen pipeline, which has none of the speed-ups (windowed decoding, uint8)
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("h,w", [(72, 96), (24, 30)])  # windowed; upscaled (short side < S)

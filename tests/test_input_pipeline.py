@@ -11,7 +11,6 @@ import tensorflow as tf
 
 from mat_effnet.data import input_pipeline
 from mat_effnet import records
-from tests import baseline_pipeline
 from mat_effnet.benchmark import pipeline as bench
 from mat_effnet.data.input_pipeline import build_dataset
 from mat_effnet.data.sampling import PipelineConfig
@@ -132,13 +131,13 @@ def test_bound_counts_the_distinct_jpegs_a_clip_needs(tmp_path, version):
 
 def test_pipeline_rate_and_summary(tmp_path):
     root = _write_dataset(tmp_path / "d", n_train=3, n_test=1)
-    old_root = _write_dataset(tmp_path / "v1", n_train=3, n_test=1, version=1)
     cfg = PipelineConfig("spatial", image_size=S, num_segments=2)
     rate = bench.pipeline_rate(input_pipeline, root, cfg, 2, min_seconds=0.0, min_batches=2)
     assert rate["clip_dtype"] == "uint8" and rate["host_bytes_per_clip"] == 2 * S * S * 3
-    old = bench.pipeline_rate(baseline_pipeline, old_root, bench._baseline_config(cfg), 2,
-                              min_seconds=0.0, min_batches=2)
-    assert old["host_bytes_per_clip"] == 4 * 2 * S * S * 3  # float32 before issue 10
+    assert rate["clips"] >= 2 * 2 and rate["clips_per_s"] > 0
+    wide_cfg = dataclasses.replace(cfg, clip_dtype="float32")
+    wide = bench.pipeline_rate(input_pipeline, root, wide_cfg, 2, min_seconds=0.0, min_batches=2)
+    assert wide["clip_dtype"] == "float32" and wide["host_bytes_per_clip"] == 4 * 2 * S * S * 3
     bound = {"clips_per_s": 2 * rate["clips_per_s"], "cpu_ms_per_clip": 1.0,
              "jpeg_bytes_per_clip": 10.0, "jpegs_per_clip": 2.0}
     out = bench.summarize(rate, bound, cores=4, num_segments=3)
@@ -190,3 +189,50 @@ def test_levers_switch_the_decoding_flags_they_name_and_restore_them(monkeypatch
                        "unused", 1, 0.0, 1)
     assert seen["options_default"] is None
     assert input_pipeline._options(None).threading.max_intra_op_parallelism == 1
+
+
+def test_compare_times_the_layout_lever_on_the_version1_records_it_is_given(tmp_path,
+                                                                            monkeypatch):
+    """version1_dir feeds the version1_records lever and the version-1 read, nothing else."""
+    from mat_effnet.common.errors import MatEffNetError
+
+    root = _write_dataset(tmp_path / "v2", n_train=1, n_test=1)
+    v1 = _write_dataset(tmp_path / "v1", n_train=1, n_test=1, version=1)
+    read_dirs = []
+
+    def fake_rate(module, data_dir, cfg, batch, min_seconds, **build):
+        slow = data_dir == v1  # the version-1 records: half the rate, twice the CPU
+        return {"clips_per_s": 25.0 if slow else 50.0, "cpu_ms_per_clip": 4.0 if slow else 2.0}
+
+    def fake_read(data_dir, cfg, min_seconds):
+        read_dirs.append(data_dir)
+        return {"cpu_ms_per_clip": 0.5, "clips_per_s": 1.0,
+                "read_bytes_per_clip": 100.0 if data_dir == v1 else 10.0}
+
+    monkeypatch.setattr(bench, "pipeline_rate", fake_rate)
+    monkeypatch.setattr(bench, "read_parse_rate", fake_read)
+    monkeypatch.setattr(bench, "clip_jpegs", lambda *a: [])
+    monkeypatch.setattr(bench, "decode_bound", lambda *a, **k: {
+        "clips_per_s": 100.0, "cpu_ms_per_clip": 1.0, "jpeg_bytes_per_clip": 1.0,
+        "jpegs_per_clip": 3.0})
+    kw = dict(streams=("spatial",), modes=("train", "test_1crop"), image_size=S, rounds=1,
+              levers={"version1_records": bench.LEVERS["version1_records"]}, log=lambda m: None)
+    out = bench.compare(root, version1_dir=v1, **kw)
+    for mode in ("train", "test_1crop"):
+        entry = out["spatial"][mode]
+        assert set(entry) >= {"bound", "new", "levers"} and "baseline" not in entry
+        assert entry["new"]["share_of_bound"] == pytest.approx(0.5)
+        lever = entry["levers"]["version1_records"]
+        assert lever["new_over_variant"] == pytest.approx(2.0)
+        assert lever["new_cpu_saving"] == pytest.approx(0.5)
+    train = out["spatial"]["train"]
+    assert train["read"]["read_bytes_per_clip"] == 10.0
+    assert train["read_version1"]["read_bytes_per_clip"] == 100.0
+    assert train["bound_with_read_cpu_ms_per_clip"] == pytest.approx(1.5)
+    assert read_dirs == [root, v1]
+
+    alone = bench.compare(root, **kw)["spatial"]
+    assert alone["train"]["levers"] == {} and "read_version1" not in alone["train"]
+    assert alone["test_1crop"]["levers"] == {}
+    with pytest.raises(MatEffNetError, match=r"^version1_dir=.*not version-1 records"):
+        bench.compare(root, version1_dir=root, **kw)

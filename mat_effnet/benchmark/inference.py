@@ -262,8 +262,8 @@ def scale_figures(s: InferenceSettings, spatial, temporal, ctx: Context) -> dict
     figures["inference.many.per_video_over_flow_and_models"] = ctx.figure(
         per_video / (sw_flow.seconds + models_per_video), "x",
         dict(many, measured="predict_many s/video over (one video's flow pass + its rows' "
-                            "mean model seconds); the issue's goal is <= 1.15 with one "
-                            "flow process"),
+                            "mean model seconds); the goal is <= 1.15 with one flow "
+                            "process"),
         flow_s=sw_flow.seconds, models_s=models_per_video, per_video_s=per_video)
 
     # The timeline at two lengths, each in its own process.

@@ -8,7 +8,7 @@ changes how fast they are to prepare). Each rate is timed for at least a
 minimum time after one warm-up batch, so the batches the prefetch buffer
 filled meanwhile do not inflate a fast pipeline's rate.
 
-The measurements themselves (decode-only bound, before/after, levers) are
+The measurements themselves (decode-only bound, pipeline, levers) are
 `mat_effnet.benchmark.pipeline`'s; this module prepares the records and
 turns its results into figures.
 """
@@ -27,7 +27,7 @@ def records_set(work_dir: str, videos_per_class: int, num_frames: int, short_sid
     """Synthetic UCF101-like videos at 340x256 prepared (DIS flow) at ``short_side``.
 
     Returns the folders of the same videos in the record layout written by
-    default (version 2) and in version 1, which the frozen baseline reads.
+    default (version 2) and in version 1, for the layout's lever and read figures.
     """
     data = os.path.join(work_dir, "pipeline_videos")
     out = os.path.join(work_dir, "pipeline_records")
@@ -47,13 +47,14 @@ _MODES = {"train": "train", "test_1crop": "test", "test_10crop": "test10"}
 
 def measure(s: PipelineSettings, clip: ClipSettings, ctx: Context,
             streams=("spatial", "temporal")) -> dict:
-    """The input pipeline against its decode-only bound, before and after.
+    """The input pipeline against its decode-only bound.
 
     Per stream and mode (training clip; test time with 25 segments x 1 and
-    x 10 crops): clips/s of today's `mat_effnet.data.input_pipeline`, of the
-    frozen pre-issue-10 copy (`baseline_pipeline`), and of the decode-only
-    bound on the same records and cores; the share of the bound; clips/s
-    per core; the cores one A100 would need; host bytes per clip; peak RSS.
+    x 10 crops): clips/s of `mat_effnet.data.input_pipeline` and of the
+    decode-only bound on the same records and cores; the share of the
+    bound; clips/s per core; the cores one A100 would need; host bytes per
+    clip; peak RSS; the bytes a training clip reads in either layout; and,
+    with ``pipeline_levers``, the pipeline over itself with each lever off.
     """
     from mat_effnet import records
     from mat_effnet.benchmark import pipeline
@@ -62,14 +63,14 @@ def measure(s: PipelineSettings, clip: ClipSettings, ctx: Context,
                                 s.pipeline_short_side, ctx.seed)
     meta = records.read_metadata(data)
     result = pipeline.compare(
-        data, streams=streams, modes=tuple(_MODES), baseline_dir=data_v1,
+        data, streams=streams, modes=tuple(_MODES), version1_dir=data_v1,
         batch_size=s.pipeline_batch,
         min_seconds=s.pipeline_min_seconds, bound_clips=s.pipeline_bound_clips,
         num_segments=clip.num_segments, flow_length=clip.flow_length,
         image_size=clip.image_size, test_segments=clip.test_segments, rounds=s.pipeline_rounds,
         levers=None if s.pipeline_levers else {}, log=ctx.log)
     base = {"records": meta["splits"]["train"]["records"], "frames_per_record": s.pipeline_frames,
-            "schema_version": meta["schema_version"], "baseline_schema_version": 1,
+            "schema_version": meta["schema_version"],
             "stored_size": prep_figures.stored_sizes(meta), "short_side": s.pipeline_short_side,
             "flow": "dis", "image_size": clip.image_size, "flow_length": clip.flow_length,
             "cores": result["cores"], "rounds": s.pipeline_rounds,
@@ -78,15 +79,14 @@ def measure(s: PipelineSettings, clip: ClipSettings, ctx: Context,
     for stream in streams:
         for mode, name in _MODES.items():
             entry = result[stream][mode]
-            new, old = entry["new"], entry["baseline"]
+            new = entry["new"]
             settings = dict(base, stream=stream, mode=name,
                             segments=clip.num_segments if mode == "train" else clip.test_segments,
                             crops={"train": 1, "test_1crop": 1, "test_10crop": 10}[mode],
                             batch_size=s.pipeline_batch if mode == "train" else 1)
             key = f"pipeline.{stream}.{name}"
             figures[f"{key}.clips_per_s"] = ctx.figure(
-                new["clips_per_s"], "clips/s", settings, baseline_clips_per_s=old["clips_per_s"],
-                speedup=entry["speedup"], cpu_ms_per_clip=new["cpu_ms_per_clip"])
+                new["clips_per_s"], "clips/s", settings, cpu_ms_per_clip=new["cpu_ms_per_clip"])
             figures[f"{key}.decode_bound_clips_per_s"] = ctx.figure(
                 entry["bound"]["clips_per_s"], "clips/s", settings,
                 jpegs_per_clip=new["jpegs_per_clip"],
@@ -94,21 +94,17 @@ def measure(s: PipelineSettings, clip: ClipSettings, ctx: Context,
                 what="the JPEGs a clip needs, decoded through tf.data on all cores, nothing else")
             figures[f"{key}.share_of_bound"] = ctx.figure(
                 new["share_of_bound"], "fraction", settings,
-                cpu_share_of_bound=new["cpu_share_of_bound"],
-                baseline_share_of_bound=old["share_of_bound"])
+                cpu_share_of_bound=new["cpu_share_of_bound"])
             figures[f"{key}.clips_per_s_per_core"] = ctx.figure(
-                new["clips_per_s_per_core"], "clips/s/core", settings,
-                baseline=old["clips_per_s_per_core"])
+                new["clips_per_s_per_core"], "clips/s/core", settings)
             figures[f"{key}.cores_per_a100"] = ctx.figure(
-                new["cores_per_a100"], "cores", settings, baseline=old["cores_per_a100"],
+                new["cores_per_a100"], "cores", settings,
                 a100_clips_per_s=new["a100_clips_per_s"], source=new["a100_source"],
                 derived="a100_clips_per_s / clips_per_s_per_core")
             figures[f"{key}.host_bytes_per_clip"] = ctx.figure(
-                new["host_bytes_per_clip"], "bytes", settings,
-                baseline=old["host_bytes_per_clip"], clip_dtype=new["clip_dtype"])
+                new["host_bytes_per_clip"], "bytes", settings, clip_dtype=new["clip_dtype"])
             figures[f"{key}.peak_rss"] = ctx.figure(
                 new["peak_rss_bytes"] / 2**20, "MiB", settings,
-                baseline_mib=old["peak_rss_bytes"] / 2**20,
                 note="one process runs every measurement: the peak includes earlier ones")
             if "read" in entry:
                 figures[f"{key}.read_bytes_per_clip"] = ctx.figure(

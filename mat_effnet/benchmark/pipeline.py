@@ -3,8 +3,8 @@
 For one stream and mode (training clips, or test-time 25 segments x 1 or
 10 crops) this measures, on the same records and the same cores:
 
-* the pipeline's clips/s (`mat_effnet.data.input_pipeline.build_dataset`, or the
-  frozen `baseline_pipeline` for the before/after);
+* the pipeline's clips/s (`mat_effnet.data.input_pipeline.build_dataset`), and
+  the same with one lever changed (`LEVERS`);
 * the decode-only bound: the JPEGs the clips need (each distinct frame of a
   clip once, whole frames), decoded through tf.data on all cores and nothing
   else, converted to clips/s; and the pipeline's share of that bound.  A
@@ -29,11 +29,11 @@ Everything takes plain arguments; the binary maps its flags onto them.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from typing import Callable
 
 import numpy as np
+
+from mat_effnet.benchmark.dataset_timing import time_elements, usable_cores
 
 A100_IMAGES_PER_S = 3450.0
 A100_SOURCE = ("NVIDIA DeepLearningExamples, TensorFlow2 EfficientNet README: EfficientNet-B0 "
@@ -44,85 +44,6 @@ A100_SOURCE = ("NVIDIA DeepLearningExamples, TensorFlow2 EfficientNet README: Ef
 def a100_clips_per_s(num_segments: int = 3) -> float:
     """Clips/s one A100 trains on: 3,450 images/s / K images per clip (1,150 at K = 3)."""
     return A100_IMAGES_PER_S / num_segments
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-class RssPeak:
-    """``with RssPeak() as peak: ...``; then ``peak.bytes``: the highest VmRSS sampled."""
-
-    def __init__(self, interval: float = 0.02):
-        self.interval = interval
-        self.bytes = 0
-        self._stop = threading.Event()
-
-    def _watch(self):
-        while not self._stop.is_set():
-            self.bytes = max(self.bytes, _rss_bytes())
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self.start_bytes = _rss_bytes()
-        self.bytes = self.start_bytes
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.bytes = max(self.bytes, _rss_bytes())
-        return False
-
-
-def time_elements(ds, count_fn: Callable, min_elements: int, min_seconds: float,
-                  warmup: int = 2, max_elements: int | None = None) -> dict:
-    """Iterates ``ds`` (after ``warmup`` untimed elements) until both minima are met.
-
-    ``count_fn(element)`` says how many items (clips, JPEGs) an element holds.
-    Returns ``{"items", "elements", "seconds", "per_s", "cpu_seconds",
-    "cpu_ms_per_item", "peak_rss_bytes", "rss_before_bytes"}``.  CPU time
-    (all threads of the process) per item is far less sensitive than the
-    wall rate to other processes sharing the cores.
-    """
-    it = iter(ds)
-    for _ in range(warmup):
-        next(it)
-    items = elements = 0
-    with RssPeak() as peak:
-        cpu_start = time.process_time()
-        start = time.perf_counter()
-        while True:
-            try:
-                element = next(it)
-            except StopIteration:
-                break
-            items += count_fn(element)
-            elements += 1
-            seconds = time.perf_counter() - start
-            if elements >= min_elements and seconds >= min_seconds:
-                break
-            if max_elements is not None and elements >= max_elements:
-                break
-        seconds = time.perf_counter() - start
-        cpu_seconds = time.process_time() - cpu_start
-    return {"items": items, "elements": elements, "seconds": seconds,
-            "per_s": items / max(seconds, 1e-9), "cpu_seconds": cpu_seconds,
-            "cpu_ms_per_item": 1000 * cpu_seconds / max(items, 1), "peak_rss_bytes": peak.bytes,
-            "rss_before_bytes": peak.start_bytes}
 
 
 # ---------------------------------------------------------------------------
@@ -261,7 +182,7 @@ def _clip_bytes(ds) -> float:
 
 def pipeline_rate(module, data_dir: str, cfg, batch_size: int, min_seconds: float = 3.0,
                   min_batches: int = 10, test_repeats: int = 50, **build_kwargs) -> dict:
-    """Clips/s of ``module.build_dataset`` (module: the new or the baseline pipeline).
+    """Clips/s of ``module.build_dataset`` (`mat_effnet.data.input_pipeline`, or a stand-in).
 
     Test mode is one pass, so the shard list is repeated ``test_repeats`` times.
     """
@@ -311,17 +232,6 @@ def stream_configs(stream: str, num_segments: int = 3, flow_length: int = 10,
                                           test_segments=test_segments, crops=10)}
 
 
-def _baseline_config(cfg):
-    """The same settings as a baseline PipelineConfig (which has no clip_dtype)."""
-    import dataclasses
-
-    from tests import baseline_pipeline
-
-    fields = {f.name for f in dataclasses.fields(baseline_pipeline.PipelineConfig)}
-    kwargs = {k: v for k, v in dataclasses.asdict(cfg).items() if k in fields}
-    return baseline_pipeline.PipelineConfig(**kwargs)
-
-
 LEVERS = {
     # name: what differs from the new pipeline (everything else as shipped);
     # "flags" are the decoding switches of `mat_effnet.data.clips`.
@@ -332,12 +242,12 @@ LEVERS = {
     "default_tf_data_options": {"options": "default"},
     "private_threadpool": {"build": {"threads": "cores"}},
     # The frame-addressable layout: the same pipeline on version-1 records
-    # of the same videos (needs ``baseline_dir``; measured in every mode).
+    # of the same videos (needs ``version1_dir``; measured in every mode).
     "version1_records": {"records": "version1"},
 }
 
 
-def _run_variant(name, variant, cfg, data_dir, batch, min_seconds, cores, baseline_dir=None):
+def _run_variant(name, variant, cfg, data_dir, batch, min_seconds, cores, version1_dir=None):
     """`pipeline_rate` of the new pipeline with one lever changed (see `LEVERS`)."""
     import dataclasses
 
@@ -348,7 +258,7 @@ def _run_variant(name, variant, cfg, data_dir, batch, min_seconds, cores, baseli
 
     build = {k: (cores if v == "cores" else v) for k, v in variant.get("build", {}).items()}
     if variant.get("records") == "version1":
-        data_dir = baseline_dir
+        data_dir = version1_dir
     cfg = dataclasses.replace(cfg, **variant.get("config", {}))
     # getattr first: a switch that moved away would fail here, not be
     # created as a new attribute that nothing reads.
@@ -379,41 +289,39 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def compare(data_dir: str, streams=("temporal", "spatial"), modes=("train", "test_1crop",
-            "test_10crop"), baseline_dir: str | None = None, batch_size: int = 8,
-            min_seconds: float = 3.0,
-            bound_clips: int = 48, num_segments: int = 3, flow_length: int = 10,
-            image_size: int = 224, test_segments: int = 25, rounds: int = 3,
+            "test_10crop"), version1_dir: str | None = None, batch_size: int = 8,
+            min_seconds: float = 3.0, bound_clips: int = 48, num_segments: int = 3,
+            flow_length: int = 10, image_size: int = 224, test_segments: int = 25, rounds: int = 3,
             levers: dict | None = None, lever_modes=("train",),
             log: Callable[[str], None] = print) -> dict:
-    """Before/after on the same records and cores, per stream and mode.
+    """The pipeline, its bound and its levers on the same records and cores, per stream and mode.
 
     Each of ``rounds`` rounds measures, back to back, the bound, the new
-    pipeline, the baseline and every lever variant; the median round is
-    reported (other processes on the cores then hit all of them alike).
-    Returns ``{"cores", stream: {mode: {"bound", "window_bound", "new",
-    "baseline", "speedup", "levers": {name: ...}}}}``.  ``levers`` (default
-    `LEVERS`) are measured in ``lever_modes`` only, except
-    ``version1_records``, measured in every mode.  Test modes use batch
-    size 1, as evaluation does per video.
+    pipeline and every lever variant; the median round is reported (other
+    processes on the cores then hit all of them alike).  Returns
+    ``{"cores", stream: {mode: {"bound", "window_bound", "new", "levers":
+    {name: ...}}}}``; training modes add "read" (and "read_version1").
+    ``levers`` (default `LEVERS`) are measured in ``lever_modes`` only,
+    except ``version1_records``, measured in every mode.  Test modes use
+    batch size 1, as evaluation does per video.
 
-    ``data_dir`` holds the records the new pipeline reads; ``baseline_dir``
-    (default ``data_dir``) version-1 records of the same videos, which the
-    frozen baseline reads (it predates version 2).
+    ``data_dir`` holds the records the pipeline reads; ``version1_dir``
+    (optional) version-1 records of the same videos, for the
+    ``version1_records`` lever and the version-1 read.
     """
-    from mat_effnet.data import input_pipeline
-    from tests import baseline_pipeline
-
     from mat_effnet import records
+    from mat_effnet.common.errors import bad_argument
+    from mat_effnet.data import input_pipeline
 
     levers = dict(LEVERS if levers is None else levers)
-    baseline_dir = data_dir if baseline_dir is None else baseline_dir
-    if records.read_metadata(baseline_dir).get("schema_version", 1) != 1:
-        raise ValueError(f"baseline_dir={baseline_dir!r}: the baseline pipeline reads "
-                         "version-1 records only (mat-effnet-prep --schema_version=1)")
-    if baseline_dir == data_dir:
+    if version1_dir is not None and records.read_metadata(version1_dir).get(
+            "schema_version", 1) != 1:
+        raise bad_argument("version1_dir", version1_dir, "not version-1 records "
+                           "(mat-effnet-prep --schema_version=1 writes them)")
+    if version1_dir is None or version1_dir == data_dir:
         levers.pop("version1_records", None)
     cores = usable_cores()
-    results: dict = {"cores": cores, "records": data_dir, "baseline_records": baseline_dir,
+    results: dict = {"cores": cores, "records": data_dir, "version1_records": version1_dir,
                      "rounds": rounds, "min_seconds_per_measurement": min_seconds}
     for stream in streams:
         configs = stream_configs(stream, num_segments, flow_length, image_size, test_segments)
@@ -423,8 +331,8 @@ def compare(data_dir: str, streams=("temporal", "spatial"), modes=("train", "tes
             batch = batch_size if cfg.training else 1
             jpegs = clip_jpegs(data_dir, cfg, bound_clips)
             runs: dict[str, list] = {}
-            names = ["new", "baseline"] + [name for name in levers if mode in lever_modes
-                                           or name == "version1_records"]
+            names = ["new"] + [name for name in levers if mode in lever_modes
+                               or name == "version1_records"]
             for r in range(rounds):
                 runs.setdefault("bound", []).append(decode_bound(jpegs, min_seconds))
                 if mode != "test_10crop":
@@ -433,12 +341,9 @@ def compare(data_dir: str, streams=("temporal", "spatial"), modes=("train", "tes
                 for name in names:
                     if name == "new":
                         rate = pipeline_rate(input_pipeline, data_dir, cfg, batch, min_seconds)
-                    elif name == "baseline":
-                        rate = pipeline_rate(baseline_pipeline, baseline_dir,
-                                             _baseline_config(cfg), batch, min_seconds)
                     else:
                         rate = _run_variant(name, levers[name], cfg, data_dir, batch,
-                                            min_seconds, cores, baseline_dir)
+                                            min_seconds, cores, version1_dir)
                     runs.setdefault(name, []).append(rate)
                 log(f"{stream} {mode} round {r + 1}: " + ", ".join(
                     f"{k} {v[-1]['clips_per_s']:.1f}" for k, v in runs.items()))
@@ -448,20 +353,20 @@ def compare(data_dir: str, streams=("temporal", "spatial"), modes=("train", "tes
                 # What a clip reads, without decoding: under the new layout
                 # and under version 1 (a whole record per clip).
                 entry["read"] = read_parse_rate(data_dir, cfg, min_seconds)
-                entry["read_version1"] = read_parse_rate(baseline_dir, cfg, min_seconds)
+                if version1_dir is not None:
+                    entry["read_version1"] = read_parse_rate(version1_dir, cfg, min_seconds)
                 entry["bound_with_read_cpu_ms_per_clip"] = (
                     bound["cpu_ms_per_clip"] + entry["read"]["cpu_ms_per_clip"])
             if "window_bound" in runs:
                 entry["window_bound"] = _median_run(runs["window_bound"])
             for name in names:
                 entry[name] = summarize(_median_run(runs[name]), bound, cores, num_segments)
-            entry["speedup"] = entry["new"]["clips_per_s"] / entry["baseline"]["clips_per_s"]
             entry["levers"] = {name: {
                 "clips_per_s": entry[name]["clips_per_s"],
                 "cpu_ms_per_clip": entry[name]["cpu_ms_per_clip"],
                 "new_over_variant": entry["new"]["clips_per_s"] / entry[name]["clips_per_s"],
                 "new_cpu_saving": (1 - entry["new"]["cpu_ms_per_clip"]
                                    / entry[name]["cpu_ms_per_clip"]),
-            } for name in names if name not in ("new", "baseline")}
+            } for name in names if name != "new"}
             results[stream][mode] = entry
     return results

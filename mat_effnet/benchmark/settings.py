@@ -165,8 +165,8 @@ class PipelineSettings:
     pipeline_test_clips: int = setting(20, "Minimum test-mode clips timed.")
     pipeline_min_seconds: float = setting(5.0, "Minimum time per figure, so prefetched batches "
                                                "do not inflate a fast pipeline's rate.")
-    pipeline_rounds: int = setting(3, "Rounds of bound/new/baseline measured back to back; "
-                                      "the median round is reported.")
+    pipeline_rounds: int = setting(3, "Rounds of the bound, the pipeline and its levers measured "
+                                      "back to back; the median round is reported.")
     pipeline_bound_clips: int = setting(48, "Clips whose JPEGs the decode-only bound decodes.")
     pipeline_levers: bool = setting(True, "Also measure the new pipeline with each lever off.")
 
