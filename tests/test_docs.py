@@ -159,3 +159,21 @@ def test_the_readme_example_equals_predict_json(workdir, monkeypatch):
     np.testing.assert_allclose([t["probability"] for t in cli["top"]],
                                [p for _, p in result.top(5)], atol=1e-5)
     assert cli["preparation"] == json.loads(json.dumps(result.to_dict()["preparation"]))
+
+
+def test_an_export_folder_answers_within_the_exports_tolerance(workdir, monkeypatch):
+    # 0.05: the export's stated tolerance against predict (tests/test_export.py:
+    # TF's area resize and JPEG encoder against OpenCV's, float32 quantization).
+    monkeypatch.chdir(workdir)
+    from mat_effnet import VideoClassifier
+
+    keras_result = VideoClassifier.load(spatial="spatial.keras",
+                                        temporal="temporal.keras", num_segments=4).predict(
+        "clip.mp4")
+    exported = VideoClassifier.load("export/mine")
+    assert exported.class_names == tuple(CLASSES)
+    assert exported.preparation["temporal"]["flow"] == "tvl1"
+    result = exported.predict("clip.mp4")
+    assert result.frames == 16
+    np.testing.assert_allclose(result.scores, keras_result.scores, atol=0.05)
+    np.testing.assert_allclose(result.scores.sum(), 1.0, atol=1e-5)

@@ -179,9 +179,13 @@ def video_records(source, settings: PrepSettings, with_flow: bool = True,
     runs = ((0, video.resize_frame(f, prep.short_side)) for f in frames)
     made = encode.encode_frames(runs, float(fps or DEFAULT_FPS), prep, video_id=FRAMES,
                                 stats=stats)
-    serialized = [records.serialize(r) for r in made]
-    encode.check_length(FRAMES, stats["frames"])
-    return serialized, stats
+    serialized = []
+    while True:
+        try:
+            serialized.append(records.serialize(next(made)))
+        except StopIteration as done:  # its value: the frames seen (a 1-frame tail is dropped)
+            encode.check_length(FRAMES, done.value)
+            return serialized, stats
 
 
 def check_frames(frames) -> np.ndarray:
