@@ -173,8 +173,15 @@ baseline = psutil.Process().memory_info().rss
 start = time.perf_counter()
 meta = builder.build(PrepConfig(**args))
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-peak *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+# The child's own peak. On Linux, ru_maxrss survives exec: a child reports its
+# parent's peak when that was higher (a benchmark process that compiled TV-L1
+# made every video read ~1.7 GB). VmHWM starts afresh at exec.
+try:
+    with open("/proc/self/status") as f:
+        peak = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
 print("RSS_RESULT " + json.dumps({"baseline_rss": baseline, "peak_rss": peak,
       "final_rss": psutil.Process().memory_info().rss, "seconds": seconds,
       "frames": sum(s["frames"] for s in meta["splits"].values()),
@@ -203,7 +210,7 @@ def finish_prep_child(proc: subprocess.Popen, timeout: float | None = None) -> d
     """Waits for `start_prep_child`'s process; returns its measurements.
 
     ``baseline_rss`` (bytes, after importing TensorFlow, TFDS and OpenCV,
-    before the prep), ``peak_rss`` (the process's ru_maxrss, bytes),
+    before the prep), ``peak_rss`` (the process's own peak resident memory, VmHWM on Linux, bytes),
     ``final_rss``, ``seconds``, ``frames``, ``records`` and ``failures``.
     """
     out, err = proc.communicate(timeout=timeout)
@@ -286,7 +293,7 @@ def _peak_rss(s: PrepSettings, ctx: Context) -> dict:
          "fps": VIDEO_FPS, "size": f"{s.long_width}x{s.long_height}", "codec": "MJPG .avi",
          "flow": s.long_flow, "flow_implementation": "opencv", "short_side": 0,
          "chunk_frames": 1000, "workers": 1,
-         "measured": "ru_maxrss of a child process running data_prep.builder.build "
+         "measured": "peak resident memory (VmHWM) of a child process running data_prep.builder.build "
                      "(folder layout, 1 video); the child imports TensorFlow, TFDS and OpenCV "
                      "first (baseline_rss_mib)",
          "video": "prep.long_video_frames: 10-s synthetic clips back to back, written streaming"},
