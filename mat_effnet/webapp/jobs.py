@@ -311,13 +311,14 @@ class Worker:
 
     @staticmethod
     def _split(job: Job, measured: dict) -> dict:
-        """The measured preparation time split between decoding and flow by the samples."""
+        """The measured preparation time split between decoding and flow by the samples
+        (none when no sample fell in either: a preparation shorter than a sample)."""
         prepare = measured.get("prepare_s")
-        if prepare is None:
-            return {}
         decoding = job.sampled.get(("predict", "decoding"), 0.0)
         flow = job.sampled.get(("predict", "flow"), 0.0)
-        share = decoding / (decoding + flow) if decoding + flow > 0 else 1.0
+        if prepare is None or decoding + flow == 0:
+            return {}
+        share = decoding / (decoding + flow)
         return {"decoding_s": prepare * share, "flow_s": prepare * (1 - share)}
 
     # -- start-up ------------------------------------------------------------

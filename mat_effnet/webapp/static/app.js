@@ -127,16 +127,19 @@ async function follow(job, seen, t0) {
 
 // -- drawing ------------------------------------------------------------------
 function bars(rows, width, colour) {
-  const h = 24, labelW = Math.min(170, width * 0.42), barW = width - labelW - 70;
+  // Wide: the label left of its bar. Narrow (a stream's column): the label above it.
+  const narrow = width < 320;
+  const h = narrow ? 38 : 24, labelW = narrow ? 0 : Math.min(170, width * 0.42);
+  const barW = width - labelW - 70, barY = narrow ? 20 : 5;
   const svg = el("svg:svg", {width, height: rows.length * h, role: "img"});
   rows.forEach((t, i) => {
     const y = i * h;
     const g = el("svg:g", {class: "bar", "data-class": t.class, "data-probability": t.probability});
     g.append(el("svg:text", {x: 0, y: y + 16, "font-size": 13}, t.class));
-    g.append(el("svg:rect", {x: labelW, y: y + 5, width: barW, height: 14, rx: 3, fill: "#e9ecf2"}));
-    g.append(el("svg:rect", {x: labelW, y: y + 5, width: Math.max(1, barW * t.probability),
+    g.append(el("svg:rect", {x: labelW, y: y + barY, width: barW, height: 14, rx: 3, fill: "#e9ecf2"}));
+    g.append(el("svg:rect", {x: labelW, y: y + barY, width: Math.max(1, barW * t.probability),
                              height: 14, rx: 3, fill: colour}));
-    g.append(el("svg:text", {x: labelW + barW + 6, y: y + 16, "font-size": 12, fill: "#5b6475"},
+    g.append(el("svg:text", {x: labelW + barW + 6, y: y + barY + 11, "font-size": 12, fill: "#5b6475"},
                 pct(t.probability)));
     svg.append(g);
   });
@@ -193,6 +196,7 @@ function timeline(result, classNames) {
 
 const TIME_ROWS = [
   ["upload_s", "upload"], ["check_s", "checking the file"], ["queue_s", "waiting in the queue"],
+  ["prepare_s", "decoding and flow (preparation)"],
   ["decoding_s", "decoding (≈, sampled share of preparation)"],
   ["flow_s", "optical flow (≈, sampled share of preparation)"],
   ["spatial_model_s", "spatial stream"], ["temporal_model_s", "temporal stream"],
@@ -205,7 +209,7 @@ function times(result) {
   const table = $("times");
   table.replaceChildren();
   for (const [key, label] of TIME_ROWS) {
-    if (all[key] === undefined) continue;
+    if (all[key] === undefined || (key === "prepare_s" && all.decoding_s !== undefined)) continue;
     const tr = el("tr", {"data-stage": key});
     tr.append(el("td", {}, label), el("td", {class: "s"}, `${Number(all[key]).toFixed(3)} s`));
     table.append(tr);
