@@ -66,10 +66,11 @@ def main(argv):
         print(f"{PROG}: warning: listening on {settings.host}: anyone who can reach this "
               "machine can send it videos (there is no authentication)", file=sys.stderr,
               flush=True)
+    web.exit_on_signals()
     t0 = time.perf_counter()
     clf = _classifier()
     loaded = time.perf_counter() - t0
-    sock = web.listen(settings.host, settings.port)  # a taken port fails before the warm-up
+    sock = web.bind(settings.host, settings.port)  # a taken port fails before the warm-up
     worker = jobs.Worker(clf, max_queue=settings.max_queue, keep_jobs=settings.keep_jobs)
     try:
         warm = worker.warm_up(settings.frame_sizes(), settings.window_s)
@@ -80,6 +81,7 @@ def main(argv):
         application = web.create_app(worker, settings, about)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
+        sock.listen(128)  # from here on, connections wait for the server, not refused
         print(f"{PROG}: ready on http://{shown}:{port}/ ({clf!r}; loaded in {loaded:.1f} s, "
               f"warmed up in {warm:.1f} s)", flush=True)
         web.serve(application, sock)

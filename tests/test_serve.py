@@ -111,10 +111,14 @@ def server(data_dir, tmp_path_factory):
            "tmp": tmp, "models": models, "log": root / "server.log"}
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+        raise
+    finally:
+        log.close()
+    # Stopped by SIGTERM, the server removed its uploads folder.
+    assert proc.returncode == 0 and not glob.glob(str(tmp / "mat-effnet-serve-*"))
 
 
 def _post(server, name, path=None, data=None, content=None, **kw):

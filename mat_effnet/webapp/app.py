@@ -206,8 +206,9 @@ def _too_large(size: int, settings: ServeSettings) -> str:
             f"{settings.max_upload_mb:g} MiB, --max_upload_mb)")
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket; connections made from now on wait until the server serves."""
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to the address, not yet listening: a taken port fails now, and
+    connections are refused (not left waiting) until the caller, ready, listens."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -216,26 +217,24 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise MatEffNetError(f"cannot listen on {host}:{port} ({e.strerror})") from None
-    sock.listen(128)
     return sock
 
 
-def serve(app, sock: socket.socket) -> None:
-    """Serves ``app`` on ``sock`` until interrupted (Ctrl-C, SIGTERM).
-
-    uvicorn shuts down gracefully on those signals, then raises the signal
-    again with the handler it found: ours ends the process by `SystemExit`,
-    so the caller's ``finally`` (the uploads folder's removal) still runs.
-    """
-    import uvicorn
-
+def exit_on_signals() -> None:
+    """Ctrl-C and SIGTERM end the process by `SystemExit`, so that ``finally`` blocks
+    (the uploads folder's removal) run: during the warm-up, and after uvicorn's graceful
+    shutdown, which raises the signal again with the handler it found."""
     def leave(signum, frame):
         raise SystemExit(0)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, leave)
 
+
+def serve(app, sock: socket.socket) -> None:
+    """Serves ``app`` on ``sock`` until interrupted (see `exit_on_signals`)."""
+    import uvicorn
+
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     uvicorn.Server(config).run(sockets=[sock])
-

@@ -305,7 +305,8 @@ class Worker:
             result["timeline_seconds"] = timeline.get("seconds")
             seconds["timeline_s"] = time.perf_counter() - t
         seconds.update(self._split(job, result.get("seconds", {})))
-        seconds["total_s"] = time.perf_counter() - job.created + up.seconds.get("upload_s", 0)
+        seconds["total_s"] = (time.perf_counter() - job.created + up.seconds.get("upload_s", 0)
+                              + up.seconds.get("check_s", 0))
         result["server"] = {"job": job.id, "seconds": {k: round(v, 3) for k, v in seconds.items()}}
         return result
 
