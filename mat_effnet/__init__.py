@@ -10,7 +10,8 @@ The library, in rooms that import only downwards:
     modeling    backbones, layers, the stream spec, saved-model identity, models
     training    config, step, fit and custom loops, distribution
     evaluation  the test protocol, metrics, fusion, report
-    serving     one video, many, streaming, timeline, export
+    serving     one video, many, streaming, timeline, VideoClassifier, export
+    webapp      mat-effnet-serve: the page and the JSON API
     benchmark   measurements of all of the above (may import `data_prep` too)
 
 The front door is `VideoClassifier` (``from mat_effnet import VideoClassifier``),

@@ -24,11 +24,13 @@ from mat_effnet.modeling import models as M
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["Drift", "Jump", "Spin"]
-PREP = {"short_side": 40, "flow": "tvl1", "flow_implementation": "keras",
+# The examples' models use DIS flow (OpenCV, no compile); the export needs a
+# TV-L1 model (the flow it computes in its graph), made from models of their own.
+PREP = {"short_side": 40, "flow": "dis", "flow_implementation": "opencv",
         "flow_bound": 20.0, "jpeg_quality": 90, "schema_version": 2}
+TVL1 = dict(PREP, flow="tvl1", flow_implementation="keras")
 SMALL = dict(backbone="efficientnet_b0", image_size=32, num_segments=None, flow_length=2,
-             key_dim=8, fc_units=16, class_names=CLASSES, dataset="folder",
-             preparation=PREP, train_segments=3)
+             key_dim=8, fc_units=16, class_names=CLASSES, dataset="folder", train_segments=3)
 DOCS = ["README.md"] + sorted(glob.glob(os.path.join(REPO, "docs", "**", "*.md"), recursive=True))
 # A BENCHMARKS key: dotted, lower case, with one of the figure families as its first part.
 KEY = r"(?:demo|flow|prep|pipeline|inference|headline|train|export|onnx|serve)\.[a-z0-9_.]+"
@@ -104,18 +106,27 @@ def test_quoted_figures_are_benchmarks_figures(name):
 # ---------------------------------------------------------------------------
 # the examples run
 # ---------------------------------------------------------------------------
+def _tvl1_models(root):
+    return root.parent / (root.name + "_tvl1")
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     from mat_effnet.serving import saved_model_export
 
     root = tmp_path_factory.mktemp("docs")
+    made = _tvl1_models(root)
+    made.mkdir()
     keras.utils.set_random_seed(3)
     for stream in ("spatial", "temporal"):
-        M.build_stream(len(CLASSES), stream, **SMALL).save(str(root / f"{stream}.keras"))
+        M.build_stream(len(CLASSES), stream, preparation=PREP, **SMALL).save(
+            str(root / f"{stream}.keras"))
+        M.build_stream(len(CLASSES), stream, preparation=TVL1, **SMALL).save(
+            str(made / f"{stream}.keras"))
     rng = np.random.default_rng(0)
     synthetic.write_video(str(root / "clip.mp4"),
                           synthetic.render_clip("RedSquareRight", rng, num_frames=16))
-    saved_model_export.export(str(root / "spatial.keras"), str(root / "temporal.keras"),
+    saved_model_export.export(str(made / "spatial.keras"), str(made / "temporal.keras"),
                               str(root / "export" / "mine"),
                               saved_model_export.ExportSettings(num_segments=4,
                                                                 frame_sizes=("4:3",)))
@@ -167,9 +178,10 @@ def test_an_export_folder_answers_within_the_exports_tolerance(workdir, monkeypa
     monkeypatch.chdir(workdir)
     from mat_effnet import VideoClassifier
 
-    keras_result = VideoClassifier.load(spatial="spatial.keras",
-                                        temporal="temporal.keras", num_segments=4).predict(
-        "clip.mp4")
+    made = _tvl1_models(workdir)
+    keras_result = VideoClassifier.load(spatial=made / "spatial.keras",
+                                        temporal=made / "temporal.keras",
+                                        num_segments=4).predict("clip.mp4")
     exported = VideoClassifier.load("export/mine")
     assert exported.class_names == tuple(CLASSES)
     assert exported.preparation["temporal"]["flow"] == "tvl1"

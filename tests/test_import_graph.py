@@ -44,7 +44,9 @@ ALLOWED["mat_effnet.serving"] = {
     "mat_effnet.encoding", "mat_effnet.modeling", "mat_effnet.training", "mat_effnet.evaluation"}
 ALLOWED["mat_effnet.benchmark"] = set(ALLOWED["mat_effnet.serving"]) | {"mat_effnet.serving",
                                                                        "data_prep"}
-ALLOWED["data_prep"] = {room for room in ALLOWED if room != "mat_effnet.benchmark"}
+ALLOWED["mat_effnet.webapp"] = set(ALLOWED["mat_effnet.serving"]) | {"mat_effnet.serving"}
+ALLOWED["data_prep"] = {room for room in ALLOWED
+                        if room not in ("mat_effnet.benchmark", "mat_effnet.webapp")}
 ALLOWED["experiments"] = set(ALLOWED) - {"experiments"}
 
 

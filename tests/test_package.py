@@ -30,7 +30,8 @@ print("loaded:", " ".join(sorted(m for m in sys.modules if m.split(".")[0] == "t
 
 ROOMS = ["mat_effnet", "mat_effnet.common", "mat_effnet.ops", "mat_effnet.records",
          "mat_effnet.data", "mat_effnet.encoding", "mat_effnet.modeling", "mat_effnet.training",
-         "mat_effnet.evaluation", "mat_effnet.serving", "mat_effnet.benchmark"]
+         "mat_effnet.evaluation", "mat_effnet.serving", "mat_effnet.webapp",
+         "mat_effnet.benchmark"]
 
 
 def _run(code, *args, **env):
