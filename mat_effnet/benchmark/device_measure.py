@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from mat_effnet.benchmark.report import Stopwatch, rate
+from mat_effnet.ops import quantize
 
 # Published multiply-adds of a forward pass at 224 x 224 RGB: EfficientNet-B0
 # 0.39 G (Tan & Le 2019, Table 2); ResNet-18/34/50 1.8 / 3.6 / 3.8 G (He et
@@ -42,8 +43,8 @@ PUBLISHED_MACS_224 = {"efficientnet_b0": 0.39e9, "resnet18": 1.8e9, "resnet34": 
 # cost depends on the input channels: a 2L-channel flow input adds its share.
 _STEM = {"efficientnet_b0": (3, 32), "resnet18": (7, 64), "resnet34": (7, 64),
          "resnet50": (7, 64)}
-# quantize.quantize_flow's bound and formula, restated because mat_effnet.records
-# imports TensorFlow; tests/test_benchmark_device.py pins both equal.
+# Prep's default flow bound (`EncodeSettings.flow_bound`), restated because
+# mat_effnet.encoding imports OpenCV; tests/test_benchmark_device.py pins both equal.
 FLOW_BOUND = 20.0
 # A training step is forward + backward, the backward twice the forward.
 TRAIN_FLOPS_PER_FORWARD = 3.0
@@ -220,14 +221,6 @@ def clip_frames(num_frames: int, height: int, width: int, seed: int) -> np.ndarr
                      for t in range(num_frames)]).astype(np.uint8)
 
 
-def quantize(flow, bound: float = FLOW_BOUND):
-    """`quantize.quantize_flow` in keras.ops: floor((clip(v, +-b) / b + 1) * 127.5 + 0.5)."""
-    from keras import ops
-
-    v = ops.clip(ops.convert_to_tensor(flow, "float32"), -bound, bound)
-    return ops.cast(ops.floor((v / bound + 1.0) * 127.5 + 0.5), "uint8")
-
-
 def grey(frames):
     """BT.601 luma in keras.ops, rounded (OpenCV's fixed-point cvtColor can differ by 1)."""
     from keras import ops
@@ -277,7 +270,7 @@ class ClipPredictor:
                                  for i in range(0, len(prev), self.flow_batch)])
         times["flow_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        q = quantize(fields)  # (s*L, H, W, 2) uint8
+        q = quantize.quantize_flow(fields, FLOW_BOUND)  # (s*L, H, W, 2) uint8
         # (s, L, H, W, 2) -> (s, H, W, L, 2) -> (s, H, W, 2L): channel 2i is x of field i.
         q = ops.reshape(q, (s, L) + tuple(q.shape[1:]))
         q = ops.reshape(ops.transpose(q, (0, 2, 3, 1, 4)), (s,) + tuple(q.shape[2:4]) + (2 * L,))

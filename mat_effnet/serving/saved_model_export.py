@@ -19,8 +19,8 @@ file, with each model's own preparation settings (its identity):
 4. TV-L1 by `mat_effnet.ops.tvl1` itself (`tvl1.flow_graph`), for the pairs the
    test positions use only (a flow field depends on its two frames alone, so
    the others are never needed);
-5. quantization as `mat_effnet.ops.quantize.quantize_flow`, in float32 (a value on
-   a rounding edge may land one level off float64's);
+5. quantization by prep's own `mat_effnet.ops.quantize.quantize_flow` (keras.ops
+   on the graph's tensors);
 6. optionally the JPEG round trip that prep applies (``tf.io.encode_jpeg``
    at the model's quality; on by default, since the models were trained on
    JPEG frames);
@@ -49,6 +49,7 @@ import json
 import os
 import shutil
 
+from mat_effnet.ops import quantize
 from mat_effnet.serving import prep_graph
 from mat_effnet.common.flagdefs import setting
 from mat_effnet.common.errors import MatEffNetError, bad_argument
@@ -189,7 +190,7 @@ class _Serving:
         needed = sampling.frame_indices(fields, positions, cfg)
         unique, _ = tf.unique(tf.reshape(needed, [-1]))
         flow = self.flow(tf.gather(grey, unique), tf.gather(grey, unique + 1))
-        q = prep_graph.quantize(flow, float(s.flow_bound))
+        q = quantize.quantize_flow(flow, float(s.flow_bound))
         if self.settings.jpeg:
             planes = tf.reshape(tf.transpose(q, [0, 3, 1, 2]), [-1, h, w, 1])
             planes = prep_graph.jpeg_round_trip(planes, s.jpeg_quality)
