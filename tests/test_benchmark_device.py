@@ -84,7 +84,9 @@ def test_tiny_run_without_tensorflow_measures_every_section(tmp_path):
     p = figs["predict.clip.latency_s"]
     assert p["first_call_s"] > p["value"]  # the first call compiles
     assert p["same_scores"] and p["score_sum"] == pytest.approx(1.0, abs=1e-5)
-    assert p["pairs"] == 2 and p["frames"] == 4
+    assert p["pairs"] == 2 and p["frames"] == 4  # T = 4, L = 1, N = 2: fields 0 and 2
+    # Without TensorFlow there is no JPEG round trip, and the figure says so.
+    assert p["jpeg_round_trip"] is False and "TensorFlow" in p["jpeg_round_trip_why"]
 
 
 @needs_jax

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import math
 
-_GREY_WEIGHTS = (9798, 19235, 3735)  # OpenCV 5's RGB2GRAY, 15-bit fixed point
-_GREY_SHIFT = 15
-
 # ---------------------------------------------------------------------------
 # Graph pieces (TensorFlow); each mirrors one step of data_prep
 # ---------------------------------------------------------------------------
@@ -62,13 +59,11 @@ def resize_short_side(frames, short_side: int):
 
 
 def to_grey(frames):
-    """(T, H, W, 3) uint8 RGB -> (T, H, W) uint8, bit-exact with cv2's RGB2GRAY."""
-    import tensorflow as tf
+    """(T, H, W, 3) uint8 RGB -> (T, H, W) uint8, bit-exact with cv2's RGB2GRAY
+    (`mat_effnet.ops.image_ops.rgb_to_grey`, on the graph's tensors)."""
+    from mat_effnet.ops import image_ops
 
-    x = tf.cast(frames, tf.int32)
-    r, g, b = _GREY_WEIGHTS
-    y = x[..., 0] * r + x[..., 1] * g + x[..., 2] * b + (1 << (_GREY_SHIFT - 1))
-    return tf.cast(tf.bitwise.right_shift(y, _GREY_SHIFT), tf.uint8)
+    return image_ops.rgb_to_grey(frames)
 
 
 def jpeg_round_trip(frames, quality: int):
