@@ -45,7 +45,7 @@ import numpy as np
 
 from mat_effnet.ops import optical_flow as flow_lib
 from data_prep import layouts, rawframes
-from mat_effnet.ops import video
+from mat_effnet.ops import quantize, video
 from mat_effnet.common.progress import Progress, fmt_seconds
 from mat_effnet.common import atomic, tf_startup
 from mat_effnet.common.flagdefs import setting
@@ -213,7 +213,7 @@ def export_video(item: Video, s: FlowExportSettings, out_dir: str, flow_fn=None)
                 for field in fields:
                     for axis, (d, prefix) in enumerate(((fx_dir, naming.flow_x_prefix),
                                                         (fy_dir, naming.flow_y_prefix))):
-                        q = rawframes.quantize(field[..., axis], s.bound, s.rounding)
+                        q = quantize.quantize_flow(field[..., axis], s.bound, s.rounding)
                         _write(os.path.join(d, rawframes.file_name(prefix, flows, naming)),
                                q, s.jpeg_quality)
                     flows += 1

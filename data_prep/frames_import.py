@@ -13,7 +13,7 @@ decoded and no flow computed:
   re-encoded at ``jpeg_quality``.
 * Flow codes are copied when the size is kept and the source bound equals
   ``flow_bound``. Otherwise each component is decoded, dequantized with the
-  source's bound and rounding (`data_prep.rawframes.dequantize`), resized
+  source's bound and rounding (`mat_effnet.ops.quantize.dequantize_flow`), resized
   with its vectors scaled by the resize factor of its axis, and re-quantized
   half up at ``flow_bound`` (`mat_effnet.ops.quantize.quantize_flow`).
 * Counts follow `data_prep.rawframes.align` (T images, T - 1 or T fields
@@ -167,7 +167,7 @@ def _import(rgb_folder, cfg, video_id, label, class_name, stats):
                 out.append(data)
                 continue
             q = _decode(data, paths[i], cv2.IMREAD_GRAYSCALE)
-            v = rawframes.dequantize(q, src_bound, src_rounding)
+            v = quantize.dequantize_flow(q, src_bound, src_rounding)
             if resize:
                 # A displacement of d source pixels is d * factor output pixels.
                 v = _resize(v, out_w, out_h) * np.float32(axis_scale)

@@ -32,15 +32,16 @@ Both are described here once; `data_prep.frames_export` writes them and
   class folder. Its bound and rounding are not stated in that code; the
   import takes them from flags (denseflow's by default).
 
-Rounding conventions (`quantize`): ``cvround`` is denseflow's (OpenCV's
+Rounding conventions (`mat_effnet.ops.quantize.quantize_flow`'s ``rounding``,
+which `mat_effnet.ops.quantize.dequantize_flow` inverts): ``cvround`` is denseflow's (OpenCV's
 ``cvRound``: round half to even); ``truncate`` is mmaction2's
 ``tools/misc/flow_extraction.py`` (clip to ±bound, add bound, scale by
 255 / 2 bound, ``astype(uint8)``; it names its fields ``x_00001.jpg`` /
 ``y_00001.jpg`` through ``'{}_{:05d}.jpg'.format('x', i)``, which the
 rawframes reader also accepts when no ``flow_x_`` files are there);
-``half_up`` is this project's (`mat_effnet.ops.quantize.quantize_flow`). They
-differ by at most one step (2 b / 255); `dequantize` gives each code's
-centre value, so truncated codes are read half a step higher.
+``half_up`` is this project's. They differ by at most one step (2 b / 255);
+dequantization gives each code's centre value, so truncated codes are read
+half a step higher.
 
 Frame counts (`align`): a folder of T images and F flow fields (x and y
 counts equal) gives T frames and T - 1 flows when F == T - 1 (denseflow)
@@ -57,13 +58,9 @@ import os
 import posixpath
 import re
 
-import numpy as np
-
-from mat_effnet import records
-from mat_effnet.ops import quantize
+from mat_effnet.ops.quantize import ROUNDINGS, check_rounding  # noqa: F401 (the formats' roundings)
 
 LAYOUTS = ("rawframes", "twostreamfusion")
-ROUNDINGS = ("cvround", "truncate", "half_up")
 #: denseflow's conventions: what `data_prep.frames_export` writes by default.
 DENSEFLOW_BOUND = 20.0
 DENSEFLOW_ROUNDING = "cvround"
@@ -204,36 +201,6 @@ def align(num_rgb: int, num_x: int, num_y: int) -> tuple[int, int]:
         raise FramesError(f"{REASON_COUNT}: {num_rgb} images and {num_x} flow fields "
                           "(expected images - 1 or images)")
     return num_rgb, num_rgb - 1
-
-
-# ---------------------------------------------------------------------------
-# Quantization conventions
-# ---------------------------------------------------------------------------
-
-def check_rounding(rounding: str) -> str:
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"rounding={rounding}: expected one of {', '.join(ROUNDINGS)}")
-    return rounding
-
-
-def quantize(component: np.ndarray, bound: float, rounding: str) -> np.ndarray:
-    """Float flow (pixels) -> uint8 codes with ``rounding``'s convention (module docstring)."""
-    if check_rounding(rounding) == "half_up":
-        return quantize.quantize_flow(component, bound)
-    bound = float(bound)
-    v = np.clip(np.nan_to_num(np.asarray(component, np.float64), nan=0.0), -bound, bound)
-    scaled = 255.0 * (v + bound) / (2.0 * bound)
-    # np.rint rounds half to even, as cvRound does under the default FP mode.
-    q = np.rint(scaled) if rounding == "cvround" else np.floor(scaled)
-    return np.clip(q, 0, 255).astype(np.uint8)
-
-
-def dequantize(q: np.ndarray, bound: float, rounding: str) -> np.ndarray:
-    """uint8 codes -> float32 flow: the centre of each code's interval."""
-    v = quantize.dequantize_flow(q, bound)
-    if check_rounding(rounding) == "truncate":
-        v = v + np.float32(bound / 255.0)  # a truncated code covers [q, q + 1) steps
-    return v
 
 
 def read_conventions(root: str) -> dict:

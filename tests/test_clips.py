@@ -15,6 +15,7 @@ import tensorflow as tf
 from mat_effnet.data import clips
 from mat_effnet import records
 from tests import baseline_pipeline
+from mat_effnet.data import views
 from mat_effnet.data.clips import make_clip
 from mat_effnet.data.sampling import PipelineConfig
 from pipeline_helpers import (H, W, S, _clip_fn, _decoded, _flat_index, _gradient, _jpeg,
@@ -354,7 +355,7 @@ def test_views_from_decoded_frames_equal_make_clip_on_the_record(stream):
 
         @tf.function(input_signature=signature)
         def fn(frames):
-            return clips.eval_clip_from_frames(frames, cfg)  # noqa: B023 (called in this loop)
+            return views.views_from_frames(frames, cfg)  # noqa: B023 (called in this loop)
 
         for t, h, w in videos:
             rec = _record(t, h=h, w=w, rgb=[_jpeg(_smooth_noise(h, w, 3, i)) for i in range(t)],
@@ -365,17 +366,21 @@ def test_views_from_decoded_frames_equal_make_clip_on_the_record(stream):
             assert got.dtype == want.dtype == tf.uint8
             assert got.shape == (crops, 5, S, S, cfg.channels)
             np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=str((crops, t, h, w)))
+            # Eagerly on numpy (every size known: the path JAX takes) too.
+            eager = views.views_from_frames(_decoded_video(rec, stream), cfg)
+            np.testing.assert_array_equal(np.asarray(eager), want.numpy(),
+                                          err_msg=str((crops, t, h, w)))
         assert fn.experimental_get_tracing_count() == 1
 
 
 def test_views_from_frames_reject_training_configs_and_float_frames():
     frames = np.zeros((4, S, S, 3), np.uint8)
     with pytest.raises(ValueError, match="training"):
-        clips.eval_clip_from_frames(frames, PipelineConfig("spatial", image_size=S))
+        views.views_from_frames(frames, PipelineConfig("spatial", image_size=S))
     test_cfg = PipelineConfig("spatial", image_size=S, training=False, test_segments=2)
     with pytest.raises(ValueError, match="uint8"):
-        clips.eval_clip_from_frames(frames.astype(np.float32), test_cfg)
+        views.views_from_frames(frames.astype(np.float32), test_cfg)
     # float32 clips on request, like make_clip's.
-    as_float = clips.eval_clip_from_frames(frames + 7, dataclasses.replace(test_cfg,
+    as_float = views.views_from_frames(frames + 7, dataclasses.replace(test_cfg,
                                                                            clip_dtype="float32"))
     assert as_float.dtype == tf.float32 and float(as_float.numpy().min()) == 7.0

@@ -66,20 +66,22 @@ def _files(top):
 def test_rounding_conventions():
     # bound 127.5 makes 255 (v + b) / 2b == v + 127.5 exactly: ties are exact.
     v = np.array([0.0, 1.0, 2.0, -0.3, 0.7, 1000.0, -1000.0])
-    assert rawframes.quantize(v, 127.5, "cvround").tolist() == [128, 128, 130, 127, 128, 255, 0]
-    assert rawframes.quantize(v, 127.5, "half_up").tolist() == [128, 129, 130, 127, 128, 255, 0]
-    assert rawframes.quantize(v, 127.5, "truncate").tolist() == [127, 128, 129, 127, 128, 255, 0]
+    q = {r: quantize.quantize_flow(v, 127.5, r).tolist() for r in rawframes.ROUNDINGS}
+    assert q["cvround"] == [128, 128, 130, 127, 128, 255, 0]
+    assert q["half_up"] == [128, 129, 130, 127, 128, 255, 0]
+    assert q["truncate"] == [127, 128, 129, 127, 128, 255, 0]
     # The centre of a truncated code is half a step above the rounded one's.
     q = np.array([0, 128, 255], np.uint8)
     step = 40.0 / 255
-    np.testing.assert_allclose(rawframes.dequantize(q, 20, "cvround"), q * step - 20, atol=1e-5)
-    np.testing.assert_allclose(rawframes.dequantize(q, 20, "truncate"),
+    np.testing.assert_allclose(quantize.dequantize_flow(q, 20, "cvround"), q * step - 20,
+                               atol=1e-5)
+    np.testing.assert_allclose(quantize.dequantize_flow(q, 20, "truncate"),
                                q * step - 20 + step / 2, atol=1e-5)
     # Denseflow's default bound: one step of error at most between conventions.
     rng = np.random.default_rng(0)
     w = rng.uniform(-25, 25, 10000)
     for r in rawframes.ROUNDINGS:
-        back = rawframes.dequantize(rawframes.quantize(w, 20, r), 20, r)
+        back = quantize.dequantize_flow(quantize.quantize_flow(w, 20, r), 20, r)
         assert np.max(np.abs(back - np.clip(w, -20, 20))) <= step / 2 + 1e-4, r
 
 
@@ -206,7 +208,7 @@ def test_import_resizes_and_requantizes_flow(tmp_path):
         cv2.imwrite(str(folder / f"img_{i:05d}.jpg"), np.full((40, 60, 3), 50 * i, np.uint8))
     for i in range(1, 3):
         for name, v in (("flow_x", 4.0), ("flow_y", -2.0)):
-            q = rawframes.quantize(np.full((40, 60), v), 10, "cvround")
+            q = quantize.quantize_flow(np.full((40, 60), v), 10, "cvround")
             cv2.imwrite(str(folder / f"{name}_{i:05d}.jpg"), q)
     cfg = _import_cfg(root, frames_root, tmp_path / "out", dataset="folder", short_side=20,
                       frames_bound=10.0, split_file=None)
@@ -233,7 +235,7 @@ def test_import_of_mmaction2_flow_extraction_names_keeps_truncated_codes(tmp_pat
         cv2.imwrite(str(folder / f"img_{i:05d}.jpg"), np.full((16, 16, 3), 60 * i, np.uint8))
     for i in range(1, 3):
         for name in ("x", "y"):
-            q = rawframes.quantize(np.full((16, 16), 0.1 * i), 20, "truncate")
+            q = quantize.quantize_flow(np.full((16, 16), 0.1 * i), 20, "truncate")
             cv2.imwrite(str(folder / f"{name}_{i:05d}.jpg"), q)
     meta = builder.build(_import_cfg(tmp_path / "list", tmp_path / "frames", tmp_path / "out",
                                      dataset="folder", split_file=str(tmp_path / "list" /

@@ -258,11 +258,13 @@ def build_plan(s: DeviceSettings, device_kind: str) -> list:
 
     def predict_item():
         settings = {"segments": s.predict_segments, "flow_length": s.flow_length,
-                    "pairs": s.predict_segments * s.flow_length, "frame_size":
+                    "frames": s.predict_segments * (s.flow_length + 1), "frame_size":
                     f"{s.tvl1_width}x{s.tvl1_height}", "image_size": s.image_size,
                     "flow_batch": s.predict_flow_batch, "backbone": s.backbone,
-                    "policy": "float32", "path": "frames -> grey -> TV-L1 -> quantize "
-                    "(bound 20) -> both streams (predict_on_batch) -> 1:1 fusion"}
+                    "policy": "float32", "path": "frames -> grey -> TV-L1 of the fields the "
+                    "test positions read -> quantize (bound 20) -> each stream's "
+                    "clip prediction (test views, predict_on_batch) -> 1:1 fusion; "
+                    "no JPEG round trip"}
 
         def run():
             r = dm.predict_clip(flow_fn(), segments=s.predict_segments,

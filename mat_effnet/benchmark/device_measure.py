@@ -5,7 +5,9 @@ and Keras but no TensorFlow, so nothing here may import it, directly or
 through `mat_effnet.records`, `mat_effnet.data.input_pipeline`, `mat_effnet.training.train_step`
 or `mat_effnet.ops.optical_flow` (tests/test_benchmark_device.py runs the module with
 ``import tensorflow`` failing). What runs is `mat_effnet.ops.tvl1` (keras.ops),
-`mat_effnet.modeling.models` (keras) and the numpy-only `data_prep.known_flow`.
+`mat_effnet.modeling.models` (keras), `mat_effnet.ops.quantize`,
+`mat_effnet.ops.image_ops`, `mat_effnet.evaluation.clip_prediction` and
+`mat_effnet.data.views` (keras.ops) and the numpy-only `data_prep.known_flow`.
 
 * `tvl1`: `mat_effnet.ops.tvl1.batch_tvl1` on B pairs of the known-flow accuracy
   mix (`data_prep.known_flow.accuracy_set`) solved in one compiled call;
@@ -19,9 +21,12 @@ or `mat_effnet.ops.optical_flow` (tests/test_benchmark_device.py runs the module
   Keras's ``mixed_bfloat16`` policy. FLOPs are counted analytically
   (`forward_flops_per_image`); the peak comes from
   `mat_effnet.benchmark.machine.GPU_PEAKS` by device name.
-* `predict_clip`: one clip from frames to fused scores with the flow inside:
-  RGB -> grey -> TV-L1 -> quantize -> both streams -> late average fusion
-  (Sect. 3.3, Fig. 1), first call (compiles included) and warm.
+* `predict_clip`: one clip from frames to fused scores with the flow inside,
+  by the export's clip path and the one clip prediction
+  (`mat_effnet.evaluation.clip_prediction`): RGB -> grey -> TV-L1 -> quantize ->
+  both streams -> late average fusion (Sect. 3.3, Fig. 1), first call
+  (compiles included) and warm. Without TensorFlow it has no JPEG round trip,
+  and says so in its figure (``jpeg_round_trip``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import time
 import numpy as np
 
 from mat_effnet.benchmark.report import Stopwatch, rate
+from mat_effnet.ops import quantize
 
 # Published multiply-adds of a forward pass at 224 x 224 RGB: EfficientNet-B0
 # 0.39 G (Tan & Le 2019, Table 2); ResNet-18/34/50 1.8 / 3.6 / 3.8 G (He et
@@ -42,8 +48,8 @@ PUBLISHED_MACS_224 = {"efficientnet_b0": 0.39e9, "resnet18": 1.8e9, "resnet34": 
 # cost depends on the input channels: a 2L-channel flow input adds its share.
 _STEM = {"efficientnet_b0": (3, 32), "resnet18": (7, 64), "resnet34": (7, 64),
          "resnet50": (7, 64)}
-# quantize.quantize_flow's bound and formula, restated because mat_effnet.records
-# imports TensorFlow; tests/test_benchmark_device.py pins both equal.
+# Prep's default flow bound (`EncodeSettings.flow_bound`), restated because
+# mat_effnet.encoding imports OpenCV; tests/test_benchmark_device.py pins both equal.
 FLOW_BOUND = 20.0
 # A training step is forward + backward, the backward twice the forward.
 TRAIN_FLOPS_PER_FORWARD = 3.0
@@ -220,79 +226,61 @@ def clip_frames(num_frames: int, height: int, width: int, seed: int) -> np.ndarr
                      for t in range(num_frames)]).astype(np.uint8)
 
 
-def quantize(flow, bound: float = FLOW_BOUND):
-    """`quantize.quantize_flow` in keras.ops: floor((clip(v, +-b) / b + 1) * 127.5 + 0.5)."""
-    from keras import ops
-
-    v = ops.clip(ops.convert_to_tensor(flow, "float32"), -bound, bound)
-    return ops.cast(ops.floor((v / bound + 1.0) * 127.5 + 0.5), "uint8")
-
-
-def grey(frames):
-    """BT.601 luma in keras.ops, rounded (OpenCV's fixed-point cvtColor can differ by 1)."""
-    from keras import ops
-
-    x = ops.cast(ops.convert_to_tensor(frames), "float32")
-    y = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
-    return ops.cast(ops.clip(ops.round(y), 0, 255), "uint8")
-
-
-def _centre_crop(x, size: int):
-    h, w = x.shape[-3], x.shape[-2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size, :]
+#: Why the GPU check's clip has no JPEG round trip, said in its output.
+NO_JPEG_WHY = ("the GPU check runs without TensorFlow, whose JPEG codec prep's round trip "
+               "uses; frames and flow go to the streams as computed")
 
 
 class ClipPredictor:
     """Frames of one clip -> fused class scores, with TV-L1 inside (all on the Keras backend).
 
-    The clip is ``segments`` runs of ``flow_length + 1`` consecutive frames
-    (TSN's segments): the spatial stream sees each run's first frame, the
-    temporal stream its ``flow_length`` quantized flow fields, x/y
-    interleaved, both centre-cropped to the models' size. The flow is solved
-    ``flow_batch`` pairs per compiled call. Not the records path of
-    `mat_effnet.serving.predict_video` (no JPEG round trip of frames and flow): this
-    times the compute a GPU would do.
+    The clip path of `mat_effnet.serving.saved_model_export` on frames already
+    at the prepared size: grey levels (`mat_effnet.ops.image_ops.rgb_to_grey`),
+    TV-L1 for the flow fields the test positions read
+    (`mat_effnet.evaluation.clip_prediction.StreamPredictor.fields_needed`, solved
+    ``flow_batch`` pairs per compiled call), quantization
+    (`mat_effnet.ops.quantize.quantize_flow`), each stream's
+    `StreamPredictor` (TSN's test positions, the centre views, the model,
+    compiled by ``predict_on_batch``) and the 1:1 late fusion. One thing
+    differs: no JPEG round trip of frames and flow (`NO_JPEG_WHY`).
     """
 
-    def __init__(self, spatial, temporal, flow_fn, *, segments: int, flow_length: int,
-                 image_size: int, flow_batch: int):
-        self.spatial, self.temporal, self.flow_fn = spatial, temporal, flow_fn
-        self.segments, self.flow_length = segments, flow_length
-        self.image_size, self.flow_batch = image_size, flow_batch
+    def __init__(self, spatial, temporal, flow_fn, *, segments: int, flow_batch: int):
+        from mat_effnet.evaluation.clip_prediction import StreamPredictor
+
+        self.spatial = StreamPredictor(spatial, segments, predict=spatial.predict_on_batch,
+                                       stream="spatial")
+        self.temporal = StreamPredictor(temporal, segments, predict=temporal.predict_on_batch,
+                                        stream="temporal")
+        self.flow_fn, self.flow_batch = flow_fn, flow_batch
 
     def __call__(self, frames: np.ndarray) -> dict:
         from keras import ops
 
-        s, L = self.segments, self.flow_length
+        from mat_effnet.ops import image_ops
+
         times = {}
         t0 = time.perf_counter()
-        g = np.asarray(grey(frames)).reshape((s, L + 1) + frames.shape[1:3])
+        g = ops.convert_to_numpy(image_ops.rgb_to_grey(frames))
         times["grey_s"] = time.perf_counter() - t0
         t = time.perf_counter()
-        prev = g[:, :-1].reshape((s * L,) + g.shape[2:])
-        nxt = g[:, 1:].reshape(prev.shape)
-        fields = np.concatenate([self.flow_fn(prev[i:i + self.flow_batch],
-                                              nxt[i:i + self.flow_batch])
-                                 for i in range(0, len(prev), self.flow_batch)])
+        needed = self.temporal.fields_needed(len(frames))
+        fields = np.concatenate([self.flow_fn(g[needed[i:i + self.flow_batch]],
+                                              g[needed[i:i + self.flow_batch] + 1])
+                                 for i in range(0, len(needed), self.flow_batch)])
         times["flow_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        q = quantize(fields)  # (s*L, H, W, 2) uint8
-        # (s, L, H, W, 2) -> (s, H, W, L, 2) -> (s, H, W, 2L): channel 2i is x of field i.
-        q = ops.reshape(q, (s, L) + tuple(q.shape[1:]))
-        q = ops.reshape(ops.transpose(q, (0, 2, 3, 1, 4)), (s,) + tuple(q.shape[2:4]) + (2 * L,))
-        flow_in = _centre_crop(ops.cast(q, "float32"), self.image_size)[None]
-        rgb_in = _centre_crop(ops.cast(ops.convert_to_tensor(frames[::L + 1]), "float32"),
-                              self.image_size)[None]
-        _block((flow_in, rgb_in))
+        flow = np.full((len(frames) - 1,) + fields.shape[1:], 128, np.uint8)  # unread: no motion
+        flow[needed] = quantize.quantize_flow(fields, FLOW_BOUND)
         times["quantize_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        p_s = np.asarray(self.spatial.predict_on_batch(rgb_in))
-        p_t = np.asarray(self.temporal.predict_on_batch(flow_in))
+        p_s = ops.convert_to_numpy(self.spatial(frames))
+        p_t = ops.convert_to_numpy(self.temporal(flow))
         times["models_s"] = time.perf_counter() - t
         fused = (p_s + p_t) / 2.0  # the paper's 1:1 late average fusion
         times["total_s"] = time.perf_counter() - t0
-        return {"times": times, "scores": fused[0], "top_class": int(fused[0].argmax())}
+        return {"times": times, "scores": fused, "top_class": int(fused.argmax()),
+                "pairs": int(len(needed))}
 
 
 def predict_clip(flow_fn, *, segments: int, flow_length: int, image_size: int,
@@ -310,13 +298,13 @@ def predict_clip(flow_fn, *, segments: int, flow_length: int, image_size: int,
                                        image_size=image_size, flow_length=flow_length,
                                        backbone=backbone, weights=None)
                    for stream in ("spatial", "temporal")]
-    predictor = ClipPredictor(*streams, flow_fn, segments=segments, flow_length=flow_length,
-                              image_size=image_size, flow_batch=flow_batch)
+    predictor = ClipPredictor(*streams, flow_fn, segments=segments, flow_batch=flow_batch)
     frames = clip_frames(segments * (flow_length + 1), height, width, seed)
     first = predictor(frames)
     warm = predictor(frames)
     keras.backend.clear_session()
     return {"first": first["times"], "warm": warm["times"], "build_models_s": build.seconds,
-            "frames": int(len(frames)), "pairs": segments * flow_length,
+            "frames": int(len(frames)), "pairs": warm["pairs"],
+            "jpeg_round_trip": False, "jpeg_round_trip_why": NO_JPEG_WHY,
             "same_scores": bool(np.allclose(first["scores"], warm["scores"], atol=1e-6)),
             "score_sum": float(np.sum(warm["scores"]))}

@@ -89,7 +89,6 @@ def measure(work_dir: str, seconds: float = 4.0, short_side: int = 256, image_si
     # The stages, each traced from the export's own pieces (not loaded).
     serving, _ = saved_model_export.build(paths["spatial"], paths["temporal"],
                               saved_model_export.ExportSettings(num_segments=segments, frame_sizes=("4:3",)))
-    cfg = serving.temporal.cfg
 
     def stage(fn, *args):
         f = tf.function(fn, autograph=False)
@@ -97,11 +96,9 @@ def measure(work_dir: str, seconds: float = 4.0, short_side: int = 256, image_si
 
     resized = prep_graph.resize_short_side(x, short_side)
     grey = prep_graph.to_grey(resized)
-    from mat_effnet.data import sampling
+    from mat_effnet.ops import quantize
 
-    positions = sampling.sample_positions(tf.shape(grey)[0], cfg, training=False)
-    unique, _ = tf.unique(tf.reshape(sampling.frame_indices(tf.shape(grey)[0] - 1, positions,
-                                                            cfg), [-1]))
+    unique = serving.temporal.predictor.fields_needed(int(grey.shape[0]))
     prev, nxt = tf.gather(grey, unique), tf.gather(grey, unique + 1)
     flow = serving.flow(prev, nxt)
     out["stages_warm_s"] = {
@@ -109,7 +106,7 @@ def measure(work_dir: str, seconds: float = 4.0, short_side: int = 256, image_si
         "grey": stage(prep_graph.to_grey, resized),
         f"tvl1 ({int(tf.size(unique))} pairs of {count - 1})": stage(serving.flow, prev, nxt),
         "quantize+jpeg": stage(lambda f: prep_graph.jpeg_round_trip(
-            tf.reshape(tf.transpose(prep_graph.quantize(f, 20.0), [0, 3, 1, 2]),
+            tf.reshape(tf.transpose(quantize.quantize_flow(f, 20.0), [0, 3, 1, 2]),
                        [-1, flow.shape[1], flow.shape[2], 1]), 90), flow),
         "spatial stream (resize, jpeg, views, model)": stage(serving.spatial_scores, x),
     }

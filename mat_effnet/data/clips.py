@@ -10,11 +10,11 @@ training; TSN's test views, Wang et al., ECCV 2016, ref. [13]):
   fields of a position with x/y interleaved into 2L channels (channel
   ``2j`` = ``flow_x[p+j]``, channel ``2j+1`` = ``flow_y[p+j]``); a flip
   mirrors both and inverts x (q -> 255 - q).
-* Testing (`_test_clip`, the one implementation of test views): 1 centre
-  crop, 3 crops along the long side, or TSN's 10 crops (4 corners + centre
-  and their mirror images), at each of the N positions.  `make_clip` makes
-  them from a record, `eval_clip_from_frames` from already decoded frames
-  (an exported model, streaming prediction).
+* Testing: 1 centre crop, 3 crops along the long side, or TSN's 10 crops (4
+  corners + centre and their mirror images), at each of the N positions:
+  `mat_effnet.data.views.test_views`, the one implementation of test views
+  (keras.ops), which `make_clip` feeds from a record and
+  `mat_effnet.data.views.views_from_frames` from already decoded frames.
 
 Throughput.  The crop window and the positions are fixed before
 anything is decoded, so each sampled flow JPEG is decoded only inside the
@@ -41,7 +41,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from mat_effnet import records
-from mat_effnet.common.errors import MatEffNetError
+from mat_effnet.data import views
 from mat_effnet.data.sampling import (PipelineConfig, as_seed, frame_indices, sample_positions,
                                  train_box)
 
@@ -164,68 +164,6 @@ def _load_frames(parsed: dict, indices, cfg: PipelineConfig, window=None):
     return _interleave_flow(tf.gather(pairs, order), tf.shape(indices)[0], cfg.flow_length)
 
 
-# ---------------------------------------------------------------------------
-# Spatial transforms on a whole clip (P, H, W, C)
-# ---------------------------------------------------------------------------
-
-def _resize(frames, height, width):
-    return tf.image.resize(tf.cast(frames, tf.float32), tf.stack([height, width]),
-                           method="bilinear")
-
-
-def _to_uint8(frames):
-    """Rounds resized 0..255 floats back to uint8 (the one allowed rounding)."""
-    return tf.cast(tf.clip_by_value(tf.round(frames), 0.0, 255.0), tf.uint8)
-
-
-def _upscaled_size(h, w, size: int):
-    short = tf.minimum(h, w)
-    # ceil so both sides end >= size; the short side lands exactly on size.
-    return (h * size + short - 1) // short, (w * size + short - 1) // short
-
-
-def _ensure_min_short_side(frames, size: int, rounded: bool = True):
-    """Frames upscaled (aspect kept) when the short side is below ``size``.
-
-    ``rounded``: uint8 out; else float32 out, for a caller that resizes again
-    and rounds once at the end.
-    """
-    h, w = tf.shape(frames)[1], tf.shape(frames)[2]
-
-    def upscale():
-        nh, nw = _upscaled_size(h, w, size)
-        resized = _resize(frames, nh, nw)
-        return _to_uint8(resized) if rounded else resized
-
-    keep = (lambda: frames) if rounded else (lambda: tf.cast(frames, tf.float32))
-    return tf.cond(tf.minimum(h, w) < size, upscale, keep)
-
-
-def _crop(frames, oy, ox, ch, cw):
-    return frames[:, oy:oy + ch, ox:ox + cw, :]
-
-
-def _flip(frames, stream: str):
-    """Mirrors uint8 frames left/right; x-flow changes sign, i.e. q -> 255 - q (TSN).
-
-    Measured per clip (3 x 224 x 224): for 3-byte RGB pixels tf.reverse
-    costs 0.31 ms and a gather of reversed columns 0.54; for 20-byte flow
-    stacks the gather wins (0.67 ms against 1.20), and an XOR
-    (255 ^ q == 255 - q for uint8) inverts x-flow for a third of
-    tf.where's cost.
-    """
-    if stream == "spatial":
-        return tf.reverse(frames, [2])
-    w = tf.shape(frames)[2]
-    frames = tf.gather(frames, tf.range(w - 1, -1, -1), axis=2)
-    if stream == "temporal":
-        c = tf.shape(frames)[-1]
-        # 255 on even channels (flow_x), 0 on odd ones (flow_y).
-        mask = tf.cast(255 * (1 - tf.range(c) % 2), tf.uint8)
-        frames = tf.bitwise.bitwise_xor(frames, mask)
-    return frames
-
-
 def _train_clip(parsed, indices, cfg: PipelineConfig, seed):
     """One crop and one flip decision for the whole clip (all segments).
 
@@ -245,111 +183,19 @@ def _train_clip(parsed, indices, cfg: PipelineConfig, seed):
         return tf.cast(frames, tf.float32) if cfg.multiscale else frames
 
     def upscaled():
-        frames = _ensure_min_short_side(_load_frames(parsed, indices, cfg), size,
+        frames = views.ensure_min_short_side(_load_frames(parsed, indices, cfg), size,
                                         rounded=not cfg.multiscale)
         fh, fw = tf.shape(frames)[1], tf.shape(frames)[2]
         oy, ox, ch, cw = train_box(fh, fw, cfg, s_crop)
-        return _crop(frames, oy, ox, ch, cw)
+        return views.crop(frames, oy, ox, ch, cw)
 
     frames = tf.cond(tf.minimum(h, w) >= size, windowed, upscaled)
     if cfg.multiscale:
-        frames = _to_uint8(_resize(frames, size, size))
+        frames = views.to_uint8(views.resize(frames, size, size))
     if cfg.flip:
         do_flip = tf.random.stateless_uniform([], s_flip) < 0.5
-        frames = tf.cond(do_flip, lambda: _flip(frames, cfg.stream), lambda: frames)
+        frames = tf.cond(do_flip, lambda: views.flip(frames, cfg.stream), lambda: frames)
     return frames
-
-
-def _test_clip(load, frame_size, cfg: PipelineConfig):
-    """The test-time clip (crops, P, S, S, C) in ``cfg.clip_dtype``: centre; 3 along
-    the long side; or TSN's 10 crops.
-
-    The one implementation of test views, for records and decoded frames
-    alike.  ``load(window=None)``: the clip's (P, h, w, C) uint8 frames, whole
-    or only inside ``window`` (oy, ox, h, w) (a record decodes only that
-    window; decoded frames are sliced); ``frame_size()``: (h, w) of a whole
-    frame, asked only where the window is chosen before loading.
-    """
-    size = cfg.image_size
-    if cfg.crops == 3:
-        # Short side resized to S, then 3 squares at the start, centre and end
-        # of the long side: each sees the whole short side, as mmaction2's
-        # ThreeCrop (crop = short side), at the model's input size.
-        frames = load()
-        h, w = tf.shape(frames)[1], tf.shape(frames)[2]
-        short = tf.minimum(h, w)
-        nh = tf.where(h == short, size, (2 * h * size + short) // (2 * short))
-        nw = tf.where(h == short, (2 * w * size + short) // (2 * short), size)
-        frames = _to_uint8(_resize(frames, nh, nw))
-        ly, lx = nh - size, nw - size  # one of them is 0
-        boxes = [(0, 0), (ly // 2, lx // 2), (ly, lx)]
-        views = tf.stack([_crop(frames, oy, ox, size, size) for oy, ox in boxes])
-    elif cfg.crops == 1:
-        h, w = frame_size()
-
-        def centre_window():
-            return load(((h - size) // 2, (w - size) // 2, size, size))
-
-        def centre_of_upscaled():
-            frames = _ensure_min_short_side(load(), size)
-            fh, fw = tf.shape(frames)[1], tf.shape(frames)[2]
-            return _crop(frames, (fh - size) // 2, (fw - size) // 2, size, size)
-
-        views = tf.cond(tf.minimum(h, w) >= size, centre_window, centre_of_upscaled)[None]
-    else:
-        # TSN's oversampling: 4 corners + centre, then the same 5 mirrored; the
-        # corners cover (nearly) the whole frame, so it is decoded whole.  The
-        # frame is mirrored once: the mirror of the window at x = ox is the
-        # window of the mirrored frame at x = w - ox - S (5x less flipping).
-        frames = _ensure_min_short_side(load(), size)
-        mirrored = _flip(frames, cfg.stream)
-        h, w = tf.shape(frames)[1], tf.shape(frames)[2]
-        ly, lx = h - size, w - size
-        boxes = ((0, 0), (0, lx), (ly, 0), (ly, lx), (ly // 2, lx // 2))
-        five = [_crop(frames, oy, ox, size, size) for oy, ox in boxes]
-        flipped = [_crop(mirrored, oy, lx - ox, size, size) for oy, ox in boxes]
-        views = tf.stack(five + flipped)
-    views = tf.ensure_shape(views, [cfg.crops, cfg.test_segments, size, size, cfg.channels])
-    return tf.cast(views, cfg.clip_dtype)
-
-
-def eval_clip_from_frames(frames, cfg: PipelineConfig):
-    """`make_clip`'s test-time clip from a video's decoded frames instead of a record.
-
-    ``frames``: spatial stream: the RGB frames, uint8 (T, H, W, 3); temporal
-    stream: the quantized flow, uint8 (T-1, H, W, 2), planes x then y (what
-    a record stores as flow_x and flow_y).  Returns the clip
-    (crops, N, S, S, C) in ``cfg.clip_dtype`` that `make_clip` returns for
-    a record of the same frames: the same positions, crops and values.
-    T, H and W may be unknown until run time (a tf.function with a
-    None-shaped input signature, as in an exported model).
-    """
-    if cfg.training:
-        raise MatEffNetError("cfg.training=True: eval_clip_from_frames makes test-time views; "
-                             "pass a PipelineConfig with training=False")
-    frames = tf.convert_to_tensor(frames)
-    if frames.dtype != tf.uint8:
-        raise MatEffNetError(f"frames dtype={frames.dtype.name}: expected uint8 "
-                             "(RGB, or flow quantized as the records store it)")
-    planes = 3 if cfg.stream == "spatial" else 2
-    frames = tf.ensure_shape(frames, [None, None, None, planes])
-    count = tf.shape(frames)[0]
-    # A video of T frames has T - 1 flow fields; positions count frames.
-    num_frames = count if cfg.stream == "spatial" else count + 1
-    indices = frame_indices(count, sample_positions(num_frames, cfg, False), cfg)
-    if cfg.stream == "spatial":
-        picked = tf.gather(frames, indices)
-    else:
-        # (P, L, H, W, 2) -> (P, H, W, L, 2) -> (P, H, W, 2L): channel 2j = x
-        # of p+j, 2j+1 = y of p+j, as `_load_frames` stacks them.
-        stacks = tf.transpose(tf.gather(frames, indices), [0, 2, 3, 1, 4])
-        shape = tf.shape(stacks)
-        picked = tf.reshape(stacks, [shape[0], shape[1], shape[2], cfg.channels])
-
-    def load(window=None):
-        return picked if window is None else _crop(picked, *window)
-
-    return _test_clip(load, lambda: (tf.shape(frames)[1], tf.shape(frames)[2]), cfg)
 
 
 # ---------------------------------------------------------------------------
@@ -363,8 +209,8 @@ def _clip_of(frames: dict, indices, cfg: PipelineConfig, seed):
             shape = tf.io.extract_jpeg_shape(_first_jpeg(frames, cfg, indices))
             return shape[0], shape[1]
 
-        return _test_clip(lambda window=None: _load_frames(frames, indices, cfg, window),
-                          frame_size, cfg)
+        return views.test_views(lambda window=None: _load_frames(frames, indices, cfg, window),
+                                frame_size, cfg)
     size = cfg.image_size
     clip = tf.ensure_shape(_train_clip(frames, indices, cfg, seed),
                            [cfg.num_segments, size, size, cfg.channels])

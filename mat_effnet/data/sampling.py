@@ -41,102 +41,23 @@ service workers draws the same clips as one local pipeline.
 
 The functions are TensorFlow, not NumPy: they run inside the tf.data graph
 on tensor frame counts and stateless seeds, and `sample_positions` on
-plain ints works eagerly too.  `PipelineConfig`, the settings of the whole
-input pipeline, lives here because this is the bottom of the pipeline's
-imports (`clips` and `input_pipeline` both build on this module).
+plain ints works eagerly too.  The test-time rules (valid range, test
+positions, the clamp of `frame_indices`) are `mat_effnet.data.views`', which
+prediction also runs without TensorFlow; `PipelineConfig`, the settings of
+the whole input pipeline, is `mat_effnet.data.pipeline_config`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Sequence
-
 import tensorflow as tf
 
-from mat_effnet.common.errors import MatEffNetError
+from mat_effnet.data import views
+from mat_effnet.data.pipeline_config import (  # noqa: F401  (the pipeline's settings, here as before)
+    CLIP_DTYPES, CROPS, STREAMS, TSN_SCALES, PipelineConfig)
 
-STREAMS = ("spatial", "temporal")
-CROPS = (1, 3, 10)
-CLIP_DTYPES = ("uint8", "float32")
-# TSN's multi-scale crop scales and the tolerance (pixels) within which a
-# crop side snaps to the input size (TSN's GroupMultiScaleCrop).
-TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
+# The tolerance (pixels) within which a multi-scale crop side snaps to the
+# input size (TSN's GroupMultiScaleCrop).
 _SNAP_PIXELS = 3
-
-
-@dataclasses.dataclass
-class PipelineConfig:
-    """Everything the pipeline needs; plain values, validated on creation.
-
-    stream: "spatial" (RGB, 3 channels) or "temporal" (stacked flow, 2L).
-    num_segments: K, training segments per clip (TSN uses 3).
-    image_size: S, side of the square crops fed to the model.
-    flow_length: L, consecutive flow fields per segment (TSN uses 5-10).
-    training: training sampling/augmentation, or test sampling/cropping.
-    test_segments: N, positions per video at test time (TSN uses 25).
-    crops: test-time views per position: 1 (centre), 3 or 10.
-    multiscale: TSN's multi-scale crop in training (else plain random crop).
-    flip: random horizontal flip with p = 0.5 in training.
-    shuffle_buffer: record shuffle buffer, in clips (never the whole set);
-        version-1 data only (version 2 reads a full permutation per epoch).
-    seed: makes file order, record order and the clips' random draws
-        reproducible; None draws fresh randomness.
-    scales, max_distort, fixed_offsets: the multi-scale crop's parameters
-        (TSN: scales (1, .875, .75, .66), max distortion 1, fixed offsets).
-    align_to_flow: spatial stream only: sample positions from the temporal
-        stream's valid range so rgb[p] and flow p..p+L-1 align per seed.
-    clip_dtype: "uint8" (default: 4x fewer bytes through the host and the
-        host-to-device copy) or "float32"; values are 0..255 either way.
-    """
-
-    stream: str
-    num_segments: int = 3
-    image_size: int = 224
-    flow_length: int = 10
-    training: bool = True
-    test_segments: int = 25
-    crops: int = 1
-    multiscale: bool = False
-    flip: bool = True
-    shuffle_buffer: int = 64
-    seed: int | None = None
-    scales: Sequence[float] = TSN_SCALES
-    max_distort: int = 1
-    fixed_offsets: bool = True
-    align_to_flow: bool = False
-    clip_dtype: str = "uint8"
-
-    def __post_init__(self):
-        if self.stream not in STREAMS:
-            raise MatEffNetError(f"stream={self.stream!r}: expected one of {STREAMS}")
-        if self.crops not in CROPS:
-            raise MatEffNetError(f"crops={self.crops!r}: expected one of {CROPS}")
-        if self.clip_dtype not in CLIP_DTYPES:
-            raise MatEffNetError(f"clip_dtype={self.clip_dtype!r}: expected one of {CLIP_DTYPES}")
-        for name, minimum in (("num_segments", 1), ("flow_length", 1), ("image_size", 8),
-                              ("test_segments", 1), ("shuffle_buffer", 1), ("max_distort", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise MatEffNetError(f"{name}={value!r}: must be an integer >= {minimum}")
-        self.scales = tuple(float(s) for s in self.scales)
-        if not self.scales or not all(0.0 < s <= 1.0 for s in self.scales):
-            raise MatEffNetError(f"scales={self.scales!r}: need at least one scale in (0, 1]")
-
-    @property
-    def channels(self) -> int:
-        """Channels of one frame of a clip: 3 (RGB) or 2L (x/y flow interleaved)."""
-        return 3 if self.stream == "spatial" else 2 * self.flow_length
-
-    @property
-    def views(self) -> int:
-        """Crops per position: 1 in training, ``crops`` at test time."""
-        return 1 if self.training else self.crops
-
-    @property
-    def segments(self) -> int:
-        """Positions per clip: K in training, N at test time."""
-        return self.num_segments if self.training else self.test_segments
-
 
 
 # ---------------------------------------------------------------------------
@@ -154,12 +75,7 @@ def as_seed(seed):
 
 def valid_positions(num_frames, cfg: PipelineConfig):
     """V, the number of valid positions (spatial: T; temporal: max(T - L, 1))."""
-    t = tf.cast(num_frames, tf.int32)
-    if cfg.stream == "temporal" or cfg.align_to_flow:
-        # Starts 0..(T-1)-L keep flow p..p+L-1 inside the T-1 flow fields;
-        # shorter videos keep start 0 and repeat their last flow field.
-        return tf.maximum(t - cfg.flow_length, 1)
-    return tf.maximum(t, 1)
+    return views.valid_positions(tf.cast(num_frames, tf.int32), cfg)
 
 
 def sample_positions(num_frames, cfg: PipelineConfig, training: bool | None = None,
@@ -171,12 +87,9 @@ def sample_positions(num_frames, cfg: PipelineConfig, training: bool | None = No
     positions are deterministic and ignore it.  Works eagerly and in graphs.
     """
     training = cfg.training if training is None else training
-    v = valid_positions(num_frames, cfg)
     if not training:
-        n = cfg.test_segments
-        k = tf.range(n, dtype=tf.int32)
-        # floor(V * (k + 0.5) / N) in exact integer arithmetic.
-        return (v * (2 * k + 1)) // (2 * n)
+        return views.test_positions(tf.cast(num_frames, tf.int32), cfg)
+    v = valid_positions(num_frames, cfg)
     k_count = cfg.num_segments
     k = tf.range(k_count, dtype=tf.int32)
     lo = (k * v) // k_count
@@ -192,17 +105,13 @@ def frame_indices(count, positions, cfg: PipelineConfig):
     """The frames a clip needs: RGB (P,) or flow (P, L) indices, checked and clamped.
 
     ``count``: the video's RGB frames (spatial) or flow fields (temporal).
+    The clamp is `mat_effnet.data.views.frame_indices`'; an empty record fails here.
     """
-    if cfg.stream == "spatial":
-        with tf.control_dependencies([tf.debugging.assert_positive(
-                count, message="record has no RGB frames")]):
-            return tf.minimum(positions, count - 1)
-    with tf.control_dependencies([tf.debugging.assert_positive(
-            count, message="temporal stream: record has no flow frames "
-                              "(prepared with --flow=none, or a 1-frame video)")]):
-        idx = positions[:, None] + tf.range(cfg.flow_length, dtype=tf.int32)[None, :]
-        # Too few flow fields: repeat the last one (documented clamp).
-        return tf.minimum(idx, count - 1)
+    message = ("record has no RGB frames" if cfg.stream == "spatial" else
+               "temporal stream: record has no flow frames "
+               "(prepared with --flow=none, or a 1-frame video)")
+    with tf.control_dependencies([tf.debugging.assert_positive(count, message=message)]):
+        return tf.identity(views.frame_indices(count, positions, cfg))
 
 
 # ---------------------------------------------------------------------------

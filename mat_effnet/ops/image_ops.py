@@ -1,7 +1,8 @@
 """Image operators in `keras.ops` that reproduce OpenCV's, on (B, H, W) float32.
 
-Linear resize as `cv2.resize(INTER_LINEAR)` (half-pixel centres, replicated
-border, no antialiasing), centred and forward differences with the boundary
+Grey levels as `cv2.cvtColor(RGB2GRAY)` (`rgb_to_grey`, uint8 RGB in); linear
+resize as `cv2.resize(INTER_LINEAR)` (half-pixel centres, replicated border,
+no antialiasing), centred and forward differences with the boundary
 conditions of Sanchez et al. (IPOL 2013), a 5x5 median by a Batcher
 sorting network, and bicubic remap as `cv2.remap(INTER_CUBIC, BORDER_CONSTANT 0)`
 (Keys' cubic, a = -0.75, at exact float positions). The TV-L1 solver
@@ -30,6 +31,24 @@ def linear_taps(src: int, dst: int, scale: float):
 def keras_ops():
     from keras import ops
     return ops
+
+
+# OpenCV 5's RGB2GRAY: BT.601 weights in 15-bit fixed point, rounded.
+GREY_WEIGHTS = (9798, 19235, 3735)
+GREY_SHIFT = 15
+
+
+def rgb_to_grey(frames):
+    """(..., 3) uint8 RGB -> (...) uint8, bit-exact with ``cv2.cvtColor(RGB2GRAY)``.
+
+    ``(9798 R + 19235 G + 3735 B + 2^14) >> 15``, in int32 (any backend tensor,
+    a TensorFlow graph's included).
+    """
+    ops = keras_ops()
+    x = ops.cast(frames, "int32")
+    r, g, b = GREY_WEIGHTS
+    y = x[..., 0] * r + x[..., 1] * g + x[..., 2] * b + (1 << (GREY_SHIFT - 1))
+    return ops.cast(ops.right_shift(y, GREY_SHIFT), "uint8")
 
 
 def resize_linear(x, dst_hw, scale_hw=None):

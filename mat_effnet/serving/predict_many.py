@@ -1,8 +1,8 @@
 """Many videos in one process: one row per video, resumable.
 
 `predict_many` prepares each video exactly as `mat_effnet.serving.predict_video`
-does for one (the records of `mat_effnet.encoding.encode`, then TSN's test sampling
-through `mat_effnet.data.clips.make_clip`, paper Sect. 3.3) but pays the start-up
+does for one (the records of `mat_effnet.encoding.encode`, then each record's clip
+through `mat_effnet.evaluation.clip_prediction.StreamPredictor`, paper Sect. 3.3) but pays the start-up
 once: the models load once, the Keras TV-L1 compiles once per frame size,
 decoding runs in ``workers`` processes and the models take batches of
 clips from several videos.  Where flow runs follows the preparation's own
@@ -268,25 +268,20 @@ class _Scorer:
     """Clips of finished videos, scored by each stream model a batch at a time."""
 
     def __init__(self, models: dict, num_segments: int, batch_clips: int):
-        self.models, self.num_segments, self.batch = models, num_segments, batch_clips
-        self.waiting: list = []  # (result, {stream: [clip per record]})
+        from mat_effnet.evaluation.clip_prediction import StreamPredictor
+
+        self.predictors = {stream: StreamPredictor(model, num_segments, stream=stream)
+                           for stream, model in models.items()}
+        self.batch = batch_clips
+        self.waiting: list = []  # (result, {stream: [clip views per record]})
 
     def add(self, result: dict) -> None:
-        import tensorflow as tf
-
-        from mat_effnet.evaluation import protocol
-        from mat_effnet import records
-        from mat_effnet.data.clips import make_clip
-        from mat_effnet.data.sampling import PipelineConfig
+        from mat_effnet.serving.predict_video import RecordFrames
 
         t = time.perf_counter()
         clips = {}
-        for stream, model in self.models.items():
-            spec = protocol.stream_spec(model)
-            cfg = PipelineConfig(stream=stream, image_size=spec.image_size[0],
-                                 flow_length=spec.flow_length or 1, training=False,
-                                 test_segments=spec.num_segments or self.num_segments, crops=1)
-            clips[stream] = [make_clip(records.parse(tf.constant(s)), cfg)[0]
+        for stream, predictor in self.predictors.items():
+            clips[stream] = [predictor.views(RecordFrames(s, stream))
                              for s in result["records"][stream]]
         result["clips_s"] = time.perf_counter() - t
         del result["records"]
@@ -297,14 +292,14 @@ class _Scorer:
 
     def score(self) -> list:
         """Scores every waiting video: [(result, {stream: softmax})]."""
-        import tensorflow as tf
+        from keras import ops
 
         out = [(r, {}) for r, _ in self.waiting]
-        for stream, model in self.models.items():
+        for stream, predictor in self.predictors.items():
             t = time.perf_counter()
             per_video = [c[stream] for _, c in self.waiting]
             flat = [clip for clips in per_video for clip in clips]
-            probs = model(tf.concat(flat, axis=0), training=False).numpy()  # crops = 1
+            probs = ops.convert_to_numpy(predictor.scores_of_views(flat))  # one row per clip
             seconds = (time.perf_counter() - t) / max(len(flat), 1)
             start = 0
             for (r, scores), clips in zip(out, per_video):

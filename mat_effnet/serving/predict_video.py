@@ -2,9 +2,10 @@
 
 The video goes through exactly the path the training data took: the same
 `mat_effnet.encoding.encode.encode_video` (decode, resize, flow, quantize, JPEG), the
-same record parser and the same test-time sampling and views of
-`mat_effnet.data.sampling` and `mat_effnet.data.clips`; then each stream's softmax, and their late
-average fusion (`mat_effnet.evaluation.fusion.normalize_weights`).
+same record format, then each stream's prediction of each record's clip
+(`mat_effnet.evaluation.clip_prediction.StreamPredictor`: the test-time sampling
+and views, the model, the crops averaged), chunks averaged, and the streams'
+late average fusion (`mat_effnet.evaluation.fusion.normalize_weights`).
 
 The preparation settings (short side, flow algorithm, implementation and
 bound, JPEG quality) and the class names come from the models themselves
@@ -197,29 +198,47 @@ def check_frames(frames) -> np.ndarray:
     return frames
 
 
+class RecordFrames:
+    """One record's frames of a stream, decoded (as a record's reader decodes them) on demand.
+
+    The frame source of `mat_effnet.data.views.views_from_frames`: ``len()``
+    is its RGB frames (spatial) or flow fields (temporal), ``frames_at`` decodes
+    only the frames a clip reads, each once.
+    """
+
+    def __init__(self, serialized: bytes, stream: str):
+        from mat_effnet import records
+
+        parsed = records.parse_numpy(serialized)
+        self.jpegs = ([parsed[records.RGB]] if stream == "spatial" else
+                      [parsed[records.FLOW_X], parsed[records.FLOW_Y]])
+
+    def __len__(self) -> int:
+        return len(self.jpegs[0])
+
+    def frames_at(self, indices) -> np.ndarray:
+        import tensorflow as tf
+
+        indices = np.asarray(indices)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        channels = 3 if len(self.jpegs) == 1 else 1
+        planes = [np.stack([tf.io.decode_jpeg(jpegs[i], channels=channels).numpy()
+                            for i in unique]) for jpegs in self.jpegs]
+        frames = planes[0] if channels == 3 else np.concatenate(planes, axis=-1)
+        return frames[inverse.reshape(indices.shape)]
+
+
 def stream_scores(model, serialized: list, num_segments: int = 25, crops: int = 1,
-                  return_clips: bool = False):
-    """Softmax of one stream model over a video's records (chunks averaged)."""
-    import tensorflow as tf
+                  predictor=None) -> np.ndarray:
+    """One stream's scores of a video's records: each record's clip
+    (`mat_effnet.evaluation.clip_prediction.StreamPredictor`), chunks averaged."""
+    from keras import ops
 
-    from mat_effnet.evaluation import protocol
-    from mat_effnet import records
-    from mat_effnet.data.clips import make_clip
-    from mat_effnet.data.sampling import PipelineConfig
+    from mat_effnet.evaluation.clip_prediction import StreamPredictor
 
-    spec = protocol.stream_spec(model)
-    if spec.num_segments is not None:
-        num_segments = spec.num_segments
-    cfg = PipelineConfig(
-        stream=spec.stream, image_size=spec.image_size[0], flow_length=spec.flow_length or 1,
-        training=False, test_segments=num_segments, crops=crops)
-    probs, clips = [], []
-    for s in serialized:
-        clip, _ = make_clip(records.parse(tf.constant(s)), cfg)
-        probs.append(model(clip, training=False).numpy().mean(axis=0))  # crops averaged
-        clips.append(clip)
-    scores = np.mean(probs, axis=0)
-    return (scores, clips) if return_clips else scores
+    predictor = predictor or StreamPredictor(model, num_segments, crops)
+    return np.mean([ops.convert_to_numpy(predictor(RecordFrames(s, predictor.stream)))
+                    for s in serialized], axis=0)
 
 
 def _same_frames(a: PrepSettings, b: PrepSettings) -> bool:

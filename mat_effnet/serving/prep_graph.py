@@ -1,7 +1,8 @@
 """The export's graph pieces: prep's steps on frames, in TensorFlow ops (`mat_effnet.serving.saved_model_export`).
 
 Each mirrors one step of ``data_prep`` on a video, so a SavedModel can do
-what ``mat-effnet-prep`` does before the models:
+what ``mat-effnet-prep`` does before the models (quantization is prep's own
+`mat_effnet.ops.quantize.quantize_flow`, which runs on graph tensors):
 
 * `resize_short_side` -- `mat_effnet.ops.video.resized_size`'s rounding; TF's area
   resize when shrinking (OpenCV's ``INTER_AREA`` averages the same footprint;
@@ -12,16 +13,12 @@ what ``mat-effnet-prep`` does before the models:
 * `FlowAtSizes` -- `mat_effnet.ops.tvl1`'s graph traced once per working size,
   and the dispatch of a frame to the nearest aspect (stretching x and y for
   the flow only, then undoing the stretch per axis);
-* `quantize` -- `mat_effnet.ops.quantize.quantize_flow`, in float32;
 * `jpeg_round_trip` -- the JPEG prep stores frames as.
 """
 
 from __future__ import annotations
 
 import math
-
-_GREY_WEIGHTS = (9798, 19235, 3735)  # OpenCV 5's RGB2GRAY, 15-bit fixed point
-_GREY_SHIFT = 15
 
 # ---------------------------------------------------------------------------
 # Graph pieces (TensorFlow); each mirrors one step of data_prep
@@ -62,23 +59,11 @@ def resize_short_side(frames, short_side: int):
 
 
 def to_grey(frames):
-    """(T, H, W, 3) uint8 RGB -> (T, H, W) uint8, bit-exact with cv2's RGB2GRAY."""
-    import tensorflow as tf
+    """(T, H, W, 3) uint8 RGB -> (T, H, W) uint8, bit-exact with cv2's RGB2GRAY
+    (`mat_effnet.ops.image_ops.rgb_to_grey`, on the graph's tensors)."""
+    from mat_effnet.ops import image_ops
 
-    x = tf.cast(frames, tf.int32)
-    r, g, b = _GREY_WEIGHTS
-    y = x[..., 0] * r + x[..., 1] * g + x[..., 2] * b + (1 << (_GREY_SHIFT - 1))
-    return tf.cast(tf.bitwise.right_shift(y, _GREY_SHIFT), tf.uint8)
-
-
-def quantize(fields, bound: float):
-    """(..., 2) float flow -> uint8, as `quantize.quantize_flow` (float32 here)."""
-    import tensorflow as tf
-
-    v = tf.where(tf.math.is_nan(fields), tf.zeros_like(fields), fields)
-    v = tf.clip_by_value(v, -bound, bound)
-    q = tf.floor((v / bound + 1.0) * 127.5 + 0.5)
-    return tf.cast(tf.clip_by_value(q, 0, 255), tf.uint8)
+    return image_ops.rgb_to_grey(frames)
 
 
 def jpeg_round_trip(frames, quality: int):

@@ -19,13 +19,14 @@ file, with each model's own preparation settings (its identity):
 4. TV-L1 by `mat_effnet.ops.tvl1` itself (`tvl1.flow_graph`), for the pairs the
    test positions use only (a flow field depends on its two frames alone, so
    the others are never needed);
-5. quantization as `mat_effnet.ops.quantize.quantize_flow`, in float32 (a value on
-   a rounding edge may land one level off float64's);
+5. quantization by prep's own `mat_effnet.ops.quantize.quantize_flow` (keras.ops
+   on the graph's tensors);
 6. optionally the JPEG round trip that prep applies (``tf.io.encode_jpeg``
    at the model's quality; on by default, since the models were trained on
    JPEG frames);
-7. the test views of `mat_effnet.data.clips.eval_clip_from_frames`, both
-   streams, crops and chunks averaged, and the fusion.
+7. each stream's clip prediction,
+   `mat_effnet.evaluation.clip_prediction.StreamPredictor` (the test views,
+   the model, the crops averaged), chunks averaged, and the fusion.
 
 Frame sizes and XLA.  TV-L1's pyramid is built from static sizes and a loaded
 SavedModel cannot retrace, so the flow is traced at export time for a set of
@@ -49,6 +50,7 @@ import json
 import os
 import shutil
 
+from mat_effnet.ops import quantize
 from mat_effnet.serving import prep_graph
 from mat_effnet.common.flagdefs import setting
 from mat_effnet.common.errors import MatEffNetError, bad_argument
@@ -141,9 +143,12 @@ def working_sizes(short_side: int, frame_sizes) -> list[tuple[int, int]]:
 class _Stream:
     """One stream model and how its input is made."""
 
-    model: object
-    cfg: object            # sampling.PipelineConfig, test time
+    predictor: object      # mat_effnet.evaluation.clip_prediction.StreamPredictor
     settings: object       # mat_effnet.encoding.encode.EncodeSettings (its preparation)
+
+    @property
+    def cfg(self):
+        return self.predictor.cfg
 
 
 class _Serving:
@@ -156,15 +161,6 @@ class _Serving:
         self.flow = prep_graph.FlowAtSizes(working_sizes(temporal.settings.short_side,
                                                settings.frame_sizes))
 
-    def _scores(self, stream: _Stream, frames):
-        import tensorflow as tf
-
-        from mat_effnet.data import clips
-
-        clip = clips.eval_clip_from_frames(frames, stream.cfg)
-        probs = stream.model(tf.cast(clip, tf.float32), training=False)
-        return tf.reduce_mean(tf.cast(probs, tf.float32), axis=0)  # crops averaged
-
     def spatial_scores(self, chunk):
         import tensorflow as tf
 
@@ -172,31 +168,27 @@ class _Serving:
         frames = prep_graph.resize_short_side(chunk, s.short_side)
         if self.settings.jpeg:
             frames = prep_graph.jpeg_round_trip(frames, s.jpeg_quality)
-        return self._scores(self.spatial, tf.ensure_shape(frames, [None, None, None, 3]))
+        return self.spatial.predictor(tf.ensure_shape(frames, [None, None, None, 3]))
 
     def temporal_scores(self, chunk):
         import tensorflow as tf
 
-        from mat_effnet.data import sampling
-
-        s, cfg = self.temporal.settings, self.temporal.cfg
+        s, predictor = self.temporal.settings, self.temporal.predictor
         grey = prep_graph.to_grey(prep_graph.resize_short_side(chunk, s.short_side))
         t, h, w = tf.shape(grey)[0], tf.shape(grey)[1], tf.shape(grey)[2]
         fields = t - 1
         # Only the flow fields the test positions read (the others never reach
         # the model): positions p, fields p .. p+L-1 clamped to the last.
-        positions = sampling.sample_positions(t, cfg, training=False)
-        needed = sampling.frame_indices(fields, positions, cfg)
-        unique, _ = tf.unique(tf.reshape(needed, [-1]))
+        unique = predictor.fields_needed(t)
         flow = self.flow(tf.gather(grey, unique), tf.gather(grey, unique + 1))
-        q = prep_graph.quantize(flow, float(s.flow_bound))
+        q = quantize.quantize_flow(flow, float(s.flow_bound))
         if self.settings.jpeg:
             planes = tf.reshape(tf.transpose(q, [0, 3, 1, 2]), [-1, h, w, 1])
             planes = prep_graph.jpeg_round_trip(planes, s.jpeg_quality)
             q = tf.transpose(tf.reshape(planes, [-1, 2, h, w]), [0, 2, 3, 1])
         full = tf.fill(tf.stack([fields, h, w, 2]), tf.constant(128, tf.uint8))
         full = tf.tensor_scatter_nd_update(full, unique[:, None], q)
-        return self._scores(self.temporal, tf.ensure_shape(full, [None, None, None, 2]))
+        return predictor(tf.ensure_shape(full, [None, None, None, 2]))
 
     def serve(self, frames):
         """frames (T, H, W, 3) uint8 -> the fused answer (the signature's outputs)."""
@@ -257,7 +249,7 @@ def build(spatial_path: str, temporal_path: str, settings: ExportSettings):
     from mat_effnet.encoding.encode import EncodeSettings
     from mat_effnet.evaluation import protocol
     from mat_effnet.serving import predict_video
-    from mat_effnet.data import sampling
+    from mat_effnet.evaluation.clip_prediction import StreamPredictor
     from mat_effnet.modeling.model_identity import identity
 
     loaded = {s: (p, *_load_stream(p, s, settings))
@@ -270,13 +262,9 @@ def build(spatial_path: str, temporal_path: str, settings: ExportSettings):
             f"--temporal_model={temporal_path}: trained on {flow} flow, which cannot run inside "
             "a TensorFlow graph (OpenCV DIS is not a TF op); export a model trained on TV-L1 "
             "flow, or use mat-effnet-predict")
-    streams = {}
-    for s, (path, model, spec) in loaded.items():
-        segments = spec.num_segments or settings.num_segments
-        cfg = sampling.PipelineConfig(stream=s, image_size=spec.image_size[0],
-                                      flow_length=spec.flow_length or 1, training=False,
-                                      test_segments=segments, crops=settings.crops)
-        streams[s] = _Stream(model, cfg, resolved.settings[s])
+    streams = {s: _Stream(StreamPredictor(model, settings.num_segments, settings.crops, stream=s),
+                          resolved.settings[s])
+               for s, (path, model, spec) in loaded.items()}
     num_classes = {s: spec.num_classes for s, (_, _, spec) in loaded.items()}
     if num_classes["spatial"] != num_classes["temporal"]:
         raise ExportError(f"the models have {num_classes['spatial']} and "

@@ -12,11 +12,12 @@ frames (paper Fig. 1, Sect. 3.3; TSN's test sampling, ref. [13]): the
 frames are prepared as the training data was (short side resized by
 `mat_effnet.ops.video.resize_frame`, flow between consecutive frames by the
 model's algorithm, quantized and both JPEG'd as in `mat_effnet.encoding.encode`), and
-the test-time clip is `mat_effnet.data.clips.eval_clip_from_frames`, which gives
-`make_clip`'s clip of a record of those frames.  The window's N positions
-are spread over its own frames; each stream's softmax is averaged over the
-crops, and the streams are fused as `mat_effnet.serving.predict_video.predict_video`
-fuses them.
+each stream scores them as one clip
+(`mat_effnet.evaluation.clip_prediction.StreamPredictor`, which gives a
+record of those frames the scores the single-clip path gives it).  The
+window's N positions are spread over its own frames; each stream's softmax
+is averaged over the crops, and the streams are fused as
+`mat_effnet.serving.predict_video.predict_video` fuses them.
 
 Bounded work and memory:
 
@@ -73,16 +74,10 @@ class _Lane:
     """One stream's frames as its training data stored them, keyed by frame number."""
 
     def __init__(self, stream: str, model, settings, num_segments: int, flow_fn=None):
-        from mat_effnet.evaluation import protocol
-        from mat_effnet.data.sampling import PipelineConfig
+        from mat_effnet.evaluation.clip_prediction import StreamPredictor
 
         self.stream, self.model, self.settings = stream, model, settings
-        spec = protocol.stream_spec(model)
-        if spec.stream != stream:
-            raise MatEffNetError(f"the {stream} model is a {spec.stream} stream model")
-        self.cfg = PipelineConfig(
-            stream=stream, image_size=spec.image_size[0], flow_length=spec.flow_length or 1,
-            training=False, test_segments=spec.num_segments or num_segments, crops=1)
+        self.predictor = StreamPredictor(model, num_segments, stream=stream)
         self.items: dict[int, np.ndarray] = {}  # spatial: rgb[i]; temporal: flow[i] (i -> i+1)
         self.flow_fn = flow_fn
         self.prev_gray = None
@@ -143,15 +138,14 @@ class _Lane:
 
     def scores(self, first: int, last: int, times: dict) -> np.ndarray | None:
         """Softmax over the window of frames first..last, crops averaged (None: too short)."""
-        from mat_effnet.data.clips import eval_clip_from_frames
+        from keras import ops
 
         stop = last + 1 if self.stream == "spatial" else last  # T frames, T - 1 fields
         if stop <= first:
             return None
         t = time.perf_counter()
         frames = np.stack([self.items[i] for i in range(first, stop)])
-        clip = eval_clip_from_frames(frames, self.cfg)
-        probs = self.model(clip, training=False).numpy().mean(axis=0)
+        probs = ops.convert_to_numpy(self.predictor(frames))
         times["models"] += time.perf_counter() - t
         return probs
 
