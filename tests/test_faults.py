@@ -98,7 +98,6 @@ def test_machine_errors_are_recognised_in_each_form():
     assert faults.machine_errno(enospc) == errno.ENOSPC
     tf_full = tf.errors.ResourceExhaustedError(None, None, "/o/.work/v.tfrecord; No space left on device")
     assert faults.machine_errno(tf_full) == errno.ENOSPC
-    assert faults.machine_errno(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating")) is None
     assert faults.machine_errno(tf.errors.PermissionDeniedError(None, None, "/o/x")) == errno.EACCES
     try:
         try:
@@ -113,13 +112,60 @@ def test_machine_errors_are_recognised_in_each_form():
     assert line.startswith("/o/x: no space left on device (") and "MiB free on /" in line
     assert "run the same command again" in line and "\n" not in line
     # Reading an input one may not read is the data's fault, not the machine's.
-    assert faults.output_fault(OSError(errno.EACCES, "Permission denied", "/in/v.avi"), "/o") is None
-    assert faults.output_fault(OSError(errno.EACCES, "Permission denied", "/o/.work/x"), "/o")
+    assert faults.machine_fault(OSError(errno.EACCES, "Permission denied", "/in/v.avi"), out_dir="/o") is None
+    assert faults.machine_fault(OSError(errno.EACCES, "Permission denied", "/o/.work/x"), out_dir="/o")
     assert faults.is_machine_reason("ResourceExhaustedError: /o/.work/train/v.tfrecord.tmp-1; "
                                     "No space left on device")
     assert faults.is_machine_reason("OSError: [Errno 28] No space left on device")
     assert not faults.is_machine_reason("VideoError: cannot decode")
     assert not faults.is_machine_reason("PermissionError: [Errno 13] Permission denied: '/in/v.avi'")
+    assert faults.is_machine_reason("PermissionError: [Errno 13] Permission denied: '/o/f/x.jpg'",
+                                    "/o")
+
+
+@pytest.mark.parametrize("error,where", [
+    (MemoryError(), "the host"),
+    (tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape"
+                                      "[64,256,320,2]"), "the accelerator"),
+    (tf.errors.ResourceExhaustedError(None, None, "Out of memory while trying to allocate "
+                                      "2147483648 bytes."), "the accelerator"),
+    (tf.errors.ResourceExhaustedError(None, None, "Graph execution error"), "the accelerator"),
+])
+def test_out_of_memory_is_reported_as_out_of_memory_never_a_full_disk(error, where):
+    assert faults.machine_errno(error) == errno.ENOMEM
+    fault = faults.machine_fault(error, inputs=["/in/v.avi"], memory_advice="lower --flow_batch")
+    line = str(fault)
+    assert line.startswith(f"/in/v.avi: out of memory on {where}; lower --flow_batch and run "
+                           "the same command again"), line
+    assert "space" not in line and "\n" not in line
+    assert faults.is_machine_reason(f"{type(error).__name__}: {error}")
+
+
+def test_the_policy_says_whose_fault_each_error_is(tmp_path, monkeypatch):
+    out, video = str(tmp_path / "o"), str(tmp_path / "in" / "v.avi")
+    item = [ValueError("bad header"), OSError(errno.ENOENT, "No such file", video),
+            OSError(errno.EACCES, "Permission denied", video)]
+    for e in item:  # the item's: recorded against it
+        assert faults.machine_fault(e, out_dir=out, inputs=[video]) is None, e
+    machine = [OSError(errno.ENOSPC, "No space left on device", video),
+               OSError(errno.EIO, "Input/output error", video),  # an input on a failing disk
+               OSError(errno.ESTALE, "Stale file handle", video),
+               OSError(errno.EACCES, "Permission denied", os.path.join(out, "x"))]
+    for e in machine:
+        fault = faults.machine_fault(e, out_dir=out, inputs=[video])
+        assert isinstance(fault, faults.MachineFault) and fault.code == e.errno, e
+        assert str(fault).startswith(e.filename + ": "), str(fault)
+    # A decoder says "cannot open" for a file on a lost mount: the input is looked at.
+    real_stat = os.stat
+
+    def stale(path, *a, **k):
+        if os.fspath(path) == video:
+            raise OSError(errno.ESTALE, "Stale file handle", video)
+        return real_stat(path, *a, **k)
+
+    monkeypatch.setattr(os, "stat", stale)
+    fault = faults.machine_fault(ValueError("cannot open"), out_dir=out, inputs=[video])
+    assert fault.code == errno.ESTALE and str(fault).startswith(f"{video}: stale file handle")
 
 
 # ---------------------------------------------------------------------------
@@ -173,8 +219,8 @@ def test_a_folder_whose_old_run_recorded_full_disks_as_failures_is_repaired(tmp_
     # The code before issue 17: the full disk became the video's failure and
     # its shard was finished without it.
     _full_disk_for("a/vid2", "tf", monkeypatch)
-    monkeypatch.setattr(faults, "output_fault", lambda *a, **k: None)
-    monkeypatch.setattr(faults, "is_machine_reason", lambda reason: False)
+    monkeypatch.setattr(faults, "machine_fault", lambda *a, **k: None)
+    monkeypatch.setattr(faults, "is_machine_reason", lambda *a: False)
     old = builder.build(_cfg(tmp_path / "v", out))
     assert [f["video_id"] for f in old["failures"]] == ["a/vid2"]
     assert "ResourceExhaustedError" in old["failures"][0]["reason"]
