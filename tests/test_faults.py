@@ -444,6 +444,27 @@ def test_verify_reports_sound_and_damaged_datasets(small_data, tmp_path):
     assert clean.returncode == 0 and "ok" in clean.stderr, clean.stderr
 
 
+def test_verify_stops_on_an_io_error_instead_of_reporting_damage(small_data, tmp_path,
+                                                               monkeypatch):
+    """Injected: TensorFlow's read of a shard fails as a failing disk makes it fail."""
+    from mat_effnet.records import integrity
+
+    d = _copy(small_data, tmp_path)
+    shard = _train_shard(d)
+    real = records.read_shard
+
+    def failing_disk(path, *a, **k):
+        if path == shard:
+            raise tf.errors.DataLossError(None, None, f"{shard}; Input/output error")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(records, "read_shard", failing_disk)
+    with pytest.raises(tf.errors.DataLossError) as info:
+        integrity.verify(d)
+    assert faults.machine_errno(info.value) == errno.EIO
+    assert faults.describe(info.value).startswith(f"{shard}: input/output error")
+
+
 def _train_cfg(data_dir, model_dir, **kw):
     base = dict(stream="spatial", data_dir=data_dir, model_dir=str(model_dir), weights=None,
                 backbone="resnet18", epochs=1, steps_per_epoch=2, batch_size=2,
@@ -462,6 +483,28 @@ def test_train_stops_on_a_truncated_shard_before_the_first_step(small_data, tmp_
     with pytest.raises(integrity.DataFault, match=rf"^{shard}: .*\(truncated\)"):
         trainer.train(_train_cfg(d, tmp_path / "m"))
     assert not os.path.exists(tmp_path / "m" / "train_config.json")
+
+
+def test_only_damaged_bytes_are_reported_as_damaged_data():
+    from mat_effnet.records import integrity
+
+    E = tf.errors
+    damaged = [E.DataLossError(None, None, "corrupted record at 1234"),
+               E.DataLossError(None, None, "truncated record at 99"),
+               E.InvalidArgumentError(None, None, "jpeg::Uncompress failed. Invalid JPEG data "
+                                      "or crop window. [Op:DecodeJpeg]"),
+               E.InvalidArgumentError(None, None, "Unknown image file format. One of JPEG, "
+                                      "JPEG XL, PNG, GIF, BMP, WebP required.")]
+    assert all(integrity.read_error(e) for e in damaged)
+    # A bug or the machine: not damaged data, so training re-raises it with its traceback.
+    others = [E.NotFoundError(None, None, "/d/x.tfrecord-00000-of-00001; No such file"),
+              E.OutOfRangeError(None, None, "End of sequence"),
+              E.InvalidArgumentError(None, None, "Key: rgb_jpeg.  Can't parse serialized "
+                                     "Example."),
+              E.InvalidArgumentError(None, None, "Feature: flow_x (data type: string) is "
+                                     "required but could not be found."),
+              E.DataLossError(None, None, "/d/x.tfrecord; Input/output error")]
+    assert not any(integrity.read_error(e) for e in others)
 
 
 def test_a_read_error_while_training_names_the_shard_and_the_video(small_data, tmp_path):
