@@ -549,6 +549,43 @@ def test_prep_rebuild_damaged_remakes_only_the_damaged_shards_byte_identical(sma
     assert integrity.verify(d) == []
 
 
+def test_rebuild_damaged_checks_the_videos_before_it_deletes(small_data, tmp_path):
+    """A video of a damaged shard is gone: one line naming it, nothing deleted.
+
+    The shard's own summary lists its videos; one entry is pointed at a file
+    that does not exist (the source videos are shared by other tests).
+    """
+    import shutil
+
+    from data_prep import repair
+
+    d = str(tmp_path / "data")
+    shutil.copytree(small_data, d)
+    names = _meta(d)["shards"]["train"]
+    _flip(os.path.join(d, names[0]))
+    summary_path = os.path.join(d, ".work", "train", "shard-00000.json")
+    summary = json.load(open(summary_path))
+    assert summary["file"] == names[0]
+    gone = str(tmp_path / "gone" / "v.avi")
+    summary["videos"][1]["path"] = gone
+    with open(summary_path, "w") as f:
+        json.dump(summary, f)
+    before = {p: open(p, "rb").read() for p in glob.glob(os.path.join(d, "**"), recursive=True)
+              if os.path.isfile(p)}
+    cfg = PrepConfig(dataset="ucf101", data_root=os.path.join(os.path.dirname(small_data),
+                                                              "videos"),
+                     out_dir=d, flow="none", short_side=40, videos_per_shard=4,
+                     rebuild_damaged=True)
+    with pytest.raises(repair.RepairError) as info:
+        builder.build(cfg)
+    line = str(info.value)
+    assert line.startswith(f"{gone}: cannot be read (No such file or directory); the damaged "
+                           f"shard {os.path.join(d, names[0])} ") and "nothing was deleted" in line
+    after = {p: open(p, "rb").read() for p in glob.glob(os.path.join(d, "**"), recursive=True)
+             if os.path.isfile(p)}
+    assert after == before
+
+
 def _damage_group(shard, g):
     """Flips bytes inside group g's frame records only; returns that video's id."""
     index = records.read_index(shard)
