@@ -537,3 +537,34 @@ def test_import_stops_on_an_io_error_instead_of_an_unreadable_frame(tmp_path, mo
     monkeypatch.undo()
     assert builder.build(_import_cfg(tmp_path / "ucf", tmp_path / "frames",
                                      tmp_path / "imp2")) == clean
+
+
+def test_where_the_imported_conventions_came_from_and_a_broken_file_stops(tmp_path):
+    layout = _ucf(tmp_path / "ucf", per_class=1, frames=5)
+    frames = tmp_path / "frames"
+    frames_export.export(_videos(layout), frames_export.FlowExportSettings(bound=15.0, **QUICK),
+                         str(frames))
+    meta = builder.build(_import_cfg(tmp_path / "ucf", frames, tmp_path / "file"))
+    assert meta["flow"]["source_conventions"] == {"bound": "file", "rounding": "file"}
+    assert meta["flow"]["source_bound"] == 15.0
+    meta = builder.build(_import_cfg(tmp_path / "ucf", frames, tmp_path / "flags",
+                                     frames_bound=12.0))
+    assert meta["flow"]["source_conventions"] == {"bound": "flags", "rounding": "file"}
+    conventions = frames / rawframes.CONVENTIONS_FILE
+    good = conventions.read_text()
+    for broken, why in (('{"bound": 15', "not JSON"), ("[1, 2]", "not a JSON object"),
+                        ('{"bound": "15"}', "bound='15' is not a positive number"),
+                        ('{"rounding": "up"}', "rounding='up' is not one of")):
+        conventions.write_text(broken)
+        out = tmp_path / f"broken{len(broken)}"
+        with pytest.raises(rawframes.ConventionsError) as info:
+            builder.build(_import_cfg(tmp_path / "ucf", frames, out))
+        line = str(info.value)
+        assert line.startswith(f"{conventions}: {why}") and "\n" not in line, line
+        assert not glob.glob(str(out / records.META_FILENAME))
+        assert not glob.glob(str(out / "**" / "*.tfrecord*"), recursive=True)
+    conventions.unlink()  # no file: denseflow's, and the metadata says so
+    meta = builder.build(_import_cfg(tmp_path / "ucf", frames, tmp_path / "assumed"))
+    assert meta["flow"]["source_conventions"] == {"bound": "assumed", "rounding": "assumed"}
+    assert meta["flow"]["source_bound"] == rawframes.DENSEFLOW_BOUND
+    conventions.write_text(good)
