@@ -5,6 +5,7 @@ import errno
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -697,39 +698,59 @@ def test_a_partly_decodable_video_is_a_warning_or_with_strict_decode_a_failure(t
     assert "frames were skipped" in w["warning"]
 
 
-def test_frames_are_decoded_upright_and_the_rotation_is_read(monkeypatch):
-    # No tool here writes a display matrix (no ffmpeg, no PyAV): a stub
-    # capture checks that auto-orientation is asked for and the rotation read.
-    import cv2
+def _ffmpeg(*args, stdin=None):
+    r = subprocess.run(["ffmpeg", "-y", "-loglevel", "error", *args], input=stdin,
+                       capture_output=True)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    return r.stdout
 
+
+def _display_rotation(path) -> str:
+    r = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-select_streams", "v",
+                        str(path)], capture_output=True, text=True)
+    return next((ln.split("=", 1)[1] for ln in r.stdout.splitlines()
+                 if ln.startswith("rotation=")), "")
+
+
+@pytest.mark.skipif(not (shutil.which("ffmpeg") and shutil.which("ffprobe")),
+                    reason="needs ffmpeg and ffprobe (apt-get install ffmpeg)")
+def test_frames_are_decoded_upright_and_the_rotation_is_read(tmp_path):
+    """A phone-style mp4: stored 64x48 landscape, a display matrix saying rotate by 90.
+
+    Written by ffmpeg (``-metadata:s:v:0 rotate=90`` on a stream copy, which
+    ffprobe shows as a display matrix); decoded frames must be what ffmpeg
+    itself shows (it applies the matrix): 48 wide, 64 high, the marked corner
+    where the rotation puts it.
+    """
     from mat_effnet.ops import video
 
-    asked = {}
+    n, h, w = 6, 48, 64
+    frames = np.zeros((n, h, w, 3), np.uint8)
+    frames[:, :16, :16] = 255  # a white top-left corner
+    frames[:, -8:, :, 2] = 200  # a blue bottom band
+    stored = tmp_path / "stored.mp4"
+    _ffmpeg("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", "10", "-i", "-",
+            "-c:v", "mpeg4", "-q:v", "2", str(stored), stdin=frames.tobytes())
+    phone = tmp_path / "phone.mp4"
+    _ffmpeg("-i", str(stored), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(phone))
+    assert _display_rotation(phone) in ("90", "-90"), "ffmpeg wrote no display matrix"
 
-    class StubCapture:
-        def __init__(self, path, api):
-            pass
-
-        def set(self, prop, value):
-            asked[prop] = value
-            return True
-
-        def isOpened(self):
-            return True
-
-        def get(self, prop):
-            return {cv2.CAP_PROP_FPS: 30.0, cv2.CAP_PROP_FRAME_WIDTH: 64,
-                    cv2.CAP_PROP_FRAME_HEIGHT: 48, cv2.CAP_PROP_FRAME_COUNT: 10,
-                    cv2.CAP_PROP_ORIENTATION_META: 90.0}[prop]
-
-        def release(self):
-            pass
-
-    monkeypatch.setattr(cv2, "VideoCapture", StubCapture)
-    monkeypatch.setattr(video, "_check_file", lambda path: None)
-    info = video.probe("phone.mp4")
-    assert asked == {cv2.CAP_PROP_ORIENTATION_AUTO: 1}
-    assert info.rotation == 90 and info.frame_count == 10
+    info = video.probe(str(phone))
+    assert (info.width, info.height, info.frame_count) == (h, w, n)
+    assert info.rotation in (90, 270)
+    got = np.stack(list(video.iter_frames(str(phone), 0)))
+    assert got.shape == (n, w, h, 3)
+    # What ffmpeg shows (it applies the display matrix itself).
+    shown = np.frombuffer(_ffmpeg("-i", str(phone), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"),
+                          np.uint8).reshape(n, w, h, 3)
+    assert np.abs(got.astype(int) - shown).mean() < 2
+    # The stored frames turned a quarter turn as ffmpeg turns them: the white
+    # corner and the blue band moved with the picture.
+    k = 1 if shown[0, -8:, :8].mean() > 200 else -1
+    turned = np.rot90(frames, k=k, axes=(1, 2))
+    assert np.abs(got.astype(int) - turned).mean() < 4
+    corner = (slice(-16, None), slice(None, 16)) if k == 1 else (slice(None, 16), slice(-16, None))
+    assert got[0][corner].mean() > 200
 
 
 # ---------------------------------------------------------------------------
