@@ -5,6 +5,16 @@ import time
 from data_prep import work_files
 
 
+def oom_killed_process_video(task):
+    """A worker the kernel kills (SIGKILL, as its out-of-memory killer does) on 'oom' files."""
+    import os
+    import signal
+
+    if "oom" in task.entry.video_id:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return work_files.process_video(task)
+
+
 def sleepy_process_video(task):
     """A decoder that hangs on one file (its name says 'hang'), else the real work."""
     if "hang" in task.entry.video_id:

@@ -113,8 +113,10 @@ def test_machine_errors_are_recognised_in_each_form():
     assert line.startswith("/o/x: no space left on device (") and "MiB free on /" in line
     assert "run the same command again" in line and "\n" not in line
     # Reading an input one may not read is the data's fault, not the machine's.
-    assert faults.machine_fault(OSError(errno.EACCES, "Permission denied", "/in/v.avi"), out_dir="/o") is None
-    assert faults.machine_fault(OSError(errno.EACCES, "Permission denied", "/o/.work/x"), out_dir="/o")
+    denied = OSError(errno.EACCES, "Permission denied", "/in/v.avi")
+    assert faults.machine_fault(denied, out_dir="/o") is None
+    assert faults.machine_fault(OSError(errno.EACCES, "Permission denied", "/o/.work/x"),
+                                out_dir="/o")
     assert faults.is_machine_reason("ResourceExhaustedError: /o/.work/train/v.tfrecord.tmp-1; "
                                     "No space left on device")
     assert faults.is_machine_reason("OSError: [Errno 28] No space left on device")
@@ -798,6 +800,25 @@ def test_train_on_a_full_disk_one_line_exit_2_no_torn_model(small_data, tmp_path
         # in test_end_to_end; it is not repeated here to keep CI short.)
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+def test_a_worker_killed_for_memory_stops_the_run_and_marks_nothing(tmp_path):
+    """Injected: the worker kills itself with SIGKILL, as the kernel's OOM killer does."""
+    from data_prep import watchdog
+    from tests import fault_helpers
+
+    _tree(tmp_path / "v", lengths=(5,))
+    synthetic.write_video(str(tmp_path / "v" / "a" / "oom.avi"), synthetic.index_frames(5, 48, 64))
+    cfg = _cfg(tmp_path / "v", tmp_path / "o", flow="none", split_file=None)
+    layout, plans = builder.prepare(cfg)
+    tasks = [work_files.Task(e, cfg, work_files.work_dir(cfg.out_dir, split))
+             for split, plan in plans.items() for shard in plan for e in shard]
+    with pytest.raises(faults.MachineFault) as info:
+        list(watchdog.run(tasks, 1, timeout_s=60, fn=fault_helpers.oom_killed_process_video))
+    assert str(info.value).startswith(str(tmp_path / "v" / "a" / "oom.avi") + ": its worker "
+                                      "was killed (SIGKILL: out of memory?); lower --flow_batch")
+    assert not glob.glob(str(tmp_path / "o" / ".work" / "*" / "*.failed.json"))
+    assert faults.is_machine_reason("worker died (exit code -9)")
 
 
 def test_a_hung_decoder_is_killed_and_the_video_listed_as_failed(tmp_path):

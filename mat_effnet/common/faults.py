@@ -268,6 +268,8 @@ def is_machine_reason(reason: str | None, out_dir: str | None = None) -> bool:
         return True
     if any(m in reason for m in _MEMORY_TEXTS):
         return True
+    if "worker died (exit code -9)" in reason:  # SIGKILL: the out-of-memory killer
+        return True
     for text, code in _TEXTS.items():
         if text in reason:
             if code in _ALWAYS:
