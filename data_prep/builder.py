@@ -295,8 +295,11 @@ def _metadata(cfg, layout, summaries) -> dict:
     jpeg_quality = cfg.jpeg_quality
     if cfg.frames_root is not None:
         # What was copied keeps the source's JPEG quality, which nobody wrote down.
-        bound, rounding = cfg.frames_quantization
+        bound, rounding, came_from = cfg.frames_conventions()
         flow.update(source=cfg.frames_layout, source_bound=bound, source_rounding=rounding,
+                    # 'file' (the conventions file beside the frames), 'flags', or
+                    # 'assumed' (denseflow's, no file and no flag)
+                    source_conventions=came_from,
                     rounding=settings["flow_rounding"],
                     requantized=bound != cfg.flow_bound or cfg.short_side > 0,
                     quantization=f"as the source: ±{bound:g}, {rounding} rounding"

@@ -24,7 +24,10 @@ OpenCV's), installable with pip.
 * Resumable: a video's folders are written under ``.partial`` names, renamed
   when complete, then its marker is written in ``<out_dir>/.mat_effnet_flow/``;
   a re-run skips videos with a marker and redoes the others. A video that
-  cannot be used gets a failure marker with the reason (never fatal).
+  cannot be used gets a failure marker with the reason (never fatal). A
+  fault of the machine (`mat_effnet.common.faults.machine_fault`: no space,
+  an I/O error, a lost mount, out of memory) stops the run with one line and
+  marks no video; the same command, once it is cleared, completes them.
 * ``<out_dir>/mat_effnet_flow.json`` (`data_prep.rawframes.CONVENTIONS_FILE`)
   records the conventions and each video's fps and counts; with a dataset
   layout, mmaction2's file lists (`write_file_lists`) go beside it.
@@ -47,13 +50,16 @@ from mat_effnet.ops import optical_flow as flow_lib
 from data_prep import layouts, rawframes
 from mat_effnet.ops import quantize, video
 from mat_effnet.common.progress import Progress, fmt_seconds
-from mat_effnet.common import atomic, tf_startup
+from mat_effnet.common import atomic, faults, tf_startup
 from mat_effnet.common.flagdefs import setting
 from mat_effnet.common.errors import bad_argument
 
 log = logging.getLogger("mat_effnet.flow")
 
 MARKER_DIR = ".mat_effnet_flow"
+# What the user lowers when memory runs out (mat_effnet.common.faults).
+MEMORY_ADVICE = ("lower --flow_batch or the frame size (--short_side, --new_width/--new_height), "
+                 "or run fewer --workers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,11 +159,19 @@ def _marker(out_dir: str, video_id: str) -> str:
 
 
 def read_marker(out_dir: str, video_id: str) -> dict | None:
+    """The video's marker, else None (redo it).
+
+    A failure that was the machine's (a run that recorded a full disk, an
+    I/O error or out of memory against the video) is no marker.
+    """
     try:
         with open(_marker(out_dir, video_id), encoding="utf-8") as f:
-            return json.load(f)
+            found = json.load(f)
     except (OSError, ValueError):
         return None
+    if found.get("status") == "failed" and faults.is_machine_reason(found.get("reason"), out_dir):
+        return None
+    return found
 
 
 def _frames(path: str, s: FlowExportSettings):
@@ -239,6 +253,9 @@ def export_video(item: Video, s: FlowExportSettings, out_dir: str, flow_fn=None)
     except Exception as e:  # noqa: BLE001  # a bad video must not end the run
         for d in partials:
             shutil.rmtree(d, ignore_errors=True)
+        # ... but the machine's fault ends it, recorded against no video.
+        faults.raise_if_machine(e, out_dir=out_dir, inputs=[item.path], path=finals[0],
+                                memory_advice=MEMORY_ADVICE)
         reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
         result.update(status="failed", reason=reason)
     atomic.write_json(_marker(out_dir, item.video_id), result)

@@ -25,7 +25,9 @@ decoded and no flow computed:
 Bad input -- a missing folder, a missing or unreadable frame, a count
 mismatch, mixed frame sizes -- raises `mat_effnet.ops.video.VideoError` with the
 reason, which the builder lists as it lists a bad video file; the run goes
-on and resumes like any other (`data_prep.work_files`).
+on and resumes like any other (`data_prep.work_files`). A frame that cannot
+be read for the machine's reason (an I/O error, a lost mount) raises
+`mat_effnet.common.faults.MachineFault`: the run stops, nothing is recorded.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from data_prep import rawframes
 from mat_effnet.ops import video
 from mat_effnet import records
 from mat_effnet.ops import quantize
+from mat_effnet.common import faults
 
 # JPEG markers that start a frame header (SOF0..SOF15 less DHT, JPG, DAC).
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -80,7 +83,9 @@ def _read(path: str) -> tuple[bytes, tuple[int, int]]:
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except OSError:
+    except OSError as e:
+        # A disk's I/O error or a lost mount is the machine's, not this frame's.
+        faults.raise_if_machine(e)
         data = b""
     size = jpeg_size(data)
     if size is None:

@@ -162,8 +162,27 @@ class PrepConfig:
     @property
     def frames_quantization(self) -> tuple[float, str]:
         """(bound, rounding) of the imported flow: the flags, the conventions file, denseflow's."""
+        bound, rounding, _ = self.frames_conventions()
+        return bound, rounding
+
+    def frames_conventions(self) -> tuple[float, str, dict]:
+        """(bound, rounding, where each came from: 'flags', 'file' or 'assumed' (denseflow's)).
+
+        Raises `data_prep.rawframes.ConventionsError` for a conventions file
+        that is there but cannot be read or parsed.
+        """
         found = rawframes.read_conventions(self.frames_root) if self.frames_root else {}
-        bound = self.frames_bound if self.frames_bound is not None else \
-            float(found.get("bound", rawframes.DENSEFLOW_BOUND))
-        rounding = self.frames_rounding or found.get("rounding", rawframes.DENSEFLOW_ROUNDING)
-        return float(bound), rounding
+        source = {}
+        if self.frames_bound is not None:
+            bound, source["bound"] = self.frames_bound, "flags"
+        elif "bound" in found:
+            bound, source["bound"] = found["bound"], "file"
+        else:
+            bound, source["bound"] = rawframes.DENSEFLOW_BOUND, "assumed"
+        if self.frames_rounding:
+            rounding, source["rounding"] = self.frames_rounding, "flags"
+        elif "rounding" in found:
+            rounding, source["rounding"] = found["rounding"], "file"
+        else:
+            rounding, source["rounding"] = rawframes.DENSEFLOW_ROUNDING, "assumed"
+        return float(bound), rounding, source

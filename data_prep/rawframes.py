@@ -58,6 +58,7 @@ import os
 import posixpath
 import re
 
+from mat_effnet.common.errors import MatEffNetError
 from mat_effnet.ops.quantize import ROUNDINGS, check_rounding  # noqa: F401 (the formats' roundings)
 
 LAYOUTS = ("rawframes", "twostreamfusion")
@@ -203,11 +204,40 @@ def align(num_rgb: int, num_x: int, num_y: int) -> tuple[int, int]:
     return num_rgb, num_rgb - 1
 
 
+class ConventionsError(MatEffNetError):
+    """A conventions file that is there but cannot be read or parsed."""
+
+
 def read_conventions(root: str) -> dict:
-    """The conventions file beside exported frames (`data_prep.frames_export`), or {}."""
+    """The conventions file beside exported frames (`data_prep.frames_export`); {} when none.
+
+    A file that exists but cannot be read, or is not a JSON object, raises
+    `ConventionsError` naming it: guessing denseflow's conventions for
+    frames written otherwise would mis-dequantize every flow field.
+    """
+    path = os.path.join(root, CONVENTIONS_FILE)
     try:
-        with open(os.path.join(root, CONVENTIONS_FILE), encoding="utf-8") as f:
-            found = json.load(f)
-    except (OSError, ValueError):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
         return {}
-    return found if isinstance(found, dict) else {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConventionsError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e}); "
+                               "fix or remove it, or give --frames_bound and "
+                               "--frames_rounding") from None
+    try:
+        found = json.loads(text)
+    except ValueError as e:
+        found = e
+    if not isinstance(found, dict):
+        why = f"not JSON ({found})" if isinstance(found, ValueError) else "not a JSON object"
+        raise ConventionsError(f"{path}: {why}; fix or remove it, or give --frames_bound and "
+                               "--frames_rounding")
+    bound, rounding = found.get("bound", 1.0), found.get("rounding", ROUNDINGS[0])
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not bound > 0:
+        raise ConventionsError(f"{path}: bound={bound!r} is not a positive number; fix it, or "
+                               "give --frames_bound")
+    if rounding not in ROUNDINGS:
+        raise ConventionsError(f"{path}: rounding={rounding!r} is not one of "
+                               f"{', '.join(ROUNDINGS)}; fix it, or give --frames_rounding")
+    return found

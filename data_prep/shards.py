@@ -45,7 +45,7 @@ def finished_shard(cfg: PrepConfig, split: str, index: int) -> dict | None:
     if not gfile.exists(path):
         return None
     summary = work_files.read_json(path)
-    if any(v["status"] == "failed" and faults.is_machine_reason(v.get("reason"))
+    if any(v["status"] == "failed" and faults.is_machine_reason(v.get("reason"), cfg.out_dir)
            for v in summary["videos"]):
         return None
     shard = os.path.join(cfg.out_dir, summary["file"])

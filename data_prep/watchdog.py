@@ -15,12 +15,14 @@ limit: its decoding runs in its own pool.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
+import signal
 import time
 from typing import Callable, Iterator
 
 from data_prep import work_files
-from mat_effnet.common import tf_startup
+from mat_effnet.common import faults, tf_startup
 
 REASON_TIMEOUT = "timed out"
 
@@ -31,6 +33,8 @@ class Timeout(Exception):
 
 def _child(fn: Callable, task: work_files.Task, conn) -> None:
     tf_startup.import_tensorflow_if_quiet()
+    import tensorflow  # noqa: F401  # every video's work file is written with it: not its time
+
     conn.send(("started", None))  # the clock starts now, not at the process start
     try:
         conn.send(("ok", fn(task)))
@@ -59,8 +63,14 @@ def run(tasks: list, workers: int, timeout_s: float,
                 child.close()
                 running[p] = (task, parent, None)
             for p, (task, conn, start) in list(running.items()):
+                message = None
                 if conn.poll():
-                    kind, value = conn.recv()
+                    try:
+                        message = conn.recv()
+                    except EOFError:  # its end closed: it died without a word
+                        p.join()
+                if message is not None:
+                    kind, value = message
                     if kind == "started":
                         running[p] = (task, conn, time.monotonic())
                         continue
@@ -71,6 +81,12 @@ def run(tasks: list, workers: int, timeout_s: float,
                     yield value
                 elif not p.is_alive():  # died without a word (killed, crashed)
                     del running[p]
+                    if p.exitcode == -signal.SIGKILL:
+                        # The kernel's out-of-memory killer, not the video: nothing recorded.
+                        raise faults.MachineFault(
+                            f"{task.entry.path}: its worker was killed (SIGKILL: out of memory?); "
+                            f"{work_files.MEMORY_ADVICE} and run the same command again: what "
+                            "is finished is kept and it resumes", errno.ENOMEM)
                     yield work_files.write_failure(
                         task, Timeout(f"worker died (exit code {p.exitcode})"))
                 elif start is not None and time.monotonic() - start > timeout_s:

@@ -80,7 +80,8 @@ def marker(work_dir: str, entry) -> dict | None:
                 content = read_json(base + suffix)
             except (json.JSONDecodeError, OSError):
                 return None  # a torn marker: redo the video
-            if suffix == ".failed.json" and faults.is_machine_reason(content.get("reason")):
+            if suffix == ".failed.json" and faults.is_machine_reason(
+                    content.get("reason"), os.path.dirname(os.path.dirname(work_dir))):
                 return None
             return content
     return None
@@ -103,7 +104,8 @@ def _write_video(task: Task, produce, result: dict | None = None,
     Never raises for a bad video: `mat_effnet.ops.video.VideoError` and any
     other error (an unexpected decoder or flow failure must not kill the
     run) become a ``.failed.json`` marker with the reason. A fault of the
-    machine (full disk ...) is not the video's: it raises
+    machine (full disk, I/O error, lost mount, out of memory:
+    `mat_effnet.common.faults.machine_fault`) is not the video's: it raises
     `mat_effnet.common.faults.MachineFault` and the run stops, the video unmarked.
     """
     import tensorflow as tf
@@ -130,9 +132,7 @@ def _write_video(task: Task, produce, result: dict | None = None,
         result.update(stats, status="done", seconds=seconds + time.perf_counter() - start)
         atomic.write_text(f"{base}.done.json", json.dumps(result))
     except Exception as e:  # noqa: BLE001
-        fault = faults.output_fault(e, task.cfg.out_dir, f"{base}.tfrecord")
-        if fault is not None:
-            raise fault from None
+        faults.raise_if_machine(e, path=f"{base}.tfrecord", **_where(task))
         write_failure(task, e, result)
     return result
 
@@ -172,10 +172,26 @@ def _result(task: Task) -> dict:
             "path": task.entry.path, "split": os.path.basename(task.work_dir)}
 
 
+# What prep's user lowers when memory runs out (mat_effnet.common.faults).
+MEMORY_ADVICE = "lower --flow_batch or --short_side, or run fewer --workers"
+
+
+def _where(task: Task) -> dict:
+    """`mat_effnet.common.faults.machine_fault`'s keywords for one video's work."""
+    return {"out_dir": task.cfg.out_dir, "inputs": [task.entry.path],
+            "memory_advice": MEMORY_ADVICE}
+
+
 def write_failure(task: Task, error: Exception, result: dict | None = None) -> dict:
-    """Writes the video's ``.failed.json`` marker with the reason; returns its content."""
+    """Writes the video's ``.failed.json`` marker with the reason; returns its content.
+
+    Raises `mat_effnet.common.faults.MachineFault` instead when the error is
+    the machine's (`mat_effnet.common.faults.machine_fault`): nothing is
+    recorded against the video.
+    """
     from mat_effnet.ops import video
 
+    faults.raise_if_machine(error, **_where(task))
     result = result if result is not None else _result(task)
     if isinstance(error, video.VideoError):
         reason = getattr(error, "reason", None) or str(error)

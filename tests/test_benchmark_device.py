@@ -93,7 +93,7 @@ def test_tiny_run_without_tensorflow_measures_every_section(tmp_path):
 def test_budget_skips_what_does_not_fit_and_says_why(tmp_path):
     # 15 s: the first TV-L1 figure's tiny prior (10 s) fits after the imports;
     # the train step's (20 s) never does.
-    r, doc, wall = _run_device(tmp_path, "--backbone=resnet18", "--budget_s=15")
+    r, doc, _ = _run_device(tmp_path, "--backbone=resnet18", "--budget_s=15")
     assert r.returncode == 0, r.stderr[-3000:]
     assert not doc["complete"] and doc["budget_s"] == 15
     later = [n for n in doc["plan"] if not n.startswith("tvl1.")]
@@ -102,7 +102,6 @@ def test_budget_skips_what_does_not_fit_and_says_why(tmp_path):
         f = doc["figures"][name]
         assert f["value"] is None and f["skipped"] and f["why"].startswith("budget: ")
         assert f["estimate_s"] > 0
-    assert wall < 15 + 20  # it stopped rather than ran the skipped compiles
 
 
 class _Clock:

@@ -220,7 +220,6 @@ def test_a_killed_worker_training_goes_on_with_the_other_at_most_once(service_pr
     # At most what one worker can hold: its prefetched splits, a few dozen.
     print(f"lost with the worker: {len(lost)} elements {lost[:8]}...; 200 more in {took:.1f} s")
     assert len(lost) < 100, lost
-    assert took < 100
     deadline = time.monotonic() + 30
     # The dispatcher's log names the lost worker, --worker_timeout_s after
     # its last heartbeat.

@@ -7,6 +7,7 @@ Also a small reader that follows mmaction2's RawframeDataset conventions
 it finds every frame the export wrote.
 """
 
+import errno
 import glob
 import json
 import os
@@ -401,3 +402,171 @@ def test_command_lines_export_then_import(tmp_path):
     # --short_side not given: the stored 32-pixel short side is kept.
     assert meta["settings"]["short_side"] == 0 and list(meta["frame_size"]["sizes"]) == ["32x43"]
     assert meta["frame_size"]["stored_short_side"] == 32
+
+
+# ---------------------------------------------------------------------------
+# Faults of the machine during an export or an import: no video marked failed.
+#
+# Real: the full disk (a tmpfs that fills mid-run, then remounted larger).
+# Injected at the file layer (os.stat / open raising the errno a failing disk
+# or a lost mount gives): the I/O error and the stale mount.
+
+def _failed_markers(out_dir):
+    found = []
+    for p in glob.glob(os.path.join(str(out_dir), frames_export.MARKER_DIR, "*.json")):
+        with open(p) as f:
+            if json.load(f).get("status") == "failed":
+                found.append(p)
+    return found
+
+
+def test_export_onto_a_disk_that_fills_stops_and_the_rerun_completes_byte_identical(tmp_path):
+    """Real ENOSPC: a tmpfs smaller than the export; no failure marked; remounted, rerun."""
+    from mat_effnet.common import faults
+    from tests import fault_helpers as F
+
+    layout = _ucf(tmp_path / "ucf", per_class=2, frames=5)
+    videos = _videos(layout)
+    s = frames_export.FlowExportSettings(**QUICK)
+    clean = frames_export.export(videos, s, str(tmp_path / "clean"))
+    pages = len(glob.glob(str(tmp_path / "clean" / "**" / "*"), recursive=True))
+    disk = tmp_path / "disk"
+    if not F.mount_tmpfs(disk, f"{pages // 2 * F.PAGE}"):  # about half of the export fits
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with pytest.raises(faults.MachineFault) as info:
+            frames_export.export(videos, s, str(disk / "o"))
+        line = str(info.value)
+        assert line.startswith(str(disk / "o")) and "no space left on device" in line, line
+        assert "run the same command again" in line and "\n" not in line
+        assert info.value.code == errno.ENOSPC
+        assert _failed_markers(disk / "o") == []
+        done_before = [v for v in videos if frames_export.read_marker(str(disk / "o"),
+                                                                       v.video_id)]
+        assert 0 < len(done_before) < len(videos)  # it filled mid-run
+        F.remount(disk, "64m")
+        again = frames_export.export(videos, s, str(disk / "o"))
+        assert again == clean and again["failures"] == []
+        assert _files(disk / "o") == _files(tmp_path / "clean")
+        assert not glob.glob(str(disk / "o" / "**" / "*.partial"), recursive=True)
+    finally:
+        F.umount(disk)
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ESTALE])
+def test_export_stops_on_an_unreadable_input_disk_and_resumes(tmp_path, monkeypatch, code):
+    """Injected: the input's stat fails as on a failing disk (EIO) or a lost mount (ESTALE)."""
+    from mat_effnet.common import faults
+
+    layout = _ucf(tmp_path / "ucf", per_class=2, frames=5)
+    videos = _videos(layout)
+    s = frames_export.FlowExportSettings(**QUICK)
+    clean = frames_export.export(videos, s, str(tmp_path / "clean"))
+    lost = videos[2].path
+    real_stat = os.stat
+
+    def failing(path, *a, **k):
+        if os.fspath(path) == lost:
+            raise OSError(code, os.strerror(code), lost)
+        return real_stat(path, *a, **k)
+
+    monkeypatch.setattr(os, "stat", failing)
+    with pytest.raises(faults.MachineFault) as info:
+        frames_export.export(videos, s, str(tmp_path / "o"))
+    assert str(info.value).startswith(f"{lost}: ") and info.value.code == code
+    assert _failed_markers(tmp_path / "o") == []
+    monkeypatch.undo()
+    assert frames_export.export(videos, s, str(tmp_path / "o")) == clean
+    assert _files(tmp_path / "o") == _files(tmp_path / "clean")
+
+
+def test_markers_that_recorded_the_machines_fault_are_retried(tmp_path):
+    """Markers as runs wrote them before the policy: a full disk, out of memory, an I/O error."""
+    layout = _ucf(tmp_path / "ucf", per_class=2, frames=5)
+    videos = _videos(layout)
+    s = frames_export.FlowExportSettings(**QUICK)
+    clean = frames_export.export(videos, s, str(tmp_path / "clean"))
+    out = tmp_path / "old"
+    shutil.copytree(tmp_path / "clean", out)
+    reasons = ["OSError: [Errno 28] No space left on device: '%s'",
+               "MemoryError: ", "OSError: [Errno 5] Input/output error: '%s'"]
+    for v, reason in zip(videos, reasons):
+        for d in rawframes.folders(str(out), s.layout, v.video_id):
+            shutil.rmtree(d, ignore_errors=True)
+        marker = frames_export._marker(str(out), v.video_id)
+        with open(marker, "w") as f:
+            json.dump({"video_id": v.video_id, "path": v.path, "status": "failed",
+                       "reason": reason.replace("%s", str(out / "x.jpg"))}, f)
+    # A video's own failure stays one: not retried.
+    bad = videos[len(reasons)]
+    own = {"video_id": bad.video_id, "path": bad.path, "status": "failed",
+           "reason": "cannot open (not a video or unsupported codec)"}
+    with open(frames_export._marker(str(out), bad.video_id), "w") as f:
+        json.dump(own, f)
+    again = frames_export.export(videos, s, str(out))
+    assert again["failures"] == [{"video_id": bad.video_id, "path": bad.path,
+                                  "reason": own["reason"]}]
+    assert again["frames"] == {k: n for k, n in clean["frames"].items() if k != bad.video_id}
+    redone = _files(out)
+    assert all(redone[k] == b for k, b in _files(tmp_path / "clean").items()
+               if bad.video_id.split("/")[-1] not in k)
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ESTALE])
+def test_import_stops_on_an_io_error_instead_of_an_unreadable_frame(tmp_path, monkeypatch,
+                                                                   code):
+    """Injected: reading one frame file fails with the errno of a failing disk / lost mount."""
+    from mat_effnet.common import faults
+
+    layout = _ucf(tmp_path / "ucf", per_class=2, frames=5)
+    frames_export.export(_videos(layout), frames_export.FlowExportSettings(**QUICK),
+                         str(tmp_path / "frames"))
+    clean = builder.build(_import_cfg(tmp_path / "ucf", tmp_path / "frames", tmp_path / "imp1"))
+    victim = sorted(glob.glob(str(tmp_path / "frames" / "**" / "*.jpg"), recursive=True))[7]
+
+    def failing_open(path, *a, **k):
+        if os.fspath(path) == victim:
+            raise OSError(code, os.strerror(code), victim)
+        return open(path, *a, **k)
+
+    from data_prep import frames_import
+
+    monkeypatch.setattr(frames_import, "open", failing_open, raising=False)
+    with pytest.raises(faults.MachineFault) as info:
+        builder.build(_import_cfg(tmp_path / "ucf", tmp_path / "frames", tmp_path / "imp2"))
+    assert str(info.value).startswith(f"{victim}: ") and info.value.code == code
+    assert not glob.glob(str(tmp_path / "imp2" / ".work" / "*" / "*.failed.json"))
+    monkeypatch.undo()
+    assert builder.build(_import_cfg(tmp_path / "ucf", tmp_path / "frames",
+                                     tmp_path / "imp2")) == clean
+
+
+def test_where_the_imported_conventions_came_from_and_a_broken_file_stops(tmp_path):
+    layout = _ucf(tmp_path / "ucf", per_class=1, frames=5)
+    frames = tmp_path / "frames"
+    frames_export.export(_videos(layout), frames_export.FlowExportSettings(bound=15.0, **QUICK),
+                         str(frames))
+    meta = builder.build(_import_cfg(tmp_path / "ucf", frames, tmp_path / "file"))
+    assert meta["flow"]["source_conventions"] == {"bound": "file", "rounding": "file"}
+    assert meta["flow"]["source_bound"] == 15.0
+    meta = builder.build(_import_cfg(tmp_path / "ucf", frames, tmp_path / "flags",
+                                     frames_bound=12.0))
+    assert meta["flow"]["source_conventions"] == {"bound": "flags", "rounding": "file"}
+    conventions = frames / rawframes.CONVENTIONS_FILE
+    good = conventions.read_text()
+    for broken, why in (('{"bound": 15', "not JSON"), ("[1, 2]", "not a JSON object"),
+                        ('{"bound": "15"}', "bound='15' is not a positive number"),
+                        ('{"rounding": "up"}', "rounding='up' is not one of")):
+        conventions.write_text(broken)
+        out = tmp_path / f"broken{len(broken)}"
+        with pytest.raises(rawframes.ConventionsError) as info:
+            builder.build(_import_cfg(tmp_path / "ucf", frames, out))
+        line = str(info.value)
+        assert line.startswith(f"{conventions}: {why}") and "\n" not in line, line
+        assert not glob.glob(str(out / records.META_FILENAME))
+        assert not glob.glob(str(out / "**" / "*.tfrecord*"), recursive=True)
+    conventions.unlink()  # no file: denseflow's, and the metadata says so
+    meta = builder.build(_import_cfg(tmp_path / "ucf", frames, tmp_path / "assumed"))
+    assert meta["flow"]["source_conventions"] == {"bound": "assumed", "rounding": "assumed"}
+    assert meta["flow"]["source_bound"] == rawframes.DENSEFLOW_BOUND
+    conventions.write_text(good)

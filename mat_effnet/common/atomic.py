@@ -72,7 +72,7 @@ def _raise_named(error: BaseException, path: str) -> None:
     name; this is where the name is known (`mat_effnet.common.faults`).
     """
     if isinstance(error, Exception) and not isinstance(error, faults.MachineFault):
-        fault = faults.output_fault(error, os.path.dirname(path) or ".", path)
+        fault = faults.machine_fault(error, out_dir=os.path.dirname(path) or ".", path=path)
         if fault is not None:
             raise fault from None
 

@@ -1,25 +1,32 @@
-"""Faults of the machine: which errors they are, and the one line the user gets.
+"""Faults of the machine: which errors they are, whose fault, and the one line the user gets.
 
-A full disk, a missing permission, an I/O error or a lost mount is not a
-fault of the data nor a bug: the user is told, in one line, which file could
-not be written, how much space was free, and that running the same command
-again continues where it stopped (every writer of the project writes through
+A full disk, a missing permission, an I/O error, a lost mount or running out
+of memory is not a fault of the data nor a bug: the user is told, in one
+line, which file could not be written or read (how much space was free, or
+which size to lower), and that running the same command again continues
+where it stopped (every writer of the project writes through
 `mat_effnet.common.atomic`, so nothing already finished is lost). This module is the
 one place that recognises such errors, in the forms they arrive in:
 
 * ``OSError`` with its errno (Python's own writes, ``shutil``, ``os.replace``);
+  ``MemoryError`` (the host);
 * TensorFlow's status errors (``tf.io.gfile``, ``TFRecordWriter``, Keras's
-  saving through them): TF maps ``ENOSPC`` to ``ResourceExhaustedError`` and
-  ``EACCES`` to ``PermissionDeniedError``; others carry only the C library's
-  text (``Input/output error``). Matched by class name and text, so that
-  data preparation need not import TensorFlow to classify;
+  saving through them): TF maps ``ENOSPC`` to ``ResourceExhaustedError``
+  with the C library's text, and ``EACCES`` to ``PermissionDeniedError``;
+  others carry only the text (``Input/output error``). A
+  ``ResourceExhaustedError`` without a disk's text is memory ("OOM when
+  allocating"), as is XLA's "Out of memory while trying to allocate".
+  Matched by class name and text, so that data preparation need not import
+  TensorFlow to classify;
 * an error raised *from* one of those (``raise X from e``, or while handling).
 
-`mat_effnet.common.cli` turns any of them into ``mat-effnet-X: error: <line>`` with
-exit code 2. Preparation calls `output_fault` where a video's work file is
-written, so that a machine error stops the run instead of being recorded as
-that video's failure, and `is_machine_reason` to retry videos that a run from
-before this module recorded as failed for such a reason.
+`machine_fault` is the one policy every loop over items (prep, frame-folder
+export and import, many-video prediction, verify) asks whose fault an error
+is: the machine's stops the run with one line, the item's is recorded against
+the item. `mat_effnet.common.cli` turns any machine fault into
+``mat-effnet-X: error: <line>`` with exit code 2. `is_machine_reason`
+recognises the recorded reasons of runs that recorded a machine's fault
+against an item, so that those items are retried.
 """
 
 from __future__ import annotations
@@ -32,22 +39,23 @@ import shutil
 from mat_effnet.common.errors import MatEffNetError
 
 # errno -> what the user is told; the errors that are the machine's whichever
-# file they name.
+# file they name (reading an input on a failing disk or a lost mount included).
 _ALWAYS = {
     errno.ENOSPC: "no space left on device",
     errno.EDQUOT: "disk quota exceeded",
     errno.EROFS: "read-only file system",
     errno.ESTALE: "stale file handle (lost network mount?)",
     errno.ENOTCONN: "transport endpoint is not connected (lost mount?)",
-}
-# These are the machine's on the output side; on the input side (a video
-# file one may not read) they are the data's, so a caller says which side.
-_OUTPUT_SIDE = {
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
     errno.EIO: "input/output error",
     errno.ENODEV: "no such device (lost mount?)",
     errno.ENXIO: "no such device or address (lost mount?)",
+    errno.ENOMEM: "out of memory",
+}
+# These are the machine's on the output side; on the input side (a video
+# file one may not read) they are the item's, so a caller says which side.
+_OUTPUT_SIDE = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
 }
 MACHINE_ERRNOS = {**_ALWAYS, **_OUTPUT_SIDE}
 
@@ -58,10 +66,15 @@ _TEXTS = {
     "Read-only file system": errno.EROFS,
     "Stale file handle": errno.ESTALE,
     "Transport endpoint is not connected": errno.ENOTCONN,
-    "Permission denied": errno.EACCES,
     "Input/output error": errno.EIO,
+    "No such device": errno.ENODEV,
+    "Permission denied": errno.EACCES,
 }
-_TF_CLASSES = {"ResourceExhaustedError": errno.ENOSPC, "PermissionDeniedError": errno.EACCES}
+# Out of memory as the host (MemoryError) and the accelerators word it:
+# TensorFlow's "OOM when allocating tensor", XLA's "Out of memory while
+# trying to allocate" (both under RESOURCE_EXHAUSTED).
+_MEMORY_TEXTS = ("OOM when allocating", "Out of memory", "out of memory", "RESOURCE_EXHAUSTED")
+_XLA_CLASSES = ("XlaRuntimeError", "JaxRuntimeError")
 
 _ADVICE = {
     errno.ENOSPC: "free some space",
@@ -70,6 +83,7 @@ _ADVICE = {
     errno.EACCES: "make it writable",
     errno.EPERM: "make it writable",
 }
+MEMORY_ADVICE = "lower the batch size or the frame size"
 
 
 class MachineFault(MatEffNetError):
@@ -94,17 +108,24 @@ def _chain(error: BaseException):
 def _errno_of(error: BaseException) -> int | None:
     if isinstance(error, MachineFault):
         return error.code
+    if isinstance(error, MemoryError):
+        return errno.ENOMEM
     if isinstance(error, OSError) and error.errno in MACHINE_ERRNOS:
         return error.errno
     text = str(error)
     name = type(error).__name__
     if type(error).__module__.startswith("tensorflow"):
-        if name == "ResourceExhaustedError" and "OOM" in text:
-            return None  # out of accelerator memory: not a disk
         for marker, code in _TEXTS.items():
             if marker in text:
                 return code
-        return _TF_CLASSES.get(name)
+        if name == "ResourceExhaustedError":
+            # Not a disk (whose errors carry the C library's text): memory.
+            return errno.ENOMEM
+        if name == "PermissionDeniedError":
+            return errno.EACCES
+        return None
+    if name in _XLA_CLASSES and any(m in text for m in _MEMORY_TEXTS):
+        return errno.ENOMEM
     return None
 
 
@@ -153,48 +174,106 @@ def free_space(path: str) -> str:
     return f"{amount} free on {mount}"
 
 
-def describe(error: BaseException, path: str | None = None) -> str:
+def describe(error: BaseException, path: str | None = None,
+             memory_advice: str = MEMORY_ADVICE) -> str:
     """The one line for machine fault ``error`` about ``path`` (else the file it names)."""
     if isinstance(error, MachineFault):
         return str(error)
     code = machine_errno(error)
     path = path or _path_of(error) or "?"
+    if code == errno.ENOMEM:
+        where = "the host" if any(isinstance(e, MemoryError) for e in _chain(error)) else (
+            "the accelerator")
+        return (f"{path}: out of memory on {where}; {memory_advice} and run the same command "
+                "again: what is finished is kept and it resumes")
     why = MACHINE_ERRNOS.get(code, "the storage failed")
     advice = _ADVICE.get(code, "check the disk or mount")
     return (f"{path}: {why} ({free_space(path)}); {advice} and run the same command "
             "again: what is finished is kept and it resumes")
 
 
-def output_fault(error: BaseException, out_dir: str,
-                 path: str | None = None) -> MachineFault | None:
-    """The `MachineFault` for an error met while writing under ``out_dir``, else None.
+def _under(path: str, folder: str) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
-    ``path`` names the file when the error names none.
 
-    ``out_dir`` decides the side for the errors that may also come from
-    reading an input (EACCES, EIO ...): they are the machine's when they
-    name a file under it, or when nothing else is named.
+def _input_fault(inputs) -> tuple[OSError, str] | None:
+    """(the error, the path) when an input cannot even be looked at for the machine's reason."""
+    for p in inputs:
+        if not p or "://" in p:
+            continue
+        try:
+            os.stat(p)
+        except OSError as e:
+            if e.errno in _ALWAYS:
+                return e, p
+    return None
+
+
+def machine_fault(error: BaseException, *, out_dir: str | None = None, inputs=(),
+                  path: str | None = None,
+                  memory_advice: str = MEMORY_ADVICE) -> MachineFault | None:
+    """Whose fault ``error`` is: the `MachineFault` when the machine's, None when the item's.
+
+    The one policy every loop over items (videos, frame folders, shards)
+    follows. The machine's: no space, a quota, a read-only file system, an
+    I/O error, a stale or lost mount, out of memory (host or accelerator),
+    and no permission on the output (under ``out_dir``; a named file
+    elsewhere is an input one may not read, the item's). An error that is
+    none of these is the item's unless one of ``inputs`` (the item's files
+    or folders) cannot even be stat'ed for one of those reasons: a decoder
+    reports a lost mount as a file it cannot open. ``path`` names the file
+    when the error names none. The item's error is recorded against it and
+    the run goes on; the machine's stops the run, nothing recorded.
     """
+    if isinstance(error, MachineFault):
+        return error
     code = machine_errno(error)
-    if code is None:
-        return None
-    if code in _OUTPUT_SIDE:
+    if code is not None and code in _OUTPUT_SIDE:
         named = _path_of(error)
-        if named and not os.path.abspath(named).startswith(os.path.abspath(out_dir)):
-            return None
-    return MachineFault(describe(error, _path_of(error) or path), code)
+        if out_dir is None or (named and not _under(named, out_dir)):
+            code = None
+    if code == errno.ENOMEM:  # named by the item it was working on
+        where = next((p for p in inputs if p), None) or path
+        return MachineFault(describe(error, where, memory_advice), code)
+    if code is not None:
+        return MachineFault(describe(error, _path_of(error) or path, memory_advice), code)
+    found = _input_fault(inputs)
+    if found is not None:
+        e, p = found
+        return MachineFault(describe(e, p), e.errno)
+    return None
 
 
-def is_machine_reason(reason: str | None) -> bool:
-    """Whether a recorded failure reason was the machine's, not the video's.
+def raise_if_machine(error: BaseException, **where) -> None:
+    """Raises `machine_fault`'s answer (``where``: its keywords) if there is one."""
+    fault = machine_fault(error, **where)
+    if fault is error:
+        raise fault
+    if fault is not None:
+        raise fault from None
 
-    Runs from before this module recorded full disks as videos' failures
-    (``ResourceExhaustedError: …/.work/train/…``); the videos they name are
-    retried. The output-side texts count only when they name a work file.
+
+def is_machine_reason(reason: str | None, out_dir: str | None = None) -> bool:
+    """Whether a recorded failure reason (a marker's, a row's) was the machine's, not the item's.
+
+    Runs from before `machine_fault` recorded full disks, I/O errors, lost
+    mounts and out of memory as items' failures; the items they name are
+    retried. The output-side texts (no permission) count only when they
+    name a work file (``/.work/``) or a file under ``out_dir``.
     """
-    if not reason or reason.startswith("MachineFault"):
-        return bool(reason)
+    if not reason:
+        return False
+    if reason.startswith(("MachineFault", "MemoryError")):
+        return True
+    if any(m in reason for m in _MEMORY_TEXTS):
+        return True
+    if "worker died (exit code -9)" in reason:  # SIGKILL: the out-of-memory killer
+        return True
     for text, code in _TEXTS.items():
-        if text in reason and (code in _ALWAYS or "/.work/" in reason):
-            return True
-    return reason.startswith("ResourceExhaustedError") and "/.work/" in reason
+        if text in reason:
+            if code in _ALWAYS:
+                return True
+            if "/.work/" in reason or (out_dir and os.path.abspath(out_dir) in reason):
+                return True
+    return reason.startswith("ResourceExhaustedError")

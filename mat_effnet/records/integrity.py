@@ -33,6 +33,8 @@ import re
 from typing import Iterator
 
 from mat_effnet import records
+from mat_effnet.records import schema  # its seeking reader, beside the writer
+from mat_effnet.common import faults
 from mat_effnet.common.errors import MatEffNetError
 
 log = logging.getLogger("mat_effnet.data")
@@ -133,6 +135,8 @@ def _scan(path: str, version: int, decode: bool) -> Iterator[str]:
     except records.MetadataError as e:  # a group shorter than its header says
         yield str(e).split(": ", 1)[1]
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        if faults.machine_errno(e) is not None:
+            raise  # an I/O error or a lost mount is the machine's, not this shard's
         offset = re.search(r"corrupted record at (\d+)", str(e))
         where = _video_at(path, int(offset.group(1))) if offset and version != 1 else None
         if where is None:
@@ -251,7 +255,7 @@ def _read_records(path: str, offset: int, count: int, num_bytes: int) -> list[by
     import tensorflow as tf
 
     if _read_fn is None:
-        _read_fn = tf.function(lambda p, o, c, n: records._payloads_at(p, o, c, n).batch(
+        _read_fn = tf.function(lambda p, o, c, n: schema._payloads_at(p, o, c, n).batch(
             c + 1).get_single_element(), reduce_retracing=True)
     return list(_read_fn(tf.constant(path), tf.constant(offset, tf.int64),
                          tf.constant(count, tf.int64), tf.constant(num_bytes, tf.int64)).numpy())
@@ -276,6 +280,8 @@ def _group_problem(path: str, offset: int, header_bytes: int, num_bytes: int,
             for jpeg in frames:
                 tf.io.decode_jpeg(jpeg)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        if faults.machine_errno(e) is not None:
+            raise
         first = (str(e).strip().splitlines() or [""])[0][:120]
         return video, f"corrupted record ({type(e).__name__}: {first})"
     return video, None
@@ -324,15 +330,29 @@ def decode_error(error: BaseException) -> bool:
     return "jpeg" in text or "decode" in text
 
 
+# InvalidArgumentError's texts for damaged bytes: a record whose CRC does not
+# match, a record cut short, a JPEG that does not decode.
+_DAMAGE_TEXTS = ("corrupted record", "truncated", "Invalid JPEG data", "jpeg::Uncompress",
+                 "Unknown image file format", "DecodeJpeg", "DecodeImage")
+
+
 def read_error(error: BaseException) -> bool:
-    """Whether ``error`` is TensorFlow failing to read or decode prepared data."""
+    """Whether ``error`` is damaged prepared data: a CRC mismatch, a truncation, a bad JPEG.
+
+    TensorFlow raises those as DataLossError, or as InvalidArgumentError
+    with the texts of `_DAMAGE_TEXTS`. Anything else is not the data's -- a
+    missing file (NotFoundError), a read past the end (OutOfRangeError), a
+    parse error naming a feature or a key (a reader that asks for a key the
+    records lack is a bug), a fault of the machine (an I/O error,
+    `mat_effnet.common.faults`) -- and keeps its own traceback.
+    """
     import tensorflow as tf
 
-    if isinstance(error, (tf.errors.DataLossError, tf.errors.NotFoundError,
-                          tf.errors.OutOfRangeError)):
+    if faults.machine_errno(error) is not None:
+        return False
+    if isinstance(error, tf.errors.DataLossError):
         return True
     text = str(error)
     return isinstance(error, tf.errors.InvalidArgumentError) and any(
-        k in text for k in ("JPEG", "jpeg", "corrupted record", "Invalid data", "parse",
-                            "Feature", "truncated", "Key:"))
+        k in text for k in _DAMAGE_TEXTS)
 

@@ -14,7 +14,11 @@ The output (`Output`) is JSON lines or CSV, by its extension, one row per
 video keyed by its absolute path; a failed video's row has an ``error``.
 Rows are appended and flushed one whole line at a time, so a killed run
 leaves at most a trailing half line: the rerun cuts it off and redoes that
-video, and skips every video that has a row (error rows included).
+video, and skips every video that has a row (error rows included). A
+fault of the machine (`mat_effnet.common.faults.machine_fault`: no space, an
+I/O error, a lost input mount, out of memory) is no video's error: the run
+stops with one line and writes no row, and error rows that recorded one are
+dropped by the rerun, which predicts those videos.
 """
 
 from __future__ import annotations
@@ -94,16 +98,36 @@ class Output:
             log.warning("%s: cut off a half-written last row (%d bytes); its video is redone",
                         self.path, self.cut)
         text = data[:keep].decode("utf-8", errors="replace")
+        kept, dropped = [], 0
         if self.csv:
             for row in csv.DictReader(io.StringIO(text, newline="")):
+                if _machine_row(row):
+                    dropped += 1
+                    continue
+                kept.append(_csv_line(row))
                 if row.get("path"):
                     self.done.add(row["path"])
-            return
-        for line in text.splitlines():
-            try:
-                self.done.add(json.loads(line)["path"])
-            except (ValueError, KeyError, TypeError):
-                continue  # not a row of ours; left as it is
+            kept.insert(0, ",".join(CSV_FIELDS) + "\r\n")
+        else:
+            for line in text.splitlines(keepends=True):
+                try:
+                    row = json.loads(line)
+                    path = row["path"]
+                except (ValueError, KeyError, TypeError):
+                    kept.append(line)
+                    continue  # not a row of ours; left as it is
+                if _machine_row(row):
+                    dropped += 1
+                    continue
+                kept.append(line)
+                self.done.add(path)
+        if dropped:
+            from mat_effnet.common import atomic
+
+            atomic.write_text(self.path, "".join(kept))
+            log.warning("%s: %d error row(s) were the machine's fault (no space, I/O error, "
+                        "lost mount, out of memory), not their videos'; those videos are redone",
+                        self.path, dropped)
 
     def _write(self, text: str) -> None:
         # One write of one whole line, flushed: a kill tears at most this line.
@@ -132,19 +156,15 @@ class Output:
             broken.close()
         except (OSError, ValueError):
             pass
-        fault = faults.output_fault(error, os.path.dirname(os.path.abspath(self.path)),
-                                    self.path)
+        fault = faults.machine_fault(error, out_dir=os.path.dirname(os.path.abspath(self.path)),
+                                     path=self.path)
         if fault is None:
             raise error
         raise fault from error
 
     def append(self, row: dict) -> None:
         if self.csv:
-            buf = io.StringIO(newline="")
-            csv.DictWriter(buf, CSV_FIELDS, extrasaction="ignore").writerow(
-                {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
-                 for k, v in row.items()})
-            self._write(buf.getvalue())
+            self._write(_csv_line(row))
         else:
             self._write(json.dumps(row) + "\n")
         self.done.add(row["path"])
@@ -155,6 +175,24 @@ class Output:
                 self._file.close()
             except OSError as e:
                 self._give_up(e)
+
+
+def _machine_row(row: dict) -> bool:
+    """An error row that a run recorded for the machine's fault; its video is redone."""
+    from mat_effnet.common import faults
+
+    return bool(row.get("error")) and faults.is_machine_reason(row["error"])
+
+
+def _csv_line(row: dict) -> str:
+    buf = io.StringIO(newline="")
+    csv.DictWriter(buf, CSV_FIELDS, extrasaction="ignore").writerow(
+        {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+# What the user lowers when memory runs out (mat_effnet.common.faults).
+MEMORY_ADVICE = "lower --batch_clips, --flow_batch or the frame size, or run fewer --workers"
 
 
 # ---------------------------------------------------------------------------
@@ -174,6 +212,11 @@ def _same_frames(a, b) -> bool:
 
 
 def _failure(task: Task, error: BaseException) -> dict:
+    """The video's error row; raises `mat_effnet.common.faults.MachineFault` instead
+    when the error is the machine's (no row: the rerun predicts the video)."""
+    from mat_effnet.common import faults
+
+    faults.raise_if_machine(error, inputs=[task.path], memory_advice=MEMORY_ADVICE)
     reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
     return {"path": task.path, "error": reason}
 
@@ -368,7 +411,7 @@ def predict_many(paths: list, models: dict, resolved, output: str, *, workers: i
                 scorer.add(result)
             except Exception as e:  # noqa: BLE001  # a record the models cannot take
                 failed += 1
-                out.append({"path": result["path"], "error": f"{type(e).__name__}: {e}"})
+                out.append(_failure(Task(result["path"], settings), e))
                 progress.update(True)
                 continue
             if scorer.ready():
