@@ -12,8 +12,8 @@ the preparation settings and both models' identities as JSON. With
 ``--tflite`` each stream is also written as ``.tflite`` files, float32 and
 dynamic-range int8 (`mat_effnet.serving.tflite_export`). With ``--onnx``
 each stream is also written as ``spatial.onnx`` and ``temporal.onnx``, the
-clip in and the softmax out (`mat_effnet.serving.onnx_export`; needs
-``pip install -e .[onnx]``).
+clip in and the softmax out, and TV-L1 at the first working size as
+``flow.onnx`` (`mat_effnet.serving.onnx_export`; needs ``pip install -e .[onnx]``).
 """
 
 from __future__ import annotations
@@ -54,8 +54,10 @@ def main(argv):
     summary = {"output_dir": os.path.abspath(FLAGS.output_dir), "size_bytes": out["size_bytes"],
                "class_names": len(out["class_names"]), "working_sizes": out["working_sizes"]}
     if "onnx" in out:
-        summary["onnx"] = {"opset": out["onnx"]["opset"],
-                           "files": sorted(out["onnx"]["files"].values())}
+        files = sorted(out["onnx"]["files"].values())
+        if "flow" in out["onnx"]:
+            files.append(out["onnx"]["flow"]["file"])
+        summary["onnx"] = {"opset": out["onnx"]["opset"], "files": files}
     if FLAGS.tflite:
         from mat_effnet.serving import tflite_export
 

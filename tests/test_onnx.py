@@ -102,12 +102,13 @@ def exported(tmp_path_factory):
         models[stream].save(paths[stream])
     out = str(root / "export")
     # The ONNX part of the export, as saved_model_export.export makes it with
-    # onnx=True (the SavedModel beside it is test_export.py's).
+    # onnx=True (the SavedModel beside it is test_export.py's); the flow file
+    # at a smaller size in its own test, its conversion being the slow part.
     settings = saved_model_export.ExportSettings(num_segments=SEGMENTS, frame_sizes=("4:3",),
                                                  fusion_weights=WEIGHTS, onnx=True)
     serving, meta = saved_model_export.build(paths["spatial"], paths["temporal"], settings)
     os.makedirs(out)
-    onnx_export.write_files(out, onnx_export.for_export(serving, meta))
+    onnx_export.write_files(out, onnx_export.for_export(serving, meta, flow=False))
     sessions = {s: onnx_export.session(os.path.join(out, onnx_export.FILES[s])) for s in paths}
     return {"root": root, "paths": paths, "models": models, "out": out, "meta": meta,
             "sessions": sessions}
@@ -181,6 +182,34 @@ def test_fused_onnx_scores_equal_predict(exported):
     assert fused.argmax() == np.argmax(want["fused"])
     # The weights matter here: the plain average is another answer.
     assert np.abs(onnx_export.fuse(scores["spatial"], scores["temporal"]) - fused).max() > 1e-3
+
+
+def test_tvl1_converts_and_matches_the_keras_flow(tmp_path):
+    """The Keras TV-L1 graph as ONNX Loops, at a size with two pyramid levels."""
+    from data_prep import known_flow
+    from mat_effnet.ops import tvl1
+
+    _need_packages()
+    height, width = 20, 26
+    assert len(tvl1.pyramid_sizes(height, width, tvl1.TVL1Params())) == 2
+    path = str(tmp_path / onnx_export.FLOW_FILE)
+    onnx_export.write_files(str(tmp_path), {onnx_export.FLOW_FILE: onnx_export.convert_flow(
+        height, width).SerializeToString()})
+    meta = onnx_export.read_metadata(path)
+    assert meta["flow"]["size"] == [height, width] and meta["opset"] == onnx_export.OPSET
+    sess = onnx_export.session(path)
+    assert [i.name for i in sess.get_inputs()] == list(onnx_export.FLOW_INPUTS)
+    keras_flow = tvl1.batch_tvl1()
+    for kind, magnitude in (("translation", 2.0), ("rotation", 3.0)):
+        prev, nxt, truth = known_flow.known_flow_pair(kind, height, width, seed=1,
+                                                      magnitude=magnitude)
+        got = onnx_export.run_flow(sess, prev, nxt)
+        want = keras_flow(prev[None], nxt[None])[0]
+        assert known_flow.endpoint_error(got, want) < 0.02, kind
+        # Not vacuous: the flow is the motion, and the order of the frames matters.
+        assert known_flow.endpoint_error(got, truth) < 0.5 * magnitude, kind
+        swapped = onnx_export.run_flow(sess, nxt, prev)
+        assert known_flow.endpoint_error(swapped, want) > 0.5 * magnitude, kind
 
 
 def test_an_op_without_onnx_conversion_is_named():

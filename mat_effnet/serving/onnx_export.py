@@ -20,11 +20,22 @@ op it cannot convert, so the result is checked here: every node must be an
 op of the standard ONNX domain, and the file must have exactly one input.
 
 What a file says about itself is in its ``metadata_props``, string keys
-with JSON values (`METADATA_KEYS`; `read_metadata` reads them back): the
+with JSON values (`STREAM_KEYS`; `read_metadata` reads them back): the
 stream, class names, the preparation its clips need (short side, flow,
 bound, JPEG quality), the model's identity
 (`mat_effnet.modeling.model_identity.identity`), the test segments, the
 input's and output's names, and the opset.
+
+The flow.  `mat_effnet.ops.tvl1`'s graph (TV-L1 as OpenCV's
+DualTVL1OpticalFlow, Zach et al. 2007 / Sanchez et al. 2013) converts too:
+its keras.ops while loops become ONNX ``Loop`` nodes when the function is
+frozen without lowering its control flow (lowered to v1 Enter/Exit/Merge
+frames, tf2onnx cannot rebuild the nested loops: "Graph has cycles").
+`convert_flow` writes it for one (1, H, W) uint8 pair of a static size,
+since the pyramid is built from static sizes (`FLOW_KEYS`). ONNX Runtime
+runs its loops one iteration at a time, each a sequence of small kernels,
+which is slow on a CPU against the XLA-compiled Keras TV-L1
+(docs/deployment-onnx.md has the figures).
 """
 
 from __future__ import annotations
@@ -40,11 +51,19 @@ INPUT_NAME = "clip"
 OUTPUT_NAME = "probabilities"
 FILES = {"spatial": "spatial.onnx", "temporal": "temporal.onnx"}
 INSTALL = "pip install -e .[onnx]"
-#: The ``metadata_props`` keys, each holding JSON text.
-METADATA_KEYS = ("mat_effnet.format", "mat_effnet.stream", "mat_effnet.class_names",
-                 "mat_effnet.preparation", "mat_effnet.model", "mat_effnet.test_segments",
-                 "mat_effnet.input", "mat_effnet.output", "mat_effnet.opset")
-FORMAT = {"name": "mat-effnet-onnx-stream", "version": 1}
+FLOW_FILE = "flow.onnx"
+#: The flow file's inputs (previous frame, next frame) and output.
+FLOW_INPUTS = ("prev", "next")
+FLOW_OUTPUT = "flow"
+#: The ``metadata_props`` keys of a stream file and of the flow file, each
+#: holding JSON text.
+STREAM_KEYS = ("mat_effnet.format", "mat_effnet.stream", "mat_effnet.class_names",
+               "mat_effnet.preparation", "mat_effnet.model", "mat_effnet.test_segments",
+               "mat_effnet.input", "mat_effnet.output", "mat_effnet.opset")
+FLOW_KEYS = ("mat_effnet.format", "mat_effnet.flow", "mat_effnet.input", "mat_effnet.output",
+             "mat_effnet.opset")
+FORMAT = {"stream": {"name": "mat-effnet-onnx-stream", "version": 1},
+          "flow": {"name": "mat-effnet-onnx-flow", "version": 1}}
 
 
 class OnnxError(MatEffNetError):
@@ -103,7 +122,9 @@ def convert_function(function, input_specs, output_names, what: str, opset: int 
     from tensorflow.python.framework import convert_to_constants
 
     concrete = function.get_concrete_function(*input_specs)
-    frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
+    # Loops stay functional While ops, which tf2onnx turns into ONNX Loops.
+    frozen = convert_to_constants.convert_variables_to_constants_v2(
+        concrete, lower_control_flow=False, aggressive_inlining=True)
     inputs = [t.name for t in frozen.inputs]
     outputs = [t.name for t in frozen.outputs]
     rename = dict(zip(inputs, [s.name for s in input_specs]))
@@ -128,7 +149,7 @@ def convert_function(function, input_specs, output_names, what: str, opset: int 
 def convert_stream(model, properties: dict, opset: int = OPSET):
     """The ONNX ModelProto of one stream model, ``properties`` in its metadata.
 
-    ``properties``: the `METADATA_KEYS` entries other than format, input,
+    ``properties``: the `STREAM_KEYS` entries other than format, input,
     output and opset (which are filled in here), as JSON-able values.
     """
     import tensorflow as tf
@@ -144,29 +165,69 @@ def convert_stream(model, properties: dict, opset: int = OPSET):
     proto = convert_function(probabilities, [spec], [OUTPUT_NAME], model.name, opset)
     values = dict(properties)
     values.update({
-        "mat_effnet.format": FORMAT,
+        "mat_effnet.format": FORMAT["stream"],
         "mat_effnet.input": {"name": INPUT_NAME, "shape": shape, "dtype": dtype.name,
                              "values": "0..255, the clip of mat_effnet.data.clips"},
         "mat_effnet.output": {"name": OUTPUT_NAME, "shape": [None, model.outputs[0].shape[-1]],
                               "dtype": "float32", "values": "softmax"},
         "mat_effnet.opset": opset,
     })
-    unknown = sorted(set(values) - set(METADATA_KEYS))
-    if unknown:
-        raise ValueError(f"unknown ONNX metadata keys {unknown}")
-    del proto.metadata_props[:]
-    for key in METADATA_KEYS:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(values.get(key), sort_keys=True)
-    proto.producer_name = "mat-effnet"
-    proto.doc_string = (f"MAT-EffNet {values.get('mat_effnet.stream', '')} stream: "
-                        f"{INPUT_NAME} (N, segments, S, S, C) float32 0..255 -> "
-                        f"{OUTPUT_NAME} (N, classes) softmax")
+    _set_metadata(proto, STREAM_KEYS, values,
+                  f"MAT-EffNet {values.get('mat_effnet.stream', '')} stream: {INPUT_NAME} "
+                  f"(N, segments, S, S, C) float32 0..255 -> {OUTPUT_NAME} (N, classes) softmax")
     return proto
 
 
+def convert_flow(height: int, width: int, opset: int = OPSET):
+    """The ONNX ModelProto of `mat_effnet.ops.tvl1` for one (1, H, W) uint8 pair.
+
+    Inputs `FLOW_INPUTS` (grey levels, the previous frame first), output
+    ``flow`` (1, H, W, 2) float32: (dx, dy) in pixels from prev to next.
+    The graph is `tvl1.flow_graph`, the one inside the SavedModel export.
+    """
+    import dataclasses
+
+    import tensorflow as tf
+
+    from mat_effnet.ops import tvl1
+
+    params = tvl1.TVL1Params().validate()
+    specs = [tf.TensorSpec((1, height, width), tf.uint8, name=n) for n in FLOW_INPUTS]
+
+    @tf.function(autograph=False)
+    def flow(prev, nxt):
+        return {FLOW_OUTPUT: tvl1.flow_graph(prev, nxt, params)}
+
+    proto = convert_function(flow, specs, [FLOW_OUTPUT], f"TV-L1 at {height}x{width}", opset)
+    _set_metadata(proto, FLOW_KEYS, {
+        "mat_effnet.format": FORMAT["flow"],
+        "mat_effnet.flow": {"algorithm": "tvl1", "graph": "mat_effnet.ops.tvl1.flow_graph",
+                            "params": dataclasses.asdict(params), "size": [height, width]},
+        "mat_effnet.input": {"names": list(FLOW_INPUTS), "shape": [1, height, width],
+                             "dtype": "uint8", "values": "grey levels, previous frame first"},
+        "mat_effnet.output": {"name": FLOW_OUTPUT, "shape": [1, height, width, 2],
+                              "dtype": "float32", "values": "(dx, dy) pixels, prev to next"},
+        "mat_effnet.opset": opset,
+    }, f"TV-L1 optical flow at {height}x{width}: {FLOW_INPUTS[0]}, {FLOW_INPUTS[1]} "
+       f"(1, H, W) uint8 -> {FLOW_OUTPUT} (1, H, W, 2) float32")
+    return proto
+
+
+def _set_metadata(proto, keys, values: dict, doc: str) -> None:
+    unknown = sorted(set(values) - set(keys))
+    if unknown:
+        raise ValueError(f"unknown ONNX metadata keys {unknown}")
+    del proto.metadata_props[:]
+    for key in keys:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(values.get(key), sort_keys=True)
+    proto.producer_name = "mat-effnet"
+    proto.doc_string = doc
+
+
 def read_metadata(source) -> dict:
-    """The `METADATA_KEYS` of an ONNX file (path, bytes or ModelProto), decoded."""
+    """The ``mat_effnet.*`` metadata of an ONNX file (path, bytes or ModelProto),
+    decoded, keyed without the prefix (`STREAM_KEYS` or `FLOW_KEYS`)."""
     import onnx
 
     if isinstance(source, (str, os.PathLike)):
@@ -176,21 +237,28 @@ def read_metadata(source) -> dict:
     else:
         proto = source
     props = {p.key: p.value for p in proto.metadata_props}
+    kind = {FORMAT[k]["name"]: k for k in FORMAT}.get(
+        json.loads(props.get("mat_effnet.format", "{}")).get("name"))
+    if kind is None:
+        raise OnnxError(f"{source if isinstance(source, str) else 'the ONNX model'}: "
+                        "no mat_effnet.format in its metadata_props (not a mat-effnet export)")
     out = {}
-    for key in METADATA_KEYS:
+    for key in STREAM_KEYS if kind == "stream" else FLOW_KEYS:
         if key not in props:
             raise OnnxError(f"{source if isinstance(source, str) else 'the ONNX model'}: "
-                            f"no {key} in its metadata_props (not a mat-effnet export)")
+                            f"no {key} in its metadata_props")
         out[key.split(".", 1)[1]] = json.loads(props[key])
     return out
 
 
-def for_export(serving, metadata: dict, opset: int = OPSET) -> dict:
-    """``{file name: bytes}`` of both streams of an export, and ``metadata["onnx"]``.
+def for_export(serving, metadata: dict, opset: int = OPSET, flow: bool = True) -> dict:
+    """``{file name: bytes}`` of an export, and ``metadata["onnx"]``.
 
     ``serving`` and ``metadata`` as `mat_effnet.serving.saved_model_export.build`
-    returns them: the files carry the same class names, preparation,
-    identities and test segments as the SavedModel's metadata.
+    returns them: the stream files carry the same class names, preparation,
+    identities and test segments as the SavedModel's metadata. With ``flow``,
+    also `FLOW_FILE`, TV-L1 at the export's first working size (frames of
+    another size are resized to it for the flow, as the SavedModel does).
     """
     require()
     files = {}
@@ -206,6 +274,11 @@ def for_export(serving, metadata: dict, opset: int = OPSET) -> dict:
         files[name] = proto.SerializeToString()
     metadata["onnx"] = {"opset": opset, "files": dict(FILES), "input": INPUT_NAME,
                         "output": OUTPUT_NAME}
+    if flow:
+        height, width = serving.flow.sizes[0]
+        files[FLOW_FILE] = convert_flow(height, width, opset).SerializeToString()
+        metadata["onnx"]["flow"] = {"file": FLOW_FILE, "size": [height, width],
+                                    "inputs": list(FLOW_INPUTS), "output": FLOW_OUTPUT}
     return files
 
 
@@ -243,6 +316,15 @@ def stream_scores(sess, clips) -> "np.ndarray":  # noqa: F821
     import numpy as np
 
     return np.mean([run(sess, clip).mean(axis=0) for clip in clips], axis=0)
+
+
+def run_flow(sess, prev, nxt) -> "np.ndarray":  # noqa: F821
+    """(H, W, 2) flow of one uint8 (H, W) grey pair through a `convert_flow` file."""
+    import numpy as np
+
+    feeds = dict(zip(FLOW_INPUTS, (np.asarray(prev, np.uint8)[None],
+                                   np.asarray(nxt, np.uint8)[None])))
+    return sess.run([FLOW_OUTPUT], feeds)[0][0]
 
 
 def fuse(spatial, temporal, weights=(1.0, 1.0)) -> "np.ndarray":  # noqa: F821

@@ -80,7 +80,8 @@ class ExportSettings:
     jpeg: bool = setting(True, "JPEG each frame and flow field in the graph as prep stores "
                          "them (the models were trained on JPEG frames).")
     onnx: bool = setting(False, "Also write each stream as ONNX (spatial.onnx, temporal.onnx: "
-                         "the clip in, the softmax out; needs pip install -e .[onnx]).")
+                         "the clip in, the softmax out) and TV-L1 at the first working size "
+                         "(flow.onnx); needs pip install -e .[onnx].")
 
     def __post_init__(self):
         from mat_effnet.evaluation.fusion import normalize_weights
