@@ -41,6 +41,7 @@ which is slow on a CPU against the XLA-compiled Keras TV-L1
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from mat_effnet.common.errors import MatEffNetError
@@ -120,6 +121,7 @@ def convert_function(function, input_specs, output_names, what: str, opset: int 
     """
     _, tf2onnx, _ = require()
     from tensorflow.python.framework import convert_to_constants
+    from tensorflow.python.util import deprecation
 
     concrete = function.get_concrete_function(*input_specs)
     # Loops stay functional While ops, which tf2onnx turns into ONNX Loops.
@@ -129,13 +131,22 @@ def convert_function(function, input_specs, output_names, what: str, opset: int 
     outputs = [t.name for t in frozen.outputs]
     rename = dict(zip(inputs, [s.name for s in input_specs]))
     rename.update(zip(outputs, output_names))
+    # tf2onnx logs each pass at INFO (thousands of lines for the flow); what
+    # matters is checked below on the result.
+    logger = logging.getLogger("tf2onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
-        proto, _ = tf2onnx.convert.from_graph_def(
-            frozen.graph.as_graph_def(), name=what, input_names=inputs, output_names=outputs,
-            opset=opset, tensors_to_rename=rename)
+        # and it calls TF1 freezing functions, each with a deprecation notice.
+        with deprecation.silence():
+            proto, _ = tf2onnx.convert.from_graph_def(
+                frozen.graph.as_graph_def(), name=what, input_names=inputs,
+                output_names=outputs, opset=opset, tensors_to_rename=rename)
     except Exception as e:  # tf2onnx raises bare exceptions with the TF op's name
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OnnxError(f"{what}: tf2onnx cannot convert it: {first}") from None
+    finally:
+        logger.setLevel(level)
     found = foreign_ops(proto)
     if found:
         raise OnnxError(f"{what}: ops with no ONNX conversion: {', '.join(found)}")

@@ -307,7 +307,7 @@ def build(spatial_path: str, temporal_path: str, settings: ExportSettings):
 def export(spatial_path: str, temporal_path: str, output_dir: str,
            settings: ExportSettings | None = None) -> dict:
     """Writes the SavedModel to ``output_dir`` (atomically: whole or not at all),
-    with ``settings.onnx`` the streams' ONNX files in it too
+    with ``settings.onnx`` the ONNX files of both streams and the flow in it too
     (`mat_effnet.serving.onnx_export`).
 
     Returns the metadata, plus the export's size in bytes.
