@@ -81,6 +81,9 @@ class ExportSettings:
                                     "fusion (normalised to sum 1).")
     jpeg: bool = setting(True, "JPEG each frame and flow field in the graph as prep stores "
                          "them (the models were trained on JPEG frames).")
+    onnx: bool = setting(False, "Also write each stream as ONNX (spatial.onnx, temporal.onnx: "
+                         "the clip in, the softmax out) and TV-L1 at the first working size "
+                         "(flow.onnx); needs pip install -e .[onnx].")
 
     def __post_init__(self):
         from mat_effnet.evaluation.fusion import normalize_weights
@@ -291,7 +294,9 @@ def build(spatial_path: str, temporal_path: str, settings: ExportSettings):
 
 def export(spatial_path: str, temporal_path: str, output_dir: str,
            settings: ExportSettings | None = None) -> dict:
-    """Writes the SavedModel to ``output_dir`` (atomically: whole or not at all).
+    """Writes the SavedModel to ``output_dir`` (atomically: whole or not at all),
+    with ``settings.onnx`` the ONNX files of both streams and the flow in it too
+    (`mat_effnet.serving.onnx_export`).
 
     Returns the metadata, plus the export's size in bytes.
     """
@@ -301,6 +306,11 @@ def export(spatial_path: str, temporal_path: str, output_dir: str,
 
     settings = settings or ExportSettings()
     serving, metadata = build(spatial_path, temporal_path, settings)
+    onnx_files = {}
+    if settings.onnx:  # before the metadata is fixed: it states the files and their opset
+        from mat_effnet.serving import onnx_export
+
+        onnx_files = onnx_export.for_export(serving, metadata)
     text = json.dumps(metadata, sort_keys=True)
 
     serve = tf.function(serving.serve, autograph=False, input_signature=[
@@ -340,6 +350,8 @@ def export(spatial_path: str, temporal_path: str, output_dir: str,
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         with open(os.path.join(tmp, "assets.mat_effnet.json"), "w") as f:
             f.write(json.dumps(metadata, indent=2) + "\n")
+        if onnx_files:
+            onnx_export.write_files(tmp, onnx_files)
         old = None
         if os.path.exists(output_dir):
             old = atomic.tmp_name(output_dir)
