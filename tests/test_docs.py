@@ -128,7 +128,7 @@ def workdir(tmp_path_factory):
                           synthetic.render_clip("RedSquareRight", rng, num_frames=16))
     saved_model_export.export(str(made / "spatial.keras"), str(made / "temporal.keras"),
                               str(root / "export" / "mine"),
-                              saved_model_export.ExportSettings(num_segments=4,
+                              saved_model_export.ExportSettings(num_segments=4, onnx=True,
                                                                 frame_sizes=("4:3",)))
     return root
 
