@@ -275,7 +275,7 @@ def for_export(serving, metadata: dict, opset: int = OPSET, flow: bool = True) -
     files = {}
     for stream, name in FILES.items():
         part = getattr(serving, stream)
-        proto = convert_stream(part.model, {
+        proto = convert_stream(part.predictor.model, {
             "mat_effnet.stream": stream,
             "mat_effnet.class_names": metadata["class_names"],
             "mat_effnet.preparation": metadata["preparation"][stream],
