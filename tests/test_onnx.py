@@ -22,6 +22,7 @@ import pytest
 
 from data_prep import synthetic
 from mat_effnet.evaluation import protocol
+from mat_effnet.evaluation.clip_prediction import StreamPredictor
 from mat_effnet.modeling import models as M
 from mat_effnet.serving import onnx_export, predict_video, saved_model_export
 
@@ -172,10 +173,10 @@ def test_fused_onnx_scores_equal_predict(exported):
     # The same records (prepared once: both streams' frames agree), the same clips.
     scores = {}
     for stream, model in models.items():
-        _, clips = predict_video.stream_scores(model, want["records"], SEGMENTS,
-                                               return_clips=True)
+        predictor = StreamPredictor(model, SEGMENTS)
+        clips = [predictor.views(predict_video.RecordFrames(s, stream)) for s in want["records"]]
         scores[stream] = onnx_export.stream_scores(exported["sessions"][stream],
-                                                   [c.numpy() for c in clips])
+                                                   [np.asarray(c) for c in clips])
         assert np.abs(scores[stream] - want[stream]).max() <= TOLERANCE
     fused = onnx_export.fuse(scores["spatial"], scores["temporal"], WEIGHTS)
     assert np.abs(fused - want["fused"]).max() <= TOLERANCE
