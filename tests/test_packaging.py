@@ -46,8 +46,10 @@ def test_setup_file_sdist_holds_the_package_and_installs_offline(tmp_path):
 
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for needed in ("setup.py", "setup.cfg", "data_prep/encode.py", "data_prep/builder.py",
-                   "data_prep/tvl1.py", "mat_effnet/records.py", "experiments/cli.py"):
+    for needed in ("setup.py", "setup.cfg", "mat_effnet/encoding/encode.py", "data_prep/builder.py",
+                   "mat_effnet/ops/tvl1.py", "mat_effnet/records/schema.py",
+                   "mat_effnet/common/cli.py", "experiments/prep.py",
+                   "mat_effnet/webapp/static/index.html"):
         assert needed in names, needed
     configs = {n for n in names if n.startswith("experiments/configs/") and n.endswith(".cfg")}
     assert configs == {f"experiments/configs/{os.path.basename(p)}"
@@ -61,12 +63,13 @@ def test_setup_file_sdist_holds_the_package_and_installs_offline(tmp_path):
                         "--target", str(target), sdist],
                        capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert os.path.isfile(target / "data_prep" / "encode.py")
+    assert os.path.isfile(target / "mat_effnet" / "encoding" / "encode.py")
+    assert os.path.isfile(target / "mat_effnet" / "webapp" / "static" / "index.html")
     assert len(glob.glob(str(target / "experiments" / "configs" / "*.cfg"))) == len(configs)
     # The installed copy is the one imported (from outside the source tree).
     env = dict(os.environ, PYTHONPATH=str(target))
-    r = subprocess.run([sys.executable, "-c", "import mat_effnet.encoding.encode as e, mat_effnet.records; "
-                        "print(e.__file__); print(e.EncodeSettings().flow)"],
+    r = subprocess.run([sys.executable, "-c", "import mat_effnet.encoding.encode as e, "
+                        "mat_effnet.records; print(e.__file__); print(e.EncodeSettings().flow)"],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == [str(target / "data_prep" / "encode.py"), "tvl1"]
+    assert r.stdout.split() == [str(target / "mat_effnet" / "encoding" / "encode.py"), "tvl1"]
