@@ -284,10 +284,12 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
                     else:
                         skip = skips.keys if skips is not None else frozenset()
                         val = _val_dataset(cfg, meta, skip=skip) if has_val else None
+                        # shuffle=False: the dataset is shuffled already (a permutation
+                        # per epoch, input_pipeline); Keras's default True only warns.
                         history = model.fit(_train_dataset(cfg, meta, skip=skip),
                                             epochs=cfg.optim.epochs, steps_per_epoch=steps,
                                             validation_data=val, callbacks=all_callbacks,
-                                            verbose=cfg.runtime.verbose)
+                                            verbose=cfg.runtime.verbose, shuffle=False)
                     break
                 except Exception as e:  # noqa: BLE001  # a damaged shard: named, not TF's trace
                     if not integrity.read_error(e):
