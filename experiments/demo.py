@@ -54,6 +54,8 @@ flags.DEFINE_integer("workers", None, "Prep workers (default: all cores).")
 # them and separates every motion; 1e-1 was unstable.
 # 60 epochs, not 40: at 40 the temporal stream still confused motions on
 # some seeds (motion accuracy 83 %), at 60 it separates them (96-100 %).
+# Without flips 40 was still too few: temporal 58.3 % on seeds 0, 1 and 2,
+# and on seed 0 the fused model called 6 of 12 PurpleCrossSpin Grow.
 # No flips: the demo's classes are directions ("Right" never moves left), so a
 # flipped clip is a motion no test video has; with flips the temporal stream
 # spent its 540 steps learning both and reached 54-63 % top-1 and 88-99 %
@@ -63,7 +65,7 @@ DEMO_TRAINING = {"seed": 0, "image_size": 56, "backbone": "efficientnet_b0", "ep
                  "bn_momentum": 0.9, "clip_norm": 5.0, "flow_length": 5, "flip": False}
 flagdefs.define_flags(config.TrainConfig, only=DEMO_TRAINING, overrides=DEMO_TRAINING)
 # Not flags: best.keras and last.keras every 20 epochs, not after each 9-step
-# epoch, where a write (about 1 s of CPU) took a quarter of the epoch.
+# epoch: a write costs about 1 s of CPU, two a quarter of such an epoch.
 DEMO_RUNTIME = {"checkpoint_every_epochs": 20}
 flags.DEFINE_bool("side_by_side", True, "Train (and evaluate) the two streams at the same "
                   "time, one process each with half the cores (on a machine with >= 2 cores).")
@@ -105,10 +107,10 @@ def main(argv):
     side_by_side = FLAGS.side_by_side and cores >= 2
     if side_by_side:
         # One process per stream, each with half the cores. A training step
-        # at 56 px is a chain of small ops that two threads share poorly; one
-        # thread per stream costs about the same CPU per image, and the two
-        # streams cost about the same, so side by side is never slower than
-        # one after the other, and faster by what the second thread wasted.
+        # at 56 px is a chain of small ops that two threads share poorly: on
+        # 2 cores one thread spent 17 ms of CPU per image, two threads 21-22
+        # (both streams). The streams cost about the same, so side by side
+        # each keeps a core busy on the cheaper single-thread step.
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(
