@@ -194,6 +194,14 @@ _CLASS_SPEC = {
     "RedSquareRight": ("square", "Red", "right"),
 }
 
+
+
+def motion_pairs() -> list[tuple[str, str]]:
+    """The pairs of `CLASSES` that share shape and colour: only motion tells them apart."""
+    return [(a, b) for i, a in enumerate(CLASSES) for b in CLASSES[i + 1:]
+            if _CLASS_SPEC[a][:2] == _CLASS_SPEC[b][:2]]
+
+
 _CLIPS_PER_GROUP = 2
 _TRAIN_FRACTION = 0.7
 _SUBPIXEL_BITS = 4  # cv2 drawing with 1/16-pixel vertex precision: smooth motion

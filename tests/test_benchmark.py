@@ -334,7 +334,8 @@ TINY = dict(
     image_size=32, num_segments=2, flow_length=2, test_segments=3, pipeline_batch=2,
     pipeline_train_batches=1, pipeline_test_clips=2, pipeline_min_seconds=0.0,
     pipeline_rounds=1, pipeline_levers=False, pipeline_bound_clips=2,
-    backbone="resnet18", train_batch=2, train_steps=1, infer_clips=1, predict_seconds=0.4,
+    backbone="resnet18", train_batch=2, train_steps=1, train_small_size=40,
+    train_small_flow_length=1, infer_clips=1, predict_seconds=0.4,
     predict_height=32, predict_width=40, predict_flow="dis", predict_short_side=40,
     at_scale=False)  # timed on its own below (test_prediction_at_scale_figures)
 
@@ -350,6 +351,8 @@ EXPECTED = FLOW_FIGURES + [
     "train_step.spatial.clips_per_s", "train_step.temporal.clips_per_s",
     "training.spatial.images_per_s", "training.temporal.images_per_s",
     "training.spatial.fraction_of_peak", "training.temporal.fraction_of_peak",
+    *[f"training.40px.{stream}.{what}" for stream in ("spatial", "temporal")
+      for what in ("images_per_s", "fraction_of_peak")],
     "inference.two_stream.clips_per_s",
     "inference.predict.total_s", "inference.predict.decode_s", "inference.predict.flow_s",
     "inference.predict.jpeg_and_records_s", "inference.predict.models_s",
@@ -415,6 +418,11 @@ def test_figures_record_their_settings(tiny_doc):
     assert frac["value"] == pytest.approx(frac["achieved_flops"] / tiny_doc["device_peak"]["flops"])
     assert frac["achieved_flops"] == pytest.approx(
         f["training.spatial.images_per_s"]["value"] * 3 * frac["settings"]["forward_flops_per_image"])
+    small = f["training.40px.temporal.images_per_s"]
+    assert small["settings"]["image_size"] == 40 and small["settings"]["channels"] == 2
+    assert small["cpu_seconds"] > 0 and small["images_per_cpu_second"] > 0
+    assert f["training.40px.spatial.fraction_of_peak"]["settings"]["forward_flops_per_image"] > (
+        frac["settings"]["forward_flops_per_image"])
     head = f["headline.temporal.input_over_train"]
     assert head["value"] == pytest.approx(f["pipeline.temporal.train.clips_per_s"]["value"]
                                           / f["train_step.temporal.clips_per_s"]["value"])

@@ -239,3 +239,8 @@ def test_colour_classes_differ_only_in_hue():
         backgrounds.append(gray[~masks].mean())
     assert max(lumas) - min(lumas) < 30
     assert min(backgrounds) - max(lumas) > 40
+
+
+def test_motion_pairs_are_the_classes_only_motion_tells_apart():
+    assert synthetic.motion_pairs() == [("PurpleCrossGrow", "PurpleCrossSpin"),
+                                        ("RedSquareDown", "RedSquareRight")]

@@ -169,3 +169,21 @@ def test_training_through_a_tf_data_service(data_dir, tmp_path):
     saved = json.loads((tmp_path / "m" / "train_config.json").read_text())
     assert saved["data"]["data_service"] == dispatcher.target
     del workers  # the servers stop when collected
+
+
+def test_checkpoints_every_n_epochs_and_after_the_last(tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(trainer, "save_model", lambda model, path: saved.append(
+        (len(saved), path.rsplit("/", 1)[-1], int(model.optimizer.iterations.numpy()))))
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = np.ones((4, 3), "float32"), np.zeros((4,), "int32")
+    last = trainer.AtomicModelCheckpoint(str(tmp_path / "last.keras"), every_epochs=2)
+    model.fit(x, y, epochs=5, batch_size=4, verbose=0, callbacks=[last])
+    # One step an epoch: after epochs 2, 4 and the last, 5.
+    assert [(name, step) for _, name, step in saved] == [("last.keras", 2), ("last.keras", 4),
+                                                         ("last.keras", 5)]
+    cfg = _cfg("d", tmp_path, checkpoint_every_epochs=3)
+    cbs = trainer._standard_callbacks(cfg, str(tmp_path), 1, "accuracy", custom=True)
+    assert [c.every_epochs for c in cbs if isinstance(c, trainer.AtomicModelCheckpoint)] == [3, 3]

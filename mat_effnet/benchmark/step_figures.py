@@ -9,11 +9,19 @@ forward FLOPs per image come from TensorFlow's profiler on the frozen graph
 (backward = 2 x forward). The fraction of peak divides the achieved FLOP/s by
 `machine.device_peak`.
 
+The step is timed at the clip's size (224 px, as the paper trains) and at a
+small size (``train_small_size``: 56 px with L = 5, as ``mat-effnet-demo``
+trains from scratch on CPU).
+
 `input_over_train` then divides the input pipeline's clips/s by the train
 step's, per stream: how many times over the host keeps the device fed.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import os
+import time
 
 from mat_effnet.benchmark.report import Context, rate, timed_iterations
 from mat_effnet.benchmark.settings import ClipSettings, TrainStepSettings
@@ -70,10 +78,38 @@ def _forward_flops(model, clip: ClipSettings) -> tuple[float | None, str]:
                 "published 0.39 G multiply-adds of EfficientNet-B0 at 224 x 2 (profiler failed)")
 
 
+def sizes(s: TrainStepSettings, clip: ClipSettings) -> list[tuple[str, ClipSettings]]:
+    """(figure-name prefix, clip) of each timed size: the clip's, then the small one."""
+    out = [("training", clip)]
+    if s.train_small_size and s.train_small_size != clip.image_size:
+        out.append((f"training.{s.train_small_size}px", dataclasses.replace(
+            clip, image_size=s.train_small_size, flow_length=s.train_small_flow_length)))
+    return out
+
+
 def measure(s: TrainStepSettings, clip: ClipSettings, ctx: Context,
             streams=("spatial", "temporal"), num_classes: int = 101,
             warmup_steps: int = 1) -> dict:
-    """Forward+backward images/s per stream on a fixed batch, and the fraction of peak."""
+    """Forward+backward images/s per stream on a fixed batch, and the fraction of peak.
+
+    At the clip's size (the ``training.*`` and ``train_step.*`` figures) and
+    at ``train_small_size`` (``training.<S>px.*``), as the demo trains.
+    """
+    peak = ctx.peak
+    figures = {}
+    if peak.get("flops"):
+        figures["device.peak_flops"] = ctx.figure(
+            peak["flops"], "FLOP/s", {"precision": peak.get("precision"), "how": peak["how"]},
+            device=peak.get("device"))
+    for prefix, size_clip in sizes(s, clip):
+        for stream in streams:
+            figures.update(_measure_stream(s, size_clip, ctx, stream, num_classes, warmup_steps,
+                                           prefix, with_clips=prefix == "training"))
+    return figures
+
+
+def _measure_stream(s: TrainStepSettings, clip: ClipSettings, ctx: Context, stream: str,
+                    num_classes: int, warmup_steps: int, prefix: str, with_clips: bool) -> dict:
     import keras
     import tensorflow as tf
 
@@ -83,50 +119,65 @@ def measure(s: TrainStepSettings, clip: ClipSettings, ctx: Context,
     batch = s.train_batch or default_batch()
     peak = ctx.peak
     figures = {}
-    if peak.get("flops"):
-        figures["device.peak_flops"] = ctx.figure(
-            peak["flops"], "FLOP/s", {"precision": peak.get("precision"), "how": peak["how"]},
-            device=peak.get("device"))
-    for stream in streams:
-        keras.utils.set_random_seed(ctx.seed)
-        model = models.build_stream(num_classes, stream, num_segments=None,
-                                    image_size=clip.image_size, flow_length=clip.flow_length,
-                                    backbone=clip.backbone, weights=None)
-        cfg = config.TrainConfig.from_flat(
-            stream=stream, data_dir="", model_dir="", weights=None, backbone=clip.backbone,
-            image_size=clip.image_size, num_segments=clip.num_segments,
-            flow_length=clip.flow_length)
-        trainer.compile_model(model, cfg, num_classes)
-        channels = model.spec.channels
-        x = tf.random.uniform((batch, clip.num_segments, clip.image_size, clip.image_size,
-                               channels), 0, 255, seed=ctx.seed)
-        y = tf.random.uniform((batch,), 0, num_classes, tf.int32, seed=ctx.seed)
-        seconds = timed_iterations(lambda: model.train_on_batch(x, y), s.train_steps, warmup_steps)
-        clips_per_s = rate(s.train_steps * batch, seconds)
-        images_per_s = clips_per_s * clip.num_segments
-        settings = {"stream": stream, "backbone": clip.backbone, "attention": True,
-                    "image_size": clip.image_size, "segments_per_clip": clip.num_segments,
-                    "channels": channels, "batch_size_clips": batch,
-                    "images_per_step": batch * clip.num_segments, "steps": s.train_steps,
-                    "warmup_steps": warmup_steps, "classes": num_classes,
-                    "step": "keras Model.train_on_batch (SGD momentum 0.9, weight decay 5e-4, "
-                            "as mat_effnet.training.trainer.compile_model), fixed in-memory batch",
-                    "dtype": "float32"}
-        figures[f"train_step.{stream}.clips_per_s"] = ctx.figure(clips_per_s, "clips/s", settings,
-                                                                 seconds=seconds)
-        figures[f"training.{stream}.images_per_s"] = ctx.figure(images_per_s, "images/s",
-                                                                settings, seconds=seconds)
-        fwd, how = _forward_flops(model, clip)
-        achieved = None if fwd is None else images_per_s * 3.0 * fwd
-        fraction = None if achieved is None or not peak.get("flops") else achieved / peak["flops"]
-        figures[f"training.{stream}.fraction_of_peak"] = ctx.figure(
-            fraction, f"fraction of peak {str(peak.get('precision') or 'fp32').upper()} FLOP/s",
-            dict(settings, forward_flops_per_image=fwd, flops_count=how,
-                 train_flops_per_image="3 x forward (forward + backward = 1 + 2)",
-                 peak_flops=peak.get("flops"), peak_how=peak.get("how")),
-            achieved_flops=achieved)
-        keras.backend.clear_session()
+    keras.utils.set_random_seed(ctx.seed)
+    model = models.build_stream(num_classes, stream, num_segments=None,
+                                image_size=clip.image_size, flow_length=clip.flow_length,
+                                backbone=clip.backbone, weights=None)
+    cfg = config.TrainConfig.from_flat(
+        stream=stream, data_dir="", model_dir="", weights=None, backbone=clip.backbone,
+        image_size=clip.image_size, num_segments=clip.num_segments,
+        flow_length=clip.flow_length)
+    trainer.compile_model(model, cfg, num_classes)
+    channels = model.spec.channels
+    x = tf.random.uniform((batch, clip.num_segments, clip.image_size, clip.image_size,
+                           channels), 0, 255, seed=ctx.seed)
+    y = tf.random.uniform((batch,), 0, num_classes, tf.int32, seed=ctx.seed)
+    for _ in range(warmup_steps):  # traces the step
+        model.train_on_batch(x, y)
+    # Process CPU time of the timed steps too: on a shared machine the wall
+    # time counts other people's work as well.
+    cpu = _cpu_seconds()
+    seconds = timed_iterations(lambda: model.train_on_batch(x, y), s.train_steps, 0)
+    cpu = _cpu_seconds() - cpu
+    clips_per_s = rate(s.train_steps * batch, seconds)
+    images_per_s = clips_per_s * clip.num_segments
+    settings = {"stream": stream, "backbone": clip.backbone, "attention": True,
+                "image_size": clip.image_size, "segments_per_clip": clip.num_segments,
+                "channels": channels, "batch_size_clips": batch,
+                "images_per_step": batch * clip.num_segments, "steps": s.train_steps,
+                "warmup_steps": warmup_steps, "classes": num_classes,
+                "step": "keras Model.train_on_batch (SGD momentum 0.9, weight decay 5e-4, "
+                        "as mat_effnet.training.trainer.compile_model), fixed in-memory batch",
+                "dtype": "float32"}
+    if with_clips:
+        figures[f"train_step.{stream}.clips_per_s"] = ctx.figure(clips_per_s, "clips/s",
+                                                                 settings, seconds=seconds)
+    figures[f"{prefix}.{stream}.images_per_s"] = ctx.figure(
+        images_per_s, "images/s", settings, seconds=seconds, cpu_seconds=cpu,
+        images_per_cpu_second=rate(s.train_steps * batch * clip.num_segments, cpu),
+        load_average_1=_load())
+    fwd, how = _forward_flops(model, clip)
+    achieved = None if fwd is None else images_per_s * 3.0 * fwd
+    fraction = None if achieved is None or not peak.get("flops") else achieved / peak["flops"]
+    figures[f"{prefix}.{stream}.fraction_of_peak"] = ctx.figure(
+        fraction, f"fraction of peak {str(peak.get('precision') or 'fp32').upper()} FLOP/s",
+        dict(settings, forward_flops_per_image=fwd, flops_count=how,
+             train_flops_per_image="3 x forward (forward + backward = 1 + 2)",
+             peak_flops=peak.get("flops"), peak_how=peak.get("how")),
+        achieved_flops=achieved)
+    keras.backend.clear_session()
     return figures
+
+
+def _cpu_seconds() -> float:
+    return time.process_time()  # every thread of this process, user + system
+
+
+def _load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def input_over_train(figures: dict, ctx: Context) -> dict:

@@ -284,10 +284,12 @@ def train(cfg: TrainConfig, callbacks: Sequence[keras.callbacks.Callback] = ()) 
                     else:
                         skip = skips.keys if skips is not None else frozenset()
                         val = _val_dataset(cfg, meta, skip=skip) if has_val else None
+                        # shuffle=False: the dataset is shuffled already (a permutation
+                        # per epoch, input_pipeline); Keras's default True only warns.
                         history = model.fit(_train_dataset(cfg, meta, skip=skip),
                                             epochs=cfg.optim.epochs, steps_per_epoch=steps,
                                             validation_data=val, callbacks=all_callbacks,
-                                            verbose=cfg.runtime.verbose)
+                                            verbose=cfg.runtime.verbose, shuffle=False)
                     break
                 except Exception as e:  # noqa: BLE001  # a damaged shard: named, not TF's trace
                     if not integrity.read_error(e):
@@ -346,8 +348,10 @@ def _standard_callbacks(cfg: TrainConfig, out_dir: str, steps: int, monitor: str
     return callbacks + [
         keras.callbacks.TerminateOnNaN(),
         AtomicModelCheckpoint(os.path.join(out_dir, "best.keras"), monitor=monitor,
-                              mode="max", save_best_only=True),
-        AtomicModelCheckpoint(os.path.join(out_dir, "last.keras")),
+                              mode="max", save_best_only=True,
+                              every_epochs=cfg.runtime.checkpoint_every_epochs),
+        AtomicModelCheckpoint(os.path.join(out_dir, "last.keras"),
+                              every_epochs=cfg.runtime.checkpoint_every_epochs),
         # Before the CSV and TensorBoard loggers, which read the logs it adds to.
         skip_damaged.SkippedCount(skips, os.path.join(out_dir, "training_log.csv")),
         keras.callbacks.CSVLogger(os.path.join(out_dir, "training_log.csv"), append=True),
@@ -407,10 +411,22 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     a broken ``best.keras``/``last.keras`` under the final name, and the
     previous, good one gone. Keras decides when and where to save
     (``_should_save_model`` keeps the best-so-far bookkeeping); only the
-    write is replaced. Every worker of a multi-worker run saves (off the
+    write is replaced. ``every_epochs`` (``checkpoint_every_epochs``) thins
+    the saves out: on epochs of a few steps a write costs more than the
+    epoch's training. Every worker of a multi-worker run saves (off the
     chief into its private temp dir, `cluster.WriteDir`), so their saves
     go through here too.
     """
+
+    def __init__(self, filepath, every_epochs: int = 1, **kwargs):
+        super().__init__(filepath, **kwargs)
+        self.every_epochs = int(every_epochs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Every ``every_epochs`` epochs, and always after the last one.
+        last = (self.params or {}).get("epochs")
+        if (epoch + 1) % self.every_epochs == 0 or epoch + 1 == last:
+            super().on_epoch_end(epoch, logs)
 
     def _save_model(self, epoch, batch, logs):
         filepath = self._get_file_path(epoch, batch, logs)
