@@ -36,7 +36,8 @@ class PrepConfig:
     replaces it (in place) with `data_prep.builder.auto_flow_implementation`'s
     choice before any work.
     flow_batch: pairs per call of the Keras TV-L1 (None: its default).
-    flow_devices: flow processes for the Keras TV-L1 (None: one per GPU).
+    flow_devices: flow processes for the Keras TV-L1 (None: one per GPU;
+        without a GPU, one per worker).
     frames_root / frames_layout: import (`data_prep.frames_import`): the
         videos are frame folders there, in that layout
         (`data_prep.rawframes`); nothing is decoded or computed. Their flow

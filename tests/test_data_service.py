@@ -252,3 +252,64 @@ def test_a_dispatcher_with_a_work_dir_survives_a_kill(service_procs, tmp_path):
     got += _take(it, 100, 180)  # the same job goes on: no restart from element 0
     assert len(got) == len(set(got)), "an element was delivered twice"
     assert max(got) < 1000
+
+
+@pytest.mark.slow
+def test_mat_effnet_train_over_the_service_completes_every_epoch_after_a_worker_dies(
+        service_procs, data_dir, tmp_path):
+    """``mat-effnet-train --data_service``: one of two workers is killed in epoch 2 of 4.
+
+    The trainer's stream is endless (an epoch is counted in steps), so the
+    survivor serves every remaining step: every epoch completes and is in
+    the training log, and a model is written. What the dead worker had
+    prefetched is not served again (DYNAMIC sharding is at-most-once), so
+    epoch 2 sees some clips of the next splits instead; nothing fails.
+    """
+    import csv
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, dlog, address = service_procs.launch("dispatcher", "--port=0", "--worker_timeout_s=2")
+    workers = [service_procs.launch("worker", "--port=0", f"--dispatcher={address}",
+                                    "--heartbeat_s=0.5") for _ in range(2)]
+    killed, _, killed_address = workers[1]
+    model_dir = tmp_path / "m"
+    log_csv = model_dir / "training_log.csv"
+    epochs, steps = 4, 12
+    args = [sys.executable, "-m", "experiments.train", f"--data_dir={data_dir}",
+            f"--model_dir={model_dir}", "--stream=spatial", "--backbone=resnet18",
+            "--weights=none", f"--epochs={epochs}", f"--steps_per_epoch={steps}",
+            "--batch_size=2", "--image_size=32", "--num_segments=2", "--strategy=default",
+            "--seed=0", "--verbose=0", f"--data_service=grpc://{address}"]
+    with open(tmp_path / "train.log", "w") as out:
+        train = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                 env=dict(os.environ, PYTHONPATH=os.getcwd()))
+
+    def logged_epochs():
+        if not log_csv.exists():
+            return []
+        with open(log_csv) as f:
+            return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+    try:
+        deadline = time.monotonic() + 600
+        while not logged_epochs():  # epoch 1 done: epoch 2 is running
+            assert train.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "epoch 1 never ended"
+            time.sleep(0.1)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        assert logged_epochs() == [0], "the worker was killed after epoch 2 had ended"
+        assert train.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
+    finally:
+        if train.poll() is None:
+            train.kill()
+    assert logged_epochs() == list(range(epochs))
+    assert (model_dir / "model.keras").exists()
+    deadline = time.monotonic() + 30  # the dispatcher names it a timeout after its last beat
+    while f"Lost worker {killed_address}" not in dlog.read_text():
+        assert time.monotonic() < deadline, dlog.read_text()[-2000:]
+        time.sleep(0.5)

@@ -185,8 +185,8 @@ class TrainStepSettings:
 
     train_batch: int | None = setting(None, "Clips per train step (default: 8 on CPU, 16 on GPU).")
     train_steps: int = setting(5, "Train steps timed (after one untimed warm-up step).")
-    # mat-effnet-demo trains at 56 px with L = 5 (experiments/demo.py).
-    train_small_size: int = setting(56, "Also time the step at this crop size, as the demo "
+    # mat-effnet-demo trains at 48 px with L = 5 (experiments/demo.py).
+    train_small_size: int = setting(48, "Also time the step at this crop size, as the demo "
                                          "trains (0: not).")
     train_small_flow_length: int = setting(5, "Flow fields per segment (L) at that size.")
 

@@ -10,7 +10,7 @@ forward FLOPs per image come from TensorFlow's profiler on the frozen graph
 `machine.device_peak`.
 
 The step is timed at the clip's size (224 px, as the paper trains) and at a
-small size (``train_small_size``: 56 px with L = 5, as ``mat-effnet-demo``
+small size (``train_small_size``: 48 px with L = 5, as ``mat-effnet-demo``
 trains from scratch on CPU).
 
 `input_over_train` then divides the input pipeline's clips/s by the train

@@ -15,7 +15,8 @@ sees one, so its work is split across processes instead:
   flow and writes its work file and marker.
 
 With several GPUs there is one flow process per GPU, each seeing only its
-own (`run_on_devices`). Each pair's flow does not depend on its
+own (`run_on_devices`); without a GPU, one per worker, each decoding its
+own videos (XLA's CPU code keeps about one core busy). Each pair's flow does not depend on its
 batch-mates (`mat_effnet.ops.tvl1` stops each pair on its own), so the records
 are those of pairwise computation with the same flow function, whichever
 batches the pairs landed in.
@@ -83,12 +84,24 @@ class FlowProcessError(MatEffNetError):
 def run(tasks: list, cfg: FlowSchedule, steps: Steps) -> Iterator[dict]:
     """Flow for ``tasks`` in batches on each accelerator; yields each video's result when done.
 
-    ``cfg.flow_devices`` flow processes (None: one per GPU, at least one).
+    ``cfg.flow_devices`` flow processes (None: one per GPU; on a machine
+    without one, one per worker).
     """
-    devices = cfg.flow_devices or max(1, flow_lib.accelerators())
+    devices = cfg.flow_devices or default_devices(cfg.workers)
     if devices > 1:
         return run_on_devices(tasks, cfg, steps, devices)
     return run_batched(tasks, cfg, steps)
+
+
+def default_devices(workers: int) -> int:
+    """Flow processes when none are asked for: one per GPU, else one per worker.
+
+    On CPU the compiled TV-L1 runs mostly on one core (XLA's CPU code is
+    largely single-threaded): one flow process kept 1.2 of 2 cores busy
+    (144 small videos, 135 s), one per worker, each decoding its own
+    videos, kept both busy (94 s). On a GPU one process per device feeds it.
+    """
+    return flow_lib.accelerators() or max(1, workers)
 
 
 # ---------------------------------------------------------------------------
@@ -233,10 +246,10 @@ def run_batched(tasks: list, cfg: FlowSchedule, steps: Steps) -> Iterator[dict]:
 
 
 # ---------------------------------------------------------------------------
-# One flow process per GPU
+# One flow process per GPU, or per worker on CPU
 
 def run_on_devices(tasks: list, cfg: FlowSchedule, steps: Steps, devices: int) -> Iterator[dict]:
-    """One `run_batched` process per GPU, each seeing only its GPU; their results, merged.
+    """One `run_batched` process per GPU (or CPU process), each seeing only its GPU; merged.
 
     Videos are dealt round-robin, so every shard's videos finish at about
     the same pace on every device; the decoding workers are split evenly.
@@ -245,7 +258,10 @@ def run_on_devices(tasks: list, cfg: FlowSchedule, steps: Steps, devices: int) -
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = visible.split(",") if visible else [str(i) for i in range(devices)]
+    if not flow_lib.accelerators():
+        ids = ["-1"] * devices  # CPU processes: none looks for a GPU
+    else:
+        ids = visible.split(",") if visible else [str(i) for i in range(devices)]
     count = min(devices, len(ids), len(tasks))
     per_device = dataclasses.replace(cfg, workers=max(1, cfg.workers // count), flow_devices=1)
     procs = [ctx.Process(target=_device_main,
