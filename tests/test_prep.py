@@ -308,8 +308,10 @@ def test_keras_flow_is_batched_across_videos_with_pairwise_bytes(tmp_path, monke
     # 3- and 4-frame videos: 2-3 pairs each, so a batch of 4 needs several videos;
     # chunk_frames=3 cuts the 4-frame ones (the 1-frame tail is dropped).
     _index_video_tree(tmp_path / "data", [3, 4, 3])
+    # One flow process (without a GPU the default is one per worker), fed by two
+    # decoding workers: the fake TV-L1 counts its batches in this process.
     cfg = _cfg(tmp_path / "data", tmp_path / "out", flow="tvl1", flow_implementation="keras",
-               flow_batch=4, chunk_frames=3, workers=2)
+               flow_batch=4, chunk_frames=3, workers=2, flow_devices=1)
     meta = builder.build(cfg)
     assert meta["flow"]["implementation"] == "keras"
     assert meta["settings"]["flow_implementation"] == "keras"
