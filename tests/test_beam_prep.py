@@ -12,7 +12,8 @@ import pytest
 
 pytest.importorskip("apache_beam")
 
-from data_prep import beam_pipeline, builder, layouts, shards, synthetic, work_files  # noqa: E402
+from data_prep import (beam_pipeline, builder, frame_index, layouts, shards,  # noqa: E402
+                       synthetic, work_files)
 from mat_effnet import records  # noqa: E402
 from test_prep import _cfg, _index_video_tree, _shard_bytes  # noqa: E402
 
@@ -31,7 +32,7 @@ def _output_files(out_dir):
 def _tree_with_bad_videos(root):
     _index_video_tree(root, [5, 6, 7])
     (root / "a" / "zero.avi").write_bytes(b"")
-    synthetic.write_video(str(root / "b" / "one.avi"), synthetic.index_frames(1, 48, 64))
+    synthetic.write_video(str(root / "b" / "one.avi"), frame_index.index_frames(1, 48, 64))
 
 
 def test_beam_writes_the_builders_bytes_metadata_and_failures(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_prep import builder, synthetic, work_files
+from data_prep import builder, frame_index, synthetic, work_files
 from data_prep.prep_config import PrepConfig
 from mat_effnet.common import faults
 from mat_effnet import records
@@ -26,7 +26,7 @@ def _tree(root, lengths=(5, 6, 7)):
         os.makedirs(os.path.join(root, cls), exist_ok=True)
         for i, n in enumerate(lengths):
             synthetic.write_video(os.path.join(root, cls, f"vid{i}.avi"),
-                                  synthetic.index_frames(n, 48, 64))
+                                  frame_index.index_frames(n, 48, 64))
 
 
 def _cfg(root, out, **kw):
@@ -660,7 +660,7 @@ def _garbled_tree(root):
 
     for cls in ("a", "b"):
         os.makedirs(os.path.join(root, cls), exist_ok=True)
-        synthetic.write_video(os.path.join(root, cls, "v.avi"), synthetic.index_frames(100, 48, 64))
+        synthetic.write_video(os.path.join(root, cls, "v.avi"), frame_index.index_frames(100, 48, 64))
     path = os.path.join(root, "a", "v.avi")
     data = bytearray(open(path, "rb").read())
     rng = random.Random(0)
@@ -681,7 +681,7 @@ def test_a_partly_decodable_video_is_a_warning_or_with_strict_decode_a_failure(t
     assert "frames were skipped at 1 damaged region" in w["warning"]
     groups = [g for n in meta["shards"]["train"] for g in records.read_groups(
         os.path.join(str(tmp_path / "o"), n)) if g["video_id"] == "a/v"]
-    chunks = [[synthetic.decode_index(tf.io.decode_jpeg(j).numpy()) for j in g["rgb"]]
+    chunks = [[frame_index.decode_index(tf.io.decode_jpeg(j).numpy()) for j in g["rgb"]]
               for g in sorted(groups, key=lambda g: g["chunk_index"])]
     assert len(chunks) == 2 and chunks[0][0] == 0 and chunks[1][-1] == 99
     assert chunks[1][0] - chunks[0][-1] > 10  # the jump is between chunks, not inside one
@@ -808,7 +808,7 @@ def test_a_worker_killed_for_memory_stops_the_run_and_marks_nothing(tmp_path):
     from tests import fault_helpers
 
     _tree(tmp_path / "v", lengths=(5,))
-    synthetic.write_video(str(tmp_path / "v" / "a" / "oom.avi"), synthetic.index_frames(5, 48, 64))
+    synthetic.write_video(str(tmp_path / "v" / "a" / "oom.avi"), frame_index.index_frames(5, 48, 64))
     cfg = _cfg(tmp_path / "v", tmp_path / "o", flow="none", split_file=None)
     layout, plans = builder.prepare(cfg)
     tasks = [work_files.Task(e, cfg, work_files.work_dir(cfg.out_dir, split))
@@ -826,7 +826,7 @@ def test_a_hung_decoder_is_killed_and_the_video_listed_as_failed(tmp_path):
     from tests import fault_helpers
 
     _tree(tmp_path / "v", lengths=(5,))
-    synthetic.write_video(str(tmp_path / "v" / "a" / "hang.avi"), synthetic.index_frames(5, 48, 64))
+    synthetic.write_video(str(tmp_path / "v" / "a" / "hang.avi"), frame_index.index_frames(5, 48, 64))
     cfg = _cfg(tmp_path / "v", tmp_path / "o", flow="none", split_file=None)
     layout, plans = builder.prepare(cfg)
     tasks = [work_files.Task(e, cfg, work_files.work_dir(cfg.out_dir, split))

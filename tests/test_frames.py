@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import builder, datasets, frames_export, rawframes, synthetic, work_files
+from data_prep import (builder, datasets, frame_index, frames_export, rawframes, synthetic,
+                       work_files)
 from data_prep.prep_config import PrepConfig
 from mat_effnet import records
 from mat_effnet.ops import quantize
@@ -371,7 +372,7 @@ def test_twostreamfusion_import(tmp_path):
 
 def test_default_keras_tvl1_export(tmp_path):
     os.makedirs(tmp_path / "v")
-    synthetic.write_video(str(tmp_path / "v" / "clip.avi"), synthetic.index_frames(3, 24, 32))
+    synthetic.write_video(str(tmp_path / "v" / "clip.avi"), frame_index.index_frames(3, 24, 32))
     conv = frames_export.export(frames_export.find_videos(str(tmp_path / "v")),
                                 frames_export.FlowExportSettings(flow_batch=2),
                                 str(tmp_path / "out"))

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data_prep import builder, layouts, synthetic, work_files
+from data_prep import builder, frame_index, layouts, synthetic, work_files
 from data_prep.prep_config import PrepConfig
 from mat_effnet import records
 from mat_effnet.common.errors import MatEffNetError
@@ -45,9 +45,9 @@ def _index_video_tree(root, lengths, size=(48, 64)):
     os.makedirs(os.path.join(root, "b"), exist_ok=True)
     for i, n in enumerate(lengths):
         synthetic.write_video(os.path.join(root, "a", f"vid{i}.avi"),
-                              synthetic.index_frames(n, *size))
+                              frame_index.index_frames(n, *size))
         synthetic.write_video(os.path.join(root, "b", f"vid{i}.avi"),
-                              synthetic.index_frames(n, *size))
+                              frame_index.index_frames(n, *size))
 
 
 def _cfg(root, out, **kw):
@@ -74,7 +74,7 @@ def test_frames_and_flow_are_aligned_and_chunked(tmp_path):
             assert len(r["flow_x"]) == len(r["flow_y"]) == 2
             assert r["frame_offset"] == 3 * r["chunk_index"]
             # Pixels encode the frame index: every stored frame is the right one.
-            got = [synthetic.decode_index(_rgb(j)) for j in r["rgb"]]
+            got = [frame_index.decode_index(_rgb(j)) for j in r["rgb"]]
             assert got == [r["frame_offset"] + k for k in range(3)]
             assert (r["height"], r["width"]) == (32, 43)
             assert _rgb(r["rgb"][0]).shape == (32, 43, 3)
@@ -120,7 +120,7 @@ def test_bad_inputs_are_skipped_and_listed(tmp_path):
     (root / "a" / "text.avi").write_text("this is not a video\n" * 50)
     good = (root / "a" / "vid0.avi").read_bytes()
     (root / "b" / "truncated.avi").write_bytes(good[:200])
-    synthetic.write_video(str(root / "b" / "one.avi"), synthetic.index_frames(1, 48, 64))
+    synthetic.write_video(str(root / "b" / "one.avi"), frame_index.index_frames(1, 48, 64))
     meta = builder.build(_cfg(root, tmp_path / "out"))
     reasons = {f["video_id"]: f["reason"] for f in meta["failures"]}
     assert reasons["a/zero"] == "zero-byte file"
@@ -210,7 +210,7 @@ def test_tfds_reads_a_version1_dataset(tmp_path):
     assert len(examples) == meta["splits"]["train"]["records"]
     for ex in examples:
         frames = ex["rgb"].numpy()
-        assert [synthetic.decode_index(f) for f in frames] == list(range(len(frames)))
+        assert [frame_index.decode_index(f) for f in frames] == list(range(len(frames)))
         assert ex["flow_x"].shape[0] == 0
 
 
@@ -337,7 +337,7 @@ def test_keras_flow_groups_pairs_by_frame_size(tmp_path, monkeypatch):
     for cls, size in (("a", (48, 64)), ("b", (40, 40))):
         os.makedirs(root / cls)
         for i, n in enumerate([5, 4]):
-            synthetic.write_video(str(root / cls / f"vid{i}.avi"), synthetic.index_frames(n, *size))
+            synthetic.write_video(str(root / cls / f"vid{i}.avi"), frame_index.index_frames(n, *size))
     cfg = _cfg(root, tmp_path / "out", flow="tvl1", flow_implementation="keras", flow_batch=4,
                short_side=0)
     meta = builder.build(cfg)
@@ -511,7 +511,7 @@ def test_keras_flow_lists_bad_videos_and_survives_a_flow_error(tmp_path, monkeyp
     root = tmp_path / "data"
     _index_video_tree(root, [3, 3, 3])  # 2 pairs each: batches of 4 hold 2 videos
     (root / "a" / "zero.avi").write_bytes(b"")
-    synthetic.write_video(str(root / "b" / "one.avi"), synthetic.index_frames(1, 48, 64))
+    synthetic.write_video(str(root / "b" / "one.avi"), frame_index.index_frames(1, 48, 64))
     meta = builder.build(_cfg(root, tmp_path / "out", flow="tvl1", flow_implementation="keras",
                               flow_batch=4))
     reasons = {f["video_id"]: f["reason"] for f in meta["failures"]}

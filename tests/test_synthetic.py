@@ -8,7 +8,8 @@ import pytest
 
 from data_prep import synthetic
 from mat_effnet.ops import video
-from data_prep.synthetic import CLASSES, decode_index, generate_ucf101_like, index_frames, write_video
+from data_prep.frame_index import MAX_INDEX_FRAMES, decode_index, index_frames
+from data_prep.synthetic import CLASSES, generate_ucf101_like, write_video
 
 
 # ---------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def test_index_survives_resize_and_gray():
 
 
 def test_index_frames_limits():
-    assert synthetic.MAX_INDEX_FRAMES == 4096
+    assert MAX_INDEX_FRAMES == 4096
     with pytest.raises(ValueError):
         index_frames(4097)
     with pytest.raises(ValueError):

@@ -12,7 +12,8 @@ import os
 from mat_effnet.encoding import encode
 from mat_effnet.ops import optical_flow, video
 from mat_effnet.common.errors import MatEffNetError
-from data_prep.synthetic import decode_index, index_frames, write_video
+from data_prep.frame_index import decode_index, index_frames
+from data_prep.synthetic import write_video
 from mat_effnet.ops import quantize
 
 
