@@ -533,12 +533,17 @@ def test_one_flow_process_per_device_writes_the_same_bytes(tmp_path):
     assert _shard_bytes(tmp_path / "two") == _shard_bytes(tmp_path / "one")
 
 
-def test_without_a_gpu_each_worker_runs_its_own_flow_process():
+def test_without_a_gpu_each_worker_runs_its_own_flow_process(monkeypatch):
     # XLA's CPU TV-L1 keeps about one core busy: one flow process per worker
-    # (each decoding its own videos), as the test above runs with two.
+    # (each decoding its own videos), as the test above runs with two; with
+    # GPUs, one per GPU whatever the workers.
     from mat_effnet.encoding import flow_batches
+    from mat_effnet.ops import optical_flow
 
+    monkeypatch.setattr(optical_flow, "accelerators", lambda: 0)
     assert [flow_batches.default_devices(w) for w in (1, 2, 5)] == [1, 2, 5]
+    monkeypatch.setattr(optical_flow, "accelerators", lambda: 2)
+    assert [flow_batches.default_devices(w) for w in (1, 5)] == [2, 2]
 
 
 def test_a_dead_flow_process_stops_the_run_with_one_line(tmp_path, monkeypatch):

@@ -16,10 +16,10 @@ sees one, so its work is split across processes instead:
 
 With several GPUs there is one flow process per GPU, each seeing only its
 own (`run_on_devices`); without a GPU, one per worker, each decoding its
-own videos (XLA's CPU code keeps about one core busy). Each pair's flow does not depend on its
-batch-mates (`mat_effnet.ops.tvl1` stops each pair on its own), so the records
-are those of pairwise computation with the same flow function, whichever
-batches the pairs landed in.
+own videos (XLA's CPU code keeps about one core busy). Each pair's flow does
+not depend on its batch-mates (`mat_effnet.ops.tvl1` stops each pair on its
+own), so the records are those of pairwise computation with the same flow
+function, whichever batches the pairs landed in.
 
 What is done to one video (decode, encode, record a failure) belongs to
 the caller, which passes it as `Steps`; this module only schedules.
@@ -99,7 +99,7 @@ def default_devices(workers: int) -> int:
     On CPU the compiled TV-L1 runs mostly on one core (XLA's CPU code is
     largely single-threaded): one flow process kept 1.2 of 2 cores busy
     (144 small videos, 135 s), one per worker, each decoding its own
-    videos, kept both busy (94 s). On a GPU one process per device feeds it.
+    videos, kept both busy (86 and 94 s in two runs). On a GPU one process per device feeds it.
     """
     return flow_lib.accelerators() or max(1, workers)
 
