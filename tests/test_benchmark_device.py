@@ -18,17 +18,15 @@ import time
 import numpy as np
 import pytest
 
+import import_block
+
 from mat_effnet.benchmark import device, device_measure as dm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NO_TF = r"""
-import runpy, sys
-class NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError(name + " is blocked: the device machine has no TensorFlow")
-sys.meta_path.insert(0, NoTensorFlow())
+# The device machine has no TensorFlow.
+NO_TF = import_block.hook_source("tensorflow") + r"""
+import runpy
 sys.argv = ["mat_effnet.benchmark.device"] + sys.argv[1:]
 runpy.run_module("mat_effnet.benchmark.device", run_name="__main__", alter_sys=True)
 """

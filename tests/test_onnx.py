@@ -20,6 +20,8 @@ import keras
 import numpy as np
 import pytest
 
+import import_block
+
 from data_prep import synthetic
 from mat_effnet.evaluation import protocol
 from mat_effnet.evaluation.clip_prediction import StreamPredictor
@@ -39,14 +41,8 @@ WEIGHTS = (1.0, 1.5)
 TOLERANCE = 1e-4
 
 # Without them the ONNX export must say how to install them (one line).
-NO_ONNX = r"""
-import sys
-class NoOnnx:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("onnx", "tf2onnx", "onnxruntime"):
-            raise ImportError(f"No module named {name!r}")
-sys.meta_path.insert(0, NoOnnx())
-"""
+ONNX_PACKAGES = ("onnx", "tf2onnx", "onnxruntime")
+NO_ONNX = import_block.hook_source(*ONNX_PACKAGES)
 
 
 def _need_packages():
@@ -227,11 +223,9 @@ def test_an_op_without_onnx_conversion_is_named():
 
 
 def test_without_the_packages_the_library_says_how_to_install(monkeypatch):
-    namespace = {}
-    exec(NO_ONNX.replace("sys.meta_path.insert(0, NoOnnx())", ""), namespace)
-    monkeypatch.setattr(sys, "meta_path", [namespace["NoOnnx"]()] + sys.meta_path)
+    monkeypatch.setattr(sys, "meta_path", [import_block.Blocker(ONNX_PACKAGES)] + sys.meta_path)
     for name in list(sys.modules):
-        if name.split(".")[0] in ("onnx", "tf2onnx", "onnxruntime"):
+        if name.split(".")[0] in ONNX_PACKAGES:
             monkeypatch.delitem(sys.modules, name)
     with pytest.raises(onnx_export.OnnxError, match=r"pip install -e \.\[onnx\]"):
         onnx_export.require()

@@ -11,18 +11,13 @@ import sys
 
 import numpy as np
 
+import import_block
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 
-# An import hook that refuses TensorFlow: a None in sys.modules is not the same
-# (Keras's preprocessing layers would then believe TF is loaded).
-NO_TF = r"""
-import importlib, sys
-class NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError(name + " is blocked")
-sys.meta_path.insert(0, NoTensorFlow())
+NO_TF = import_block.hook_source("tensorflow") + r"""
+import importlib
 for name in sys.argv[1:]:
     importlib.import_module(name)
 print("loaded:", " ".join(sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")))

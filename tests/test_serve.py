@@ -27,6 +27,8 @@ import time
 import numpy as np
 import pytest
 
+import import_block
+
 from data_prep import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -240,13 +242,7 @@ def test_the_page_and_its_assets_come_from_the_server_only(server):
 
 # -- start-up --------------------------------------------------------------------
 
-BLOCK_EXTRA = r"""
-import sys
-class NoServeExtra:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("fastapi", "uvicorn", "multipart"):
-            raise ModuleNotFoundError(f"No module named {name!r}")
-sys.meta_path.insert(0, NoServeExtra())
+BLOCK_EXTRA = import_block.hook_source("fastapi", "uvicorn", "multipart") + r"""
 import runpy
 runpy.run_module("experiments.serve", run_name="__main__", alter_sys=True)
 """
