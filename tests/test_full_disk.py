@@ -157,7 +157,7 @@ def test_predict_many_fills_the_disk_and_the_rerun_finishes_the_rest(prepared, d
 
 
 def test_export_onto_a_full_disk(prepared, disk, tmp_path):
-    from tests.test_export import PREP as TVL1
+    from tests.trained_streams import PREP as TVL1
 
     classes = prepared["classes"]
     paths = []
