@@ -41,3 +41,15 @@ def data_dir(tmp_path_factory):
                              out_dir=out, flow="dis", short_side=40,
                              videos_per_shard=6))
     return out
+
+
+# The longest modules first. Under ``--dist loadfile`` a module runs whole on
+# one worker, in collection order, so a long one collected late leaves the
+# other worker idle at the end while it runs alone.
+_LONGEST_FIRST = ("test_export.py", "test_multi_worker.py", "test_docs.py",
+                  "test_end_to_end.py", "test_data_service.py", "test_benchmark.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
