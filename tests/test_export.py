@@ -107,7 +107,7 @@ def trained(tmp_path_factory):
            "held_labels": np.array([c for _, c in held.values()])}
     for stream in ("spatial", "temporal"):
         x = TS.stream_clips(stream, records[:len(train)], draws=draws)
-        model, _ = TS.train_stream(stream, x, y)
+        model = TS.train_stream(stream, x, y)
         out["paths"][stream] = path = str(root / f"{stream}.keras")
         model.save(path)
         out["models"][stream] = model
